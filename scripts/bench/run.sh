@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# Bunker vs restic vs borg on the same data, same disk, same run.
+# See scripts/bench/README.md. Usually run as `make bench`.
+#
+# Environment:
+#   BENCH_DIR        work dir (default: <repo>/.bench)
+#   BUNKER_BIN       bunker binary (default: <repo>/bin/bunker)
+#   BENCH_TOOLS      tools to run (default: "bunker restic borg")
+#   BENCH_SKIP_DATA  1 = reuse the existing dataset, never generate it
+#   BENCH_SEED       dataset seed (default: 1)
+set -euo pipefail
+
+script_start=$(date +%s)
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo_root=$(cd "$script_dir/../.." && pwd)
+
+abspath() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+
+BENCH_DIR=$(abspath "${BENCH_DIR:-$repo_root/.bench}")
+BUNKER_BIN=$(abspath "${BUNKER_BIN:-$repo_root/bin/bunker}")
+BENCH_TOOLS=${BENCH_TOOLS:-"bunker restic borg"}
+BENCH_SKIP_DATA=${BENCH_SKIP_DATA:-0}
+BENCH_SEED=${BENCH_SEED:-1}
+
+ALL_TOOLS=(bunker restic borg)
+read -r -a TOOLS <<<"$BENCH_TOOLS"
+for t in "${TOOLS[@]}"; do
+	case $t in bunker | restic | borg) ;; *)
+		echo "run.sh: unknown tool '$t' in BENCH_TOOLS (want: ${ALL_TOOLS[*]})" >&2
+		exit 2
+		;;
+	esac
+done
+selected() { [[ " ${TOOLS[*]} " == *" $1 "* ]]; }
+
+say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+	echo "run.sh: $*" >&2
+	exit 1
+}
+
+DATA=$BENCH_DIR/data
+RESTORE=$BENCH_DIR/restore
+CPDIR=$BENCH_DIR/cp-floor
+LOGS=$BENCH_DIR/logs
+PWFILE=$BENCH_DIR/password
+MKDATA=$BENCH_DIR/mkdata
+RESULTS=$BENCH_DIR/results.txt
+
+# ---------------------------------------------------------------- setup ----
+
+install_packages() {
+	local pkgs=() sudo=()
+	[[ -x /usr/bin/time ]] || pkgs+=(time)
+	if selected restic && ! command -v restic >/dev/null; then pkgs+=(restic); fi
+	if selected borg && ! command -v borg >/dev/null; then pkgs+=(borgbackup); fi
+	((${#pkgs[@]})) || return 0
+	if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null; then sudo=(sudo); fi
+	say "installing ${pkgs[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	if ! "${sudo[@]}" apt-get install -y "${pkgs[@]}"; then
+		if ! { "${sudo[@]}" apt-get update && "${sudo[@]}" apt-get install -y "${pkgs[@]}"; }; then
+			say "WARNING: apt-get install ${pkgs[*]} failed"
+		fi
+	fi
+}
+install_packages >&2
+[[ -x /usr/bin/time ]] || die "/usr/bin/time is missing (apt-get install time)"
+command -v go >/dev/null || die "go is needed to build scripts/bench/mkdata"
+
+mkdir -p "$BENCH_DIR" "$LOGS"
+rm -f "$LOGS"/*
+printf 'bunker-bench-password-0123456789\n' >"$PWFILE"
+chmod 600 "$PWFILE"
+
+say "building mkdata"
+(cd "$repo_root" && go build -o "$MKDATA" ./scripts/bench/mkdata)
+
+if [[ $BENCH_SKIP_DATA == 1 ]]; then
+	say "reusing dataset in $DATA (BENCH_SKIP_DATA=1)"
+	"$MKDATA" -out "$DATA" -seed "$BENCH_SEED" -reuse >&2
+else
+	say "generating dataset in $DATA (seed $BENCH_SEED)"
+	"$MKDATA" -out "$DATA" -seed "$BENCH_SEED" >&2
+fi
+
+# Read the dataset once so every tool reads it warm from the page cache.
+say "warming the page cache"
+find "$DATA" -type f -print0 | xargs -0 cat >/dev/null
+data_files=$(find "$DATA" -type f | wc -l)
+data_bytes=$(find "$DATA" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d", s}')
+
+# ------------------------------------------------------------ measuring ----
+
+declare -A T=()     # T[tool.key] = seconds, or FAIL
+declare -A RSS=()   # RSS[tool.key] = KiB
+declare -A PEAK=()  # PEAK[tool] = max KiB over all the tool's commands
+declare -A FAILED=() # FAILED[tool] = 1 if any command failed
+declare -A VERIFY=() # VERIFY[tool] = restore verification result
+declare -A SIZE=()  # SIZE[tool] = repository bytes
+
+# measure TOOL KEY CMD...: run CMD under /usr/bin/time after a sync, with
+# output appended to $LOGS/TOOL.log; record elapsed seconds and max RSS.
+measure() {
+	local tool=$1 key=$2
+	shift 2
+	local tf=$LOGS/$tool.$key.time log=$LOGS/$tool.log rc=0 secs rss
+	printf '\n### %s %s: %s\n' "$(date +%T)" "$key" "$*" >>"$log"
+	sync
+	/usr/bin/time -o "$tf" -f '%e %M' "$@" </dev/null >>"$log" 2>&1 || rc=$?
+	read -r secs rss < <(tail -n 1 "$tf" 2>/dev/null || echo "0 0") || true
+	# borg exits 1 for warnings (the backup/extract itself is complete).
+	if [[ $rc -eq 0 || ($tool == borg && $rc -eq 1) ]]; then
+		T[$tool.$key]=$secs
+		RSS[$tool.$key]=$rss
+		if ((rss > ${PEAK[$tool]:-0})); then PEAK[$tool]=$rss; fi
+		say "$tool $key: ${secs}s, $((rss / 1024)) MiB max RSS"
+		return 0
+	else
+		T[$tool.$key]=FAIL
+		FAILED[$tool]=1
+		say "$tool $key: FAILED (exit $rc), see $log"
+	fi
+	return "$rc"
+}
+
+export BORG_PASSPHRASE BORG_BASE_DIR=$BENCH_DIR/cache/borg
+BORG_PASSPHRASE=$(cat "$PWFILE")
+export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
+export BORG_DISPLAY_PASSPHRASE=no
+export RESTIC_PASSWORD_FILE=$PWFILE RESTIC_REPOSITORY=$BENCH_DIR/repo-restic
+export BUNKER_PASSWORD_FILE=$PWFILE BUNKER_REPOSITORY=$BENCH_DIR/repo-bunker
+BORG_REPO_DIR=$BENCH_DIR/repo-borg
+
+restic_cache=(--cache-dir "$BENCH_DIR/cache/restic")
+restic_init_flags=()
+restic_backup_flags=()
+restic_notes="restic defaults"
+if selected restic && command -v restic >/dev/null; then
+	if restic help init 2>&1 | grep -q -- '--repository-version'; then
+		restic_init_flags=(--repository-version 2)
+	fi
+	if restic help backup 2>&1 | grep -q -- '--compression'; then
+		restic_backup_flags=(--compression auto)
+	fi
+	restic_notes="restic: ${restic_init_flags[*]:-repository v1 (no compression)} ${restic_backup_flags[*]:-}"
+fi
+
+# run_action TOOL ACTION [N]: run the tool's ACTION (backup number N) under measure.
+run_action() {
+	local tool=$1 action=$2 n=${3:-}
+	case $tool.$action in
+	bunker.init) measure bunker init env XDG_CACHE_HOME="$BENCH_DIR/cache/bunker" "$BUNKER_BIN" init ;;
+	bunker.backup) measure bunker "backup$n" env XDG_CACHE_HOME="$BENCH_DIR/cache/bunker" "$BUNKER_BIN" backup "$DATA" ;;
+	bunker.restore) measure bunker restore env XDG_CACHE_HOME="$BENCH_DIR/cache/bunker" "$BUNKER_BIN" restore latest --target "$RESTORE" ;;
+	bunker.check) measure bunker check env XDG_CACHE_HOME="$BENCH_DIR/cache/bunker" "$BUNKER_BIN" check --read-data ;;
+	restic.init) measure restic init restic "${restic_cache[@]}" init "${restic_init_flags[@]}" ;;
+	restic.backup) measure restic "backup$n" restic "${restic_cache[@]}" backup "${restic_backup_flags[@]}" "$DATA" ;;
+	restic.restore) measure restic restore restic "${restic_cache[@]}" restore latest --target "$RESTORE" ;;
+	restic.check) measure restic check restic "${restic_cache[@]}" check --read-data ;;
+	borg.init) measure borg init borg init --encryption=repokey-blake2 "$BORG_REPO_DIR" ;;
+	borg.backup) measure borg "backup$n" borg create "$BORG_REPO_DIR::snap$n" "$DATA" ;;
+	borg.restore) measure borg restore env -C "$RESTORE" borg extract "$BORG_REPO_DIR::snap3" ;;
+	borg.check) measure borg check borg check --verify-data "$BORG_REPO_DIR" ;;
+	*) die "internal: no command for $tool.$action" ;;
+	esac
+}
+
+repo_dir() {
+	case $1 in
+	bunker) echo "$BUNKER_REPOSITORY" ;;
+	restic) echo "$RESTIC_REPOSITORY" ;;
+	borg) echo "$BORG_REPO_DIR" ;;
+	esac
+}
+
+tool_available() {
+	case $1 in
+	bunker) [[ -x $BUNKER_BIN ]] ;;
+	restic) command -v restic >/dev/null ;;
+	borg) command -v borg >/dev/null ;;
+	esac
+}
+
+tool_version() {
+	case $1 in
+	bunker) { timeout 10 "$BUNKER_BIN" version </dev/null 2>/dev/null || timeout 10 "$BUNKER_BIN" --version </dev/null 2>/dev/null || echo unknown; } | head -n 1 ;;
+	restic) restic version | head -n 1 ;;
+	borg) borg --version | head -n 1 ;;
+	esac
+}
+
+# verify_restore TOOL: compare the restored tree with the dataset.
+verify_restore() {
+	local tool=$1 root="" c
+	for c in "$RESTORE$DATA" "$RESTORE/$(basename "$DATA")" "$RESTORE"; do
+		if [[ -f $c/.complete ]]; then
+			root=$c
+			break
+		fi
+	done
+	if [[ -z $root ]]; then
+		VERIFY[$tool]="NOT FOUND"
+	elif ! diff -r --no-dereference -q "$DATA" "$root" >>"$LOGS/$tool.log" 2>&1; then
+		VERIFY[$tool]=DIFFERS
+	elif [[ $(cd "$DATA" && find . -type f -printf '%p %s %m %T@\n' | sort | md5sum) != \
+		$(cd "$root" && find . -type f -printf '%p %s %m %T@\n' | sort | md5sum) ]]; then
+		VERIFY[$tool]=meta-diff
+	else
+		VERIFY[$tool]=ok
+	fi
+	if [[ ${VERIFY[$tool]} != ok* ]]; then
+		FAILED[$tool]=1
+		say "$tool restore verification: ${VERIFY[$tool]}"
+	fi
+}
+
+declare -A AVAILABLE=()
+for t in "${TOOLS[@]}"; do
+	if tool_available "$t"; then
+		AVAILABLE[$t]=1
+		rm -rf "$(repo_dir "$t")" "$BENCH_DIR/cache/$t"
+		mkdir -p "$BENCH_DIR/cache/$t"
+	else
+		say "$t is not available: every $t cell is FAIL"
+		FAILED[$t]=1
+	fi
+done
+
+# The restore floor: a plain copy of the dataset on the same disk.
+rm -rf "$CPDIR"
+measure cp copy cp -a "$DATA" "$CPDIR" || true
+rm -rf "$CPDIR"
+
+# Phase 1: first backup and unchanged re-backup of the pristine dataset.
+for t in "${TOOLS[@]}"; do
+	[[ -n ${AVAILABLE[$t]:-} ]] || continue
+	say "== $t: init, first backup, unchanged re-backup"
+	if ! run_action "$t" init; then
+		unset "AVAILABLE[$t]"
+		continue
+	fi
+	run_action "$t" backup 1 || true
+	run_action "$t" backup 2 || true
+done
+
+# Phase 2: the same small change for everyone, then backup, restore, check.
+say "mutating the dataset"
+"$MKDATA" -mutate "$DATA" >&2
+for t in "${TOOLS[@]}"; do
+	[[ -n ${AVAILABLE[$t]:-} ]] || continue
+	say "== $t: backup after mutation, restore, check"
+	run_action "$t" backup 3 || true
+	rm -rf "$RESTORE"
+	mkdir -p "$RESTORE"
+	if run_action "$t" restore; then verify_restore "$t"; else VERIFY[$t]=FAIL; fi
+	rm -rf "$RESTORE"
+	run_action "$t" check || true
+	SIZE[$t]=$(du -sb "$(repo_dir "$t")" | cut -f 1)
+done
+
+# ---------------------------------------------------------------- table ----
+
+# Cells: "-" for a tool not in BENCH_TOOLS, FAIL for a step that failed or
+# never ran (e.g. after a failed init).
+cell_time() { # TOOL KEY
+	local v=${T[$1.$2]:-}
+	if [[ $1 != cp ]] && ! selected "$1"; then echo -; elif [[ -z $v ]]; then echo FAIL; else echo "$v"; fi
+}
+cell_mib() { # TOOL KiB -> MiB
+	if ! selected "$1"; then echo -; elif [[ -z $2 ]]; then echo FAIL; else awk -v k="$2" 'BEGIN {printf "%.1f", k/1024}'; fi
+}
+cell_verify() { # TOOL
+	if ! selected "$1"; then echo -; else echo "${VERIFY[$1]:-FAIL}"; fi
+}
+# ratio NUM DEN: NUM/DEN as "1.23x", or "-" if either is not a number.
+ratio() {
+	awk -v a="$1" -v b="$2" 'BEGIN {
+		if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b+0 == 0) { print "-"; exit }
+		printf "%.2fx", a/b }'
+}
+
+row() { printf '%-30s %10s %10s %10s %14s %12s\n' "$@"; }
+
+time_row() { # LABEL KEY
+	local b r g
+	b=$(cell_time bunker "$2")
+	r=$(cell_time restic "$2")
+	g=$(cell_time borg "$2")
+	row "$1" "$b" "$r" "$g" "$(ratio "$r" "$b")" "$(ratio "$g" "$b")"
+}
+mib_row() { # LABEL VALUES... (bunker restic borg, MiB) — ratio bunker/peer
+	local b=$2 r=$3 g=$4
+	row "$1" "$b" "$r" "$g" "$(ratio "$b" "$r")" "$(ratio "$b" "$g")"
+}
+
+versions=()
+for t in "${TOOLS[@]}"; do
+	if tool_available "$t"; then versions+=("$t: $(tool_version "$t")"); else versions+=("$t: not installed"); fi
+done
+cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
+fstype=$(df -T "$BENCH_DIR" | awk 'NR == 2 {print $2}')
+elapsed=$(($(date +%s) - script_start))
+
+{
+	echo "Bunker backup benchmark -- $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+	echo "host:      $(nproc) CPUs ($cpu), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr), $fstype at $BENCH_DIR"
+	echo "versions:  ${versions[*]}"
+	echo "dataset:   $data_files files, $data_bytes bytes ($(awk -v b="$data_bytes" 'BEGIN {printf "%.2f GiB", b/1073741824}')), seed $BENCH_SEED:"
+	echo "           Go source tree + 400 MiB random + its shifted copy + 400 MiB log + 384 MiB VM image + 24k small files"
+	echo "           mutation: 20 source files modified, 3 deleted, 5 added, 1 MiB appended to the log"
+	echo "settings:  bunker defaults; $restic_notes; borg: repokey-blake2, default compression (lz4)"
+	echo "method:    /usr/bin/time '%e %M' per command, sync before each; the dataset is read warm from the"
+	echo "           page cache for all tools equally; repos, restores and the cp copy are on the same disk"
+	echo "restore floor (cp -a of the dataset, same disk): $(cell_time cp copy) s"
+	echo
+	echo "time ratios = peer time / bunker time (>1: bunker faster);"
+	echo "size and memory ratios = bunker / peer (<1: bunker smaller)"
+	echo
+	row "measurement" bunker restic borg restic/bunker borg/bunker
+	row "------------------------------" ---------- ---------- ---------- -------------- ------------
+	time_row "first backup (s)" backup1
+	time_row "unchanged re-backup (s)" backup2
+	time_row "backup after mutation (s)" backup3
+	time_row "full restore (s)" restore
+	time_row "check, reading all data (s)" check
+	mib_row "repository size (MiB)" \
+		"$(cell_mib bunker "${SIZE[bunker]:+$((SIZE[bunker] / 1024))}")" \
+		"$(cell_mib restic "${SIZE[restic]:+$((SIZE[restic] / 1024))}")" \
+		"$(cell_mib borg "${SIZE[borg]:+$((SIZE[borg] / 1024))}")"
+	mib_row "first backup max RSS (MiB)" \
+		"$(cell_mib bunker "${RSS[bunker.backup1]:-}")" \
+		"$(cell_mib restic "${RSS[restic.backup1]:-}")" \
+		"$(cell_mib borg "${RSS[borg.backup1]:-}")"
+	mib_row "peak RSS, all commands (MiB)" \
+		"$(cell_mib bunker "${PEAK[bunker]:-}")" \
+		"$(cell_mib restic "${PEAK[restic]:-}")" \
+		"$(cell_mib borg "${PEAK[borg]:-}")"
+	row "restore matches dataset" "$(cell_verify bunker)" "$(cell_verify restic)" "$(cell_verify borg)" "" ""
+	echo
+	echo "total script runtime: ${elapsed} s; logs: $LOGS"
+} | tee "$RESULTS"
+
+if selected bunker && [[ -n ${FAILED[bunker]:-} ]]; then
+	echo "run.sh: bunker failed (see $LOGS/bunker.log)" >&2
+	exit 1
+fi
