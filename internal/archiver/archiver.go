@@ -19,7 +19,6 @@ import (
 
 	"bunker/internal/fs"
 	"bunker/internal/repo"
-	"bunker/internal/repo/chunker"
 	"bunker/internal/snapshot"
 )
 
@@ -29,8 +28,10 @@ type Repository interface {
 	LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID) ([]byte, error)
 	HasBlob(h repo.BlobHandle) bool
 	BlobID(data []byte) repo.ID
-	ChunkerTable() *chunker.Table
-	ChunkerParams() chunker.Params
+	// NewChunker returns a chunker with the repository's secret parameters.
+	NewChunker(rd io.Reader) repo.Chunker
+	// MinChunk is the smallest chunk the chunker cuts (except at the end).
+	MinChunk() int
 }
 
 // Options configure one backup.
@@ -493,7 +494,7 @@ func Excluded(patterns []string, path string) bool {
 var smallFileBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
 
 func (a *Archiver) fileWorker() {
-	var ch *chunker.Chunker
+	var ch repo.Chunker
 	for job := range a.files {
 		if a.failed() != nil || a.ctx.Err() != nil {
 			close(job.fut.done)
@@ -524,7 +525,7 @@ func openNoatime(path string) (*os.File, error) {
 	return f, err
 }
 
-func (a *Archiver) saveFile(job *fileJob, chp **chunker.Chunker) (*snapshot.Node, error) {
+func (a *Archiver) saveFile(job *fileJob, chp *repo.Chunker) (*snapshot.Node, error) {
 	f, err := openNoatime(job.path)
 	if err != nil {
 		return nil, err
@@ -538,8 +539,7 @@ func (a *Archiver) saveFile(job *fileJob, chp **chunker.Chunker) (*snapshot.Node
 		return nil, errors.New("file was replaced while being read")
 	}
 	node := job.node
-	p := a.repo.ChunkerParams()
-	if st.Size < int64(p.Min) {
+	if st.Size < int64(a.repo.MinChunk()) {
 		// One chunk: read it whole.
 		bp := smallFileBufs.Get().(*[]byte)
 		defer smallFileBufs.Put(bp)
@@ -560,7 +560,7 @@ func (a *Archiver) saveFile(job *fileJob, chp **chunker.Chunker) (*snapshot.Node
 		return node, nil
 	}
 	if *chp == nil {
-		*chp = chunker.New(f, p, a.repo.ChunkerTable())
+		*chp = a.repo.NewChunker(f)
 	} else {
 		(*chp).Reset(f)
 	}
@@ -671,7 +671,7 @@ func (a *Archiver) SaveStream(ctx context.Context, name string, rd io.Reader, mo
 		return repo.ID{}, 0, err
 	}
 	a.ctx = ctx
-	ch := chunker.New(rd, a.repo.ChunkerParams(), a.repo.ChunkerTable())
+	ch := a.repo.NewChunker(rd)
 	now := time.Now()
 	node := &snapshot.Node{Name: name, Type: snapshot.TypeFile, Mode: mode, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()),
 		ModTime: now, AccessTime: now, ChangeTime: now, Links: 1}

@@ -174,7 +174,7 @@ func (r *Root) openParent(rel string) (*parent, error) {
 	}
 	p := &parent{fd: r.fd, name: name}
 	for i, d := range dirs {
-		fd, err := unix.Openat(p.fd, d, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		fd, err := unix.Openat(p.fd, d, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
 			p.close()
 			sub := strings.Join(dirs[:i+1], "/")

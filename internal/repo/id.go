@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 )
 
 // IDSize is the length of an ID in bytes.
@@ -75,4 +76,34 @@ func (t BlobType) String() string {
 type BlobHandle struct {
 	ID   ID
 	Type BlobType
+}
+
+// PackedBlob describes one blob as stored in a pack.
+type PackedBlob struct {
+	Type       BlobType
+	ID         ID
+	Compressed bool
+	Offset     uint32
+	Length     uint32 // stored (sealed) length
+	RawLength  uint32 // plaintext length
+}
+
+// Handle returns the blob's handle.
+func (b PackedBlob) Handle() BlobHandle { return BlobHandle{ID: b.ID, Type: b.Type} }
+
+// Location says where a blob is stored.
+type Location struct {
+	Pack       ID
+	Offset     uint32
+	Length     uint32
+	RawLength  uint32
+	Compressed bool
+}
+
+// Chunker splits a stream into content-defined chunks; see repo/chunker.
+type Chunker interface {
+	// Next returns the next chunk, valid until the next call, or io.EOF.
+	Next() ([]byte, error)
+	// Reset starts over on a new stream.
+	Reset(rd io.Reader)
 }

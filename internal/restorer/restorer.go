@@ -17,16 +17,14 @@ import (
 
 	"bunker/internal/fs"
 	"bunker/internal/repo"
-	"bunker/internal/repo/index"
-	"bunker/internal/repo/pack"
 	"bunker/internal/snapshot"
 )
 
 // Repository is what the restorer needs of a repository.
 type Repository interface {
 	LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID) ([]byte, error)
-	LookupBlob(h repo.BlobHandle) (index.Location, bool)
-	LoadPackRange(ctx context.Context, packID repo.ID, blobs []pack.Blob, fn func(b pack.Blob, plain []byte, err error) error) error
+	LookupBlob(h repo.BlobHandle) (repo.Location, bool)
+	LoadPackRange(ctx context.Context, packID repo.ID, blobs []repo.PackedBlob, fn func(b repo.PackedBlob, plain []byte, err error) error) error
 	BlobID(data []byte) repo.ID
 }
 
@@ -75,7 +73,7 @@ type fileState struct {
 }
 
 type blobTargets struct {
-	blob    pack.Blob
+	blob    repo.PackedBlob
 	targets []target
 }
 
@@ -267,7 +265,7 @@ func (r *Restorer) planFile(rel string, n *snapshot.Node) {
 		}
 		bt := byBlob[id]
 		if bt == nil {
-			bt = &blobTargets{blob: pack.Blob{Type: repo.DataBlob, ID: id, Compressed: loc.Compressed, Offset: loc.Offset, Length: loc.Length, RawLength: loc.RawLength}}
+			bt = &blobTargets{blob: repo.PackedBlob{Type: repo.DataBlob, ID: id, Compressed: loc.Compressed, Offset: loc.Offset, Length: loc.Length, RawLength: loc.RawLength}}
 			byBlob[id] = bt
 		}
 		bt.targets = append(bt.targets, target{file: fst, offset: off})
@@ -300,12 +298,12 @@ func (r *Restorer) writeContent(ctx context.Context) error {
 
 func (r *Restorer) restorePack(ctx context.Context, pid repo.ID) error {
 	byBlob := r.packs[pid]
-	blobs := make([]pack.Blob, 0, len(byBlob))
+	blobs := make([]repo.PackedBlob, 0, len(byBlob))
 	for _, bt := range byBlob {
 		blobs = append(blobs, bt.blob)
 	}
 	sort.Slice(blobs, func(i, j int) bool { return blobs[i].Offset < blobs[j].Offset })
-	err := r.repo.LoadPackRange(ctx, pid, blobs, func(b pack.Blob, plain []byte, err error) error {
+	err := r.repo.LoadPackRange(ctx, pid, blobs, func(b repo.PackedBlob, plain []byte, err error) error {
 		bt := byBlob[b.ID]
 		for _, t := range bt.targets {
 			r.writeBlob(t, plain, err)

@@ -306,13 +306,13 @@ func TestShiftResistance(t *testing.T) {
 		p    Params
 		size int
 	}{
-		{DefaultParams(), 48 << 20},
+		{DefaultParams(), 32 << 20},
 		{mediumP, 4 << 20},
 	} {
+		data := big64()[:tt.size]
+		orig := boundaries(chunkAll(t, bytes.NewReader(data), tt.p, testTable))
 		for _, insert := range []string{"x", "hello", strings.Repeat("z", 1000)} {
 			t.Run(fmt.Sprintf("%d/%d", tt.p.Avg, len(insert)), func(t *testing.T) {
-				data := big64()[:tt.size]
-				orig := boundaries(chunkAll(t, bytes.NewReader(data), tt.p, testTable))
 				shifted := append([]byte(insert), data...)
 				moved := boundaries(chunkAll(t, bytes.NewReader(shifted), tt.p, testTable))
 				for i := range moved {

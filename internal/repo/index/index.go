@@ -18,13 +18,7 @@ import (
 )
 
 // Location says where a blob is stored.
-type Location struct {
-	Pack       repo.ID
-	Offset     uint32
-	Length     uint32
-	RawLength  uint32
-	Compressed bool
-}
+type Location = repo.Location
 
 type entry struct {
 	pack       uint32 // index into Index.packs

@@ -36,17 +36,7 @@ const (
 var ErrInvalid = errors.New("invalid pack")
 
 // Blob describes one blob in a pack.
-type Blob struct {
-	Type       repo.BlobType
-	ID         repo.ID
-	Compressed bool
-	Offset     uint32
-	Length     uint32 // stored (sealed) length
-	RawLength  uint32 // plaintext length
-}
-
-// Handle returns the blob's handle.
-func (b Blob) Handle() repo.BlobHandle { return repo.BlobHandle{ID: b.ID, Type: b.Type} }
+type Blob = repo.PackedBlob
 
 // Writer assembles one pack in memory. It is not safe for concurrent use.
 type Writer struct {

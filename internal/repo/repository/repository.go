@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"runtime"
@@ -383,6 +384,14 @@ func (r *Repository) Backend() backend.Backend { return r.be }
 
 // ChunkerTable returns the secret gear table of this repository.
 func (r *Repository) ChunkerTable() *chunker.Table { return r.table }
+
+// NewChunker returns a chunker with this repository's secret parameters.
+func (r *Repository) NewChunker(rd io.Reader) repo.Chunker {
+	return chunker.New(rd, r.cfg.Chunker, r.table)
+}
+
+// MinChunk is the smallest chunk cut before the end of a stream.
+func (r *Repository) MinChunk() int { return r.cfg.Chunker.Min }
 
 // ChunkerParams returns the chunk size parameters.
 func (r *Repository) ChunkerParams() chunker.Params { return r.cfg.Chunker }

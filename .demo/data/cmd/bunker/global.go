@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"bunker/internal/backend"
+	"bunker/internal/backend/local"
+	"bunker/internal/repo/repository"
+)
+
+type globalOptions struct {
+	repo         string
+	passwordFile string
+	json         bool
+	quiet        bool
+	compression  string
+}
+
+func (g *globalOptions) register(c *cobra.Command) {
+	f := c.PersistentFlags()
+	f.StringVarP(&g.repo, "repo", "r", "", "repository location (env BUNKER_REPOSITORY)")
+	f.StringVar(&g.passwordFile, "password-file", "", "file holding the repository password (env BUNKER_PASSWORD_FILE; or set BUNKER_PASSWORD_COMMAND)")
+	f.BoolVar(&g.json, "json", false, "print machine-readable JSON")
+	f.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors and the result")
+	f.StringVar(&g.compression, "compression", "auto", "compression for new data: auto, fastest, max, off")
+}
+
+func (g *globalOptions) repoLocation() (string, error) {
+	loc := g.repo
+	if loc == "" {
+		loc = os.Getenv("BUNKER_REPOSITORY")
+	}
+	if loc == "" {
+		return "", usagef("no repository given: use --repo or set BUNKER_REPOSITORY")
+	}
+	return strings.TrimPrefix(loc, "local:"), nil
+}
+
+// password reads the password from, in order: --password-file,
+// BUNKER_PASSWORD_FILE, BUNKER_PASSWORD_COMMAND, the terminal. It is never
+// accepted as a command-line argument.
+func (g *globalOptions) password(prompt string, confirm bool) ([]byte, error) {
+	file := g.passwordFile
+	if file == "" {
+		file = os.Getenv("BUNKER_PASSWORD_FILE")
+	}
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("read password file: %w", err)
+		}
+		return checkPassword(firstLine(b))
+	}
+	if cmd := os.Getenv("BUNKER_PASSWORD_COMMAND"); cmd != "" {
+		var out bytes.Buffer
+		c := exec.Command("/bin/sh", "-c", cmd)
+		c.Stdout, c.Stderr = &out, os.Stderr
+		if err := c.Run(); err != nil {
+			return nil, fmt.Errorf("BUNKER_PASSWORD_COMMAND failed: %w", err)
+		}
+		return checkPassword(firstLine(out.Bytes()))
+	}
+	return readTerminalPassword(prompt, confirm)
+}
+
+func firstLine(b []byte) []byte {
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		b = b[:i]
+	}
+	return bytes.TrimSuffix(b, []byte("\r"))
+}
+
+func checkPassword(p []byte) ([]byte, error) {
+	if len(p) == 0 {
+		return nil, errors.New("the password is empty")
+	}
+	return p, nil
+}
+
+// readTerminalPassword prompts on /dev/tty with echo off.
+func readTerminalPassword(prompt string, confirm bool) ([]byte, error) {
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil {
+		return nil, usagef("no password: use --password-file, BUNKER_PASSWORD_FILE or BUNKER_PASSWORD_COMMAND")
+	}
+	defer tty.Close()
+	read := func(p string) ([]byte, error) {
+		fmt.Fprint(tty, p)
+		fd := int(tty.Fd())
+		old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+		if err != nil {
+			return nil, usagef("no password: use --password-file, BUNKER_PASSWORD_FILE or BUNKER_PASSWORD_COMMAND")
+		}
+		noecho := *old
+		noecho.Lflag &^= unix.ECHO
+		if err := unix.IoctlSetTermios(fd, unix.TCSETS, &noecho); err != nil {
+			return nil, err
+		}
+		defer func() { _ = unix.IoctlSetTermios(fd, unix.TCSETS, old); fmt.Fprintln(tty) }()
+		var line []byte
+		var b [1]byte
+		for {
+			n, err := tty.Read(b[:])
+			if n == 0 || err != nil || b[0] == '\n' {
+				break
+			}
+			line = append(line, b[0])
+		}
+		return checkPassword(bytes.TrimSuffix(line, []byte("\r")))
+	}
+	p, err := read(prompt)
+	if err != nil || !confirm {
+		return p, err
+	}
+	again, err := read("enter the password again: ")
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(p, again) {
+		return nil, errors.New("the passwords do not match")
+	}
+	return p, nil
+}
+
+func (g *globalOptions) repoOptions() (repository.Options, error) {
+	comp, err := repository.ParseCompression(g.compression)
+	if err != nil {
+		return repository.Options{}, usageError{err}
+	}
+	return repository.Options{Compression: comp}, nil
+}
+
+// openBackend opens the storage of an existing repository.
+func (g *globalOptions) openBackend(ctx context.Context) (backend.Backend, error) {
+	loc, err := g.repoLocation()
+	if err != nil {
+		return nil, err
+	}
+	be, err := local.Open(ctx, loc)
+	if errors.Is(err, backend.ErrNotExist) {
+		return nil, fmt.Errorf("%w at %s", repository.ErrNotFound, loc)
+	}
+	return be, err
+}
+
+// openRepo opens the repository and, if withIndex, loads its index.
+func (g *globalOptions) openRepo(ctx context.Context, withIndex bool) (*repository.Repository, error) {
+	be, err := g.openBackend(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pw, err := g.password("enter the repository password: ", false)
+	if err != nil {
+		be.Close()
+		return nil, err
+	}
+	opts, err := g.repoOptions()
+	if err != nil {
+		be.Close()
+		return nil, err
+	}
+	r, err := repository.Open(ctx, be, pw, opts)
+	if err != nil {
+		be.Close()
+		return nil, err
+	}
+	if withIndex {
+		if err := r.LoadIndex(ctx); err != nil {
+			r.Close()
+			be.Close()
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+func closeRepo(r *repository.Repository) {
+	r.Close()
+	r.Backend().Close()
+}
+
+// printJSON writes v as one line of JSON.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+// msgf prints a human message unless --quiet or --json.
+func (g *globalOptions) msgf(c *cobra.Command, format string, args ...any) {
+	if g.quiet || g.json {
+		return
+	}
+	fmt.Fprintf(c.OutOrStdout(), format, args...)
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}

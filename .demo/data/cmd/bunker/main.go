@@ -1,0 +1,160 @@
+// Command bunker backs up and restores file systems into an encrypted,
+// deduplicated repository.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"bunker/internal/archiver"
+	"bunker/internal/backend"
+	"bunker/internal/repo/crypto"
+	"bunker/internal/repo/repository"
+	"bunker/internal/restorer"
+)
+
+// Exit codes; documented in `bunker help exit-codes` and the README.
+const (
+	exitOK          = 0
+	exitFailure     = 1
+	exitUsage       = 2
+	exitIncomplete  = 3
+	exitDamaged     = 4
+	exitNoRepo      = 10
+	exitLocked      = 11
+	exitWrongPass   = 12
+	exitInterrupted = 130
+)
+
+const exitCodesHelp = `Exit codes:
+  0    success
+  1    failure (storage unreachable, disk full, unexpected error)
+  2    usage error (unknown flag or command, bad argument)
+  3    done, but incomplete: some files could not be read (backup) or restored (restore)
+  4    the repository is damaged: check found problems, or data failed verification
+  10   the repository does not exist
+  11   the repository is locked by another process
+  12   wrong password (no key slot matches)
+  130  interrupted (SIGINT/SIGTERM)`
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+// usageError marks errors that are the caller's mistake in the command line.
+type usageError struct{ error }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// errIncomplete marks a run that finished with some entries skipped; the
+// details were already printed.
+var errIncomplete = errors.New("incomplete")
+
+// errDamaged marks a check that found problems; the details were already printed.
+var errDamaged = errors.New("repository damaged")
+
+func exitCode(err error) int {
+	var ue usageError
+	var pe *fs.PathError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, context.Canceled):
+		return exitInterrupted
+	case errors.As(err, &ue):
+		return exitUsage
+	case errors.Is(err, errIncomplete), errors.Is(err, restorer.ErrIncomplete):
+		return exitIncomplete
+	case errors.Is(err, errDamaged), errors.Is(err, repository.ErrCorrupt), errors.Is(err, crypto.ErrUnauthenticated), errors.Is(err, repository.ErrVerify):
+		return exitDamaged
+	case errors.Is(err, repository.ErrNotFound):
+		return exitNoRepo
+	case errors.Is(err, repository.ErrWrongPassword):
+		return exitWrongPass
+	case errors.Is(err, archiver.ErrPathNotExist):
+		return exitFailure
+	case errors.As(err, &pe), errors.Is(err, backend.ErrNoSpace):
+		return exitFailure
+	}
+	return exitFailure
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	root := newRootCmd()
+	err := root.ExecuteContext(ctx)
+	interrupted := ctx.Err() != nil
+	stop()
+	if err != nil {
+		if interrupted {
+			err = context.Canceled
+		}
+		if strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "unknown flag") {
+			err = usageError{err}
+		}
+		if !errors.Is(err, errIncomplete) && !errors.Is(err, errDamaged) {
+			fmt.Fprintln(os.Stderr, "bunker: "+oneLine(err))
+		}
+		os.Exit(exitCode(err))
+	}
+}
+
+// oneLine keeps an error message on one line.
+func oneLine(err error) string {
+	if errors.Is(err, context.Canceled) {
+		return "interrupted"
+	}
+	var parts []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func newRootCmd() *cobra.Command {
+	g := &globalOptions{}
+	root := &cobra.Command{
+		Use:   "bunker",
+		Short: "Backups that restore: deduplicated, compressed, encrypted, verified",
+		Long: "bunker backs up files and streams into an encrypted, deduplicated repository\n" +
+			"and restores them.\n\n" + exitCodesHelp,
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	g.register(root)
+	root.AddCommand(
+		newInitCmd(g), newBackupCmd(g), newSnapshotsCmd(g), newLsCmd(g), newDiffCmd(g),
+		newStatsCmd(g), newRestoreCmd(g), newDumpCmd(g), newCheckCmd(g), newKeyCmd(g),
+		&cobra.Command{Use: "exit-codes", Short: "List the exit codes", Run: func(c *cobra.Command, _ []string) {
+			fmt.Fprintln(c.OutOrStdout(), exitCodesHelp)
+		}},
+	)
+	for _, c := range root.Commands() {
+		c.Args = wrapArgs(c.Args)
+	}
+	return root
+}
+
+// wrapArgs turns cobra's argument errors into usage errors.
+func wrapArgs(v cobra.PositionalArgs) cobra.PositionalArgs {
+	if v == nil {
+		return nil
+	}
+	return func(c *cobra.Command, args []string) error {
+		if err := v(c, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}

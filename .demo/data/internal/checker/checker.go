@@ -1,0 +1,393 @@
+package checker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"runtime"
+	"sort"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"bunker/internal/backend"
+	"bunker/internal/repo"
+	"bunker/internal/repo/crypto"
+	"bunker/internal/repo/index"
+	"bunker/internal/repo/pack"
+	"bunker/internal/repo/repository"
+	"bunker/internal/snapshot"
+)
+
+// Problem is one finding of a check.
+type Problem struct {
+	Kind   string `json:"kind"`             // "index", "pack", "snapshot", "tree", "blob"
+	Object string `json:"object,omitempty"` // the file or blob concerned
+	Msg    string `json:"message"`
+}
+
+func (p Problem) String() string {
+	if p.Object != "" {
+		return fmt.Sprintf("%s %s: %s", p.Kind, p.Object, p.Msg)
+	}
+	return fmt.Sprintf("%s: %s", p.Kind, p.Msg)
+}
+
+// Damage names what a damaged blob breaks.
+type Damage struct {
+	Pack      string   `json:"pack"`
+	Blob      string   `json:"blob"`
+	Snapshots []string `json:"snapshots"`
+	Files     []string `json:"files"`
+}
+
+// Options select how much a check reads.
+type Options struct {
+	// ReadData reads and verifies every pack of the subset.
+	ReadData bool
+	// Subset selects packs for ReadData: pack n of every m (1 <= N <= M), by
+	// the first bytes of the pack ID, so running 1/M..M/M covers everything.
+	SubsetN, SubsetM uint32
+	Progress         func(done, total int)
+}
+
+// Result is the outcome of a check.
+type Result struct {
+	Problems          []Problem `json:"problems"`
+	Damaged           []Damage  `json:"damaged,omitempty"`
+	Snapshots         int       `json:"snapshots"`
+	Trees             int       `json:"trees"`
+	Packs             int       `json:"packs"`
+	PacksRead         int       `json:"packs_read"`
+	UnreferencedPacks int       `json:"unreferenced_packs"`
+}
+
+// OK reports whether no problem was found.
+func (r *Result) OK() bool { return len(r.Problems) == 0 }
+
+type checker struct {
+	repo *repository.Repository
+	mu   sync.Mutex
+	res  Result
+	// packs as the index files describe them.
+	packs map[repo.ID][]pack.Blob
+	bad   map[repo.ID]repo.ID // damaged blob -> pack
+}
+
+func (c *checker) problem(kind, obj, format string, args ...any) {
+	c.mu.Lock()
+	c.res.Problems = append(c.res.Problems, Problem{Kind: kind, Object: obj, Msg: fmt.Sprintf(format, args...)})
+	c.mu.Unlock()
+}
+
+// Check verifies the repository's structure, and with ReadData its content.
+// The repository's index must not be loaded yet: the check loads it itself.
+func Check(ctx context.Context, r *repository.Repository, opts Options) (*Result, error) {
+	c := &checker{repo: r, packs: make(map[repo.ID][]pack.Blob), bad: make(map[repo.ID]repo.ID)}
+	if err := c.checkIndex(ctx); err != nil {
+		return nil, err
+	}
+	stored, err := c.checkPacks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	snaps := c.checkSnapshots(ctx)
+	if opts.ReadData {
+		if err := c.readData(ctx, stored, opts); err != nil {
+			return nil, err
+		}
+		if len(c.bad) > 0 {
+			c.locateDamage(ctx, snaps)
+		}
+	}
+	sort.Slice(c.res.Problems, func(i, j int) bool { return c.res.Problems[i].String() < c.res.Problems[j].String() })
+	return &c.res, ctx.Err()
+}
+
+func (c *checker) checkIndex(ctx context.Context) error {
+	ids, err := c.repo.List(ctx, backend.IndexFile)
+	if err != nil {
+		return err
+	}
+	superseded := map[repo.ID]bool{}
+	files := map[repo.ID]*index.File{}
+	for _, id := range ids {
+		f, err := c.repo.LoadIndexFile(ctx, id)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			c.problem("index", id.String(), "%v", err)
+			continue
+		}
+		files[id] = f
+		for _, s := range f.Supersedes {
+			superseded[s] = true
+		}
+	}
+	idx := c.repo.Index()
+	for id, f := range files {
+		if superseded[id] {
+			continue
+		}
+		for _, p := range f.Packs {
+			c.packs[p.ID] = append(c.packs[p.ID], p.Blobs...)
+			idx.AddPack(p.ID, p.Blobs)
+		}
+	}
+	return nil
+}
+
+// expectedSize is the size of a pack holding exactly these blobs.
+func expectedSize(blobs []pack.Blob) int64 {
+	var end int64
+	for _, b := range blobs {
+		if e := int64(b.Offset) + int64(b.Length); e > end {
+			end = e
+		}
+	}
+	return end + crypto.Overhead + 4 + int64(len(blobs))*(2+8+repo.IDSize) + 4
+}
+
+func (c *checker) checkPacks(ctx context.Context) (map[repo.ID]int64, error) {
+	stored := map[repo.ID]int64{}
+	err := c.repo.Backend().List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
+		id, err := repo.ParseID(fi.Name)
+		if err != nil {
+			c.problem("pack", fi.Name, "file name is not a pack ID")
+			return nil
+		}
+		stored[id] = fi.Size
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.res.Packs = len(stored)
+	for id, blobs := range c.packs {
+		size, ok := stored[id]
+		if !ok {
+			c.problem("pack", id.String(), "missing: the index lists %d blobs in it", len(blobs))
+			for _, b := range blobs {
+				c.bad[b.ID] = id
+			}
+			continue
+		}
+		if want := expectedSize(blobs); size != want {
+			c.problem("pack", id.String(), "size %d, but the index implies %d (truncated or extended)", size, want)
+			for _, b := range blobs {
+				c.bad[b.ID] = id
+			}
+		}
+	}
+	for id := range stored {
+		if _, ok := c.packs[id]; !ok {
+			// Left by an interrupted backup; harmless, prune removes it.
+			c.res.UnreferencedPacks++
+		}
+	}
+	return stored, nil
+}
+
+func (c *checker) checkSnapshots(ctx context.Context) []*snapshot.Snapshot {
+	ids, err := c.repo.List(ctx, backend.SnapshotFile)
+	if err != nil {
+		c.problem("snapshot", "", "list: %v", err)
+		return nil
+	}
+	var snaps []*snapshot.Snapshot
+	for _, id := range ids {
+		sn, err := c.repo.LoadSnapshot(ctx, id)
+		if err != nil {
+			c.problem("snapshot", id.String(), "%v", err)
+			continue
+		}
+		snaps = append(snaps, sn)
+	}
+	c.res.Snapshots = len(snaps)
+	seen := map[repo.ID]bool{}
+	for _, sn := range snaps {
+		c.walkTree(ctx, sn.Tree, "/", seen, func(string, *snapshot.Node) {})
+	}
+	c.res.Trees = len(seen)
+	return snaps
+}
+
+// walkTree checks every tree below id once, calling fn for each node.
+func (c *checker) walkTree(ctx context.Context, id repo.ID, dir string, seen map[repo.ID]bool, fn func(p string, n *snapshot.Node)) {
+	if seen[id] || ctx.Err() != nil {
+		return
+	}
+	seen[id] = true
+	data, err := c.repo.LoadBlob(ctx, repo.TreeBlob, id)
+	if err != nil {
+		c.problem("tree", id.String(), "at %s: %v", dir, err)
+		return
+	}
+	tree, err := snapshot.DecodeTree(data)
+	if err != nil {
+		c.problem("tree", id.String(), "at %s: %v", dir, err)
+		return
+	}
+	idx := c.repo.Index()
+	for _, n := range tree.Nodes {
+		p := path.Join(dir, n.Name)
+		fn(p, n)
+		for _, b := range n.Content {
+			if !idx.Has(repo.BlobHandle{ID: b, Type: repo.DataBlob}) {
+				c.problem("blob", b.String(), "data blob of %s is missing", p)
+			}
+		}
+		if n.Type == snapshot.TypeDir {
+			c.walkTree(ctx, n.Subtree, p, seen, fn)
+		}
+	}
+}
+
+func inSubset(id repo.ID, n, m uint32) bool {
+	if m <= 1 {
+		return true
+	}
+	v := uint32(id[0])<<24 | uint32(id[1])<<16 | uint32(id[2])<<8 | uint32(id[3])
+	return v%m == n-1
+}
+
+func (c *checker) readData(ctx context.Context, stored map[repo.ID]int64, opts Options) error {
+	var ids []repo.ID
+	for id := range stored {
+		if _, indexed := c.packs[id]; indexed && inSubset(id, opts.SubsetN, opts.SubsetM) {
+			ids = append(ids, id)
+		}
+	}
+	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
+	var done int
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0) + 1)
+	for _, id := range ids {
+		g.Go(func() error {
+			c.readPack(gctx, id)
+			mu.Lock()
+			done++
+			if opts.Progress != nil {
+				opts.Progress(done, len(ids))
+			}
+			mu.Unlock()
+			return gctx.Err()
+		})
+	}
+	c.res.PacksRead = len(ids)
+	return g.Wait()
+}
+
+func (c *checker) markBad(pid repo.ID, blobs []pack.Blob) {
+	c.mu.Lock()
+	for _, b := range blobs {
+		c.bad[b.ID] = pid
+	}
+	c.mu.Unlock()
+}
+
+func (c *checker) readPack(ctx context.Context, id repo.ID) {
+	h := backend.Handle{Type: backend.PackFile, Name: id.String()}
+	var data []byte
+	err := c.repo.Backend().Load(ctx, h, 0, 0, func(rd io.Reader) error {
+		var err error
+		data, err = io.ReadAll(rd)
+		return err
+	})
+	want := c.packs[id]
+	if err != nil {
+		c.problem("pack", id.String(), "read: %v", err)
+		c.markBad(id, want)
+		return
+	}
+	if crypto.FileID(data) != id {
+		c.problem("pack", id.String(), "content does not match its name (the file was changed or damaged)")
+	}
+	// Decode each blob the index lists, and compare the pack's own header.
+	for _, b := range want {
+		end := int64(b.Offset) + int64(b.Length)
+		if end > int64(len(data)) {
+			c.problem("blob", b.ID.String(), "in pack %s: past the end of the pack", id.Short())
+			c.markBad(id, []pack.Blob{b})
+			continue
+		}
+		if _, err := c.repo.DecodeBlob(b, data[b.Offset:end], nil); err != nil {
+			c.problem("blob", b.ID.String(), "in pack %s: %v", id.Short(), err)
+			c.markBad(id, []pack.Blob{b})
+		}
+	}
+	if len(data) >= 4 {
+		n, err := pack.HeaderLength(data[len(data)-4:], int64(len(data)))
+		if err == nil {
+			var hdr []pack.Blob
+			hdr, err = pack.DecodeHeader(c.repo.Key(), data[len(data)-4-n:len(data)-4], int64(len(data)))
+			if err == nil && !sameBlobs(hdr, want) {
+				err = errors.New("the pack header and the index disagree")
+			}
+		}
+		if err != nil {
+			c.problem("pack", id.String(), "header: %v", err)
+		}
+	}
+}
+
+func sameBlobs(a, b []pack.Blob) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	m := make(map[repo.BlobHandle]pack.Blob, len(a))
+	for _, x := range a {
+		m[x.Handle()] = x
+	}
+	for _, y := range b {
+		if x, ok := m[y.Handle()]; !ok || x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// locateDamage names the snapshots and files that use damaged blobs.
+func (c *checker) locateDamage(ctx context.Context, snaps []*snapshot.Snapshot) {
+	byBlob := map[repo.ID]*Damage{}
+	for b, p := range c.bad {
+		byBlob[b] = &Damage{Pack: p.String(), Blob: b.String()}
+	}
+	for _, sn := range snaps {
+		hit := map[*Damage]bool{}
+		c.walkTree(ctx, sn.Tree, "/", map[repo.ID]bool{}, func(p string, n *snapshot.Node) {
+			for _, b := range n.Content {
+				if d := byBlob[b]; d != nil {
+					d.Files = appendOnce(d.Files, p)
+					hit[d] = true
+				}
+			}
+			if d := byBlob[n.Subtree]; d != nil && n.Type == snapshot.TypeDir {
+				d.Files = appendOnce(d.Files, p+"/")
+				hit[d] = true
+			}
+		})
+		for d := range hit {
+			d.Snapshots = appendOnce(d.Snapshots, sn.ID.String())
+		}
+	}
+	for _, d := range byBlob {
+		sort.Strings(d.Files)
+		sort.Strings(d.Snapshots)
+		c.res.Damaged = append(c.res.Damaged, *d)
+	}
+	sort.Slice(c.res.Damaged, func(i, j int) bool { return c.res.Damaged[i].Blob < c.res.Damaged[j].Blob })
+}
+
+func appendOnce(s []string, v string) []string {
+	for _, x := range s {
+		if x == v {
+			return s
+		}
+	}
+	return append(s, v)
+}

@@ -1,0 +1,214 @@
+package fs
+
+import (
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"bunker/internal/fs/fstest"
+	"bunker/internal/snapshot"
+)
+
+func TestMetaReaderNode(t *testing.T) {
+	dir := t.TempDir()
+	tr := fstest.MakeTree(t, dir)
+	m := fstest.Manifest(t, dir)
+	r := NewMetaReader(MetaOptions{})
+
+	inodes := map[uint64]bool{}
+	for rel, e := range m {
+		path := filepath.Join(dir, filepath.FromSlash(rel))
+		fi, err := os.Lstat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := r.Node(path, fi)
+		if err != nil {
+			t.Fatalf("%q: %v", rel, err)
+		}
+		check := func(field string, got, want any) {
+			t.Helper()
+			if got != want {
+				t.Errorf("%q: %s = %v, want %v", rel, field, got, want)
+			}
+		}
+		check("Name", n.Name, filepath.Base(path))
+		check("Type", n.Type, e.Type)
+		check("Mode", n.Mode, e.Mode)
+		check("UID", n.UID, e.UID)
+		check("GID", n.GID, e.GID)
+		check("ModTime", n.ModTime.UnixNano(), e.ModTime)
+		if e.Type != snapshot.TypeSymlink { // Manifest's readlink may update a link's atime
+			check("AccessTime", n.AccessTime.UnixNano(), e.AccessTime)
+		}
+		check("LinkTarget", n.LinkTarget, e.LinkTarget)
+		check("Rdev", n.Rdev, e.Rdev)
+		if e.Type == snapshot.TypeFile {
+			check("Size", n.Size, uint64(e.Size))
+		} else {
+			check("Size", n.Size, uint64(0))
+		}
+		if n.ChangeTime.IsZero() || n.Inode == 0 || n.Links == 0 || n.DeviceID == 0 {
+			t.Errorf("%q: ctime/inode/links/dev not set: %+v", rel, n)
+		}
+		if len(n.Xattrs) != len(e.Xattrs) {
+			t.Errorf("%q: %d xattrs, want %d", rel, len(n.Xattrs), len(e.Xattrs))
+		}
+		for i, x := range n.Xattrs {
+			if i > 0 && n.Xattrs[i-1].Name >= x.Name {
+				t.Errorf("%q: xattrs not sorted", rel)
+			}
+			if want, ok := e.Xattrs[x.Name]; !ok || want != string(x.Value) {
+				t.Errorf("%q: xattr %s = %q, want %q", rel, x.Name, x.Value, want)
+			}
+		}
+		if e.LinkGroup != "" {
+			inodes[n.Inode] = true
+			check("Links", n.Links, uint64(3))
+		}
+		if n.Content != nil || !n.Subtree.IsNull() {
+			t.Errorf("%q: content or subtree set", rel)
+		}
+	}
+	if len(inodes) != 1 {
+		t.Errorf("hard links: %d distinct inodes, want 1", len(inodes))
+	}
+	if tr.Root {
+		n := node(t, r, filepath.Join(dir, tr.CharDev))
+		if n.Type != snapshot.TypeCharDev || unix.Major(n.Rdev) != 1 || unix.Minor(n.Rdev) != 3 {
+			t.Errorf("chardev: %v %d:%d", n.Type, unix.Major(n.Rdev), unix.Minor(n.Rdev))
+		}
+		n = node(t, r, filepath.Join(dir, tr.Owned))
+		if n.Mode != 0o4750 || n.UID != 1234 || n.GID != 5678 {
+			t.Errorf("owned: mode %#o owner %d:%d", n.Mode, n.UID, n.GID)
+		}
+	}
+	if n := node(t, r, filepath.Join(dir, tr.StickyDir)); n.Mode != 0o1777 {
+		t.Errorf("sticky: mode %#o", n.Mode)
+	}
+	if n := node(t, r, filepath.Join(dir, "modes/setgid")); n.Mode != 0o2750 {
+		t.Errorf("setgid: mode %#o", n.Mode)
+	}
+	if n := node(t, r, filepath.Join(dir, tr.BadUTF8)); n.Name != "bad\xffname" {
+		t.Errorf("bad utf-8 name %q", n.Name)
+	}
+	if n := node(t, r, filepath.Join(dir, tr.SparseFile)); n.Size != fstest.SparseSize {
+		t.Errorf("sparse size %d", n.Size)
+	}
+	// Nanoseconds survive.
+	if n := node(t, r, filepath.Join(dir, "one")); n.ModTime.Nanosecond()%1000 == 0 {
+		t.Errorf("mtime %v lost its nanoseconds", n.ModTime)
+	}
+	// NoXattrs.
+	if tr.Xattrs {
+		nr := NewMetaReader(MetaOptions{NoXattrs: true})
+		if n := node(t, nr, filepath.Join(dir, tr.XattrFile)); n.Xattrs != nil {
+			t.Errorf("NoXattrs: got %v", n.Xattrs)
+		}
+		if n := node(t, r, filepath.Join(dir, tr.XattrFile)); len(n.Xattrs) != 2 ||
+			n.Xattrs[0].Name != "user.bunker.empty" || len(n.Xattrs[0].Value) != 0 ||
+			n.Xattrs[1].Name != fstest.XattrName {
+			t.Errorf("xattrs %q", n.Xattrs)
+		}
+	}
+}
+
+func node(t *testing.T, r *MetaReader, path string) *snapshot.Node {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := r.Node(path, fi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestMetaReaderNames(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := NewMetaReader(MetaOptions{})
+	n := node(t, r, path)
+	if u, err := user.LookupId(strconv.Itoa(os.Getuid())); err == nil && n.User != u.Username {
+		t.Errorf("User %q, want %q", n.User, u.Username)
+	}
+	if g, err := user.LookupGroupId(strconv.Itoa(os.Getgid())); err == nil && n.Group != g.Name {
+		t.Errorf("Group %q, want %q", n.Group, g.Name)
+	}
+	if os.Geteuid() == 0 {
+		// An ID without a name yields an empty name.
+		if err := os.Chown(path, 987654, 987655); err != nil {
+			t.Fatal(err)
+		}
+		n := node(t, r, path)
+		if n.UID != 987654 || n.User != "" || n.Group != "" {
+			t.Errorf("unknown owner: %d %q %q", n.UID, n.User, n.Group)
+		}
+	}
+}
+
+func TestMetaReaderConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 20 {
+		if err := os.WriteFile(filepath.Join(dir, strconv.Itoa(i)), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := NewMetaReader(MetaOptions{})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				path := filepath.Join(dir, strconv.Itoa((i+g)%20))
+				fi, err := os.Lstat(path)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := r.Node(path, fi); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestReadXattrsLarge(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 3000) // ext4 limits a value to about one block
+	for i := range big {
+		big[i] = byte(i)
+	}
+	if err := unix.Lsetxattr(path, "user.big", big, 0); err != nil {
+		t.Skipf("user xattrs not available: %v", err)
+	}
+	for i := range 30 {
+		if err := unix.Lsetxattr(path, "user.name-number-"+strconv.Itoa(i), []byte{byte(i)}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	xs, err := ReadXattrs(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(xs) != 31 || xs[0].Name != "user.big" || string(xs[0].Value) != string(big) {
+		t.Fatalf("got %d xattrs, first %q (%d bytes)", len(xs), xs[0].Name, len(xs[0].Value))
+	}
+}

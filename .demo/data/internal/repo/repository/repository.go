@@ -1,0 +1,524 @@
+package repository
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/errgroup"
+
+	"bunker/internal/backend"
+	"bunker/internal/repo"
+	"bunker/internal/repo/chunker"
+	"bunker/internal/repo/crypto"
+	"bunker/internal/repo/index"
+	"bunker/internal/repo/pack"
+	"bunker/internal/snapshot"
+)
+
+// FormatVersion is the repository format this code writes and reads.
+const FormatVersion = 1
+
+// Sentinel errors; cmd/bunker maps them to exit codes.
+var (
+	ErrNotFound      = errors.New("repository does not exist")
+	ErrAlreadyExists = errors.New("repository already exists")
+	ErrWrongPassword = errors.New("wrong password or no key slot matches")
+	ErrBlobNotFound  = errors.New("blob not found in index")
+	// ErrCorrupt: stored data does not match its name or fails to decode.
+	ErrCorrupt = errors.New("repository data is corrupted")
+	// ErrVerify: a blob did not decode to its plaintext after sealing; nothing was stored.
+	ErrVerify = errors.New("blob failed verification before upload")
+	// ErrUploadLost: storage acknowledged a file it does not hold.
+	ErrUploadLost = errors.New("storage acknowledged an upload it did not store")
+)
+
+// Config is the repository's sealed config object.
+type Config struct {
+	Version    int            `json:"version"`
+	ID         string         `json:"id"`
+	Created    time.Time      `json:"created"`
+	Chunker    chunker.Params `json:"chunker"`
+	ChunkerKey []byte         `json:"chunker_key"`
+}
+
+// Compression selects the zstd level for new blobs.
+type Compression int
+
+// Compression levels.
+const (
+	CompressionAuto Compression = iota
+	CompressionOff
+	CompressionFastest
+	CompressionMax
+)
+
+// ParseCompression parses a --compression value.
+func ParseCompression(s string) (Compression, error) {
+	switch s {
+	case "", "auto":
+		return CompressionAuto, nil
+	case "off":
+		return CompressionOff, nil
+	case "fastest":
+		return CompressionFastest, nil
+	case "max":
+		return CompressionMax, nil
+	}
+	return 0, fmt.Errorf("unknown compression %q (want auto, fastest, max or off)", s)
+}
+
+// Options tune a repository handle.
+type Options struct {
+	// PackSize is the target pack size; 0 means DefaultPackSize.
+	PackSize    int
+	Compression Compression
+	// Uploads is how many packs are stored at once; 0 means the backend's Connections.
+	Uploads int
+	// KDF is used for new key slots; the zero value means crypto.DefaultKDF.
+	KDF crypto.KDFParams
+}
+
+// DefaultPackSize suits object stores: large enough that request overhead is
+// small, small enough that a restore of a few files reads little extra.
+const DefaultPackSize = 16 << 20
+
+// Repository composes a backend with encryption, packing and the index.
+// Readers and writers share it; all methods are safe for concurrent use.
+type Repository struct {
+	be      backend.Backend
+	opts    Options
+	key     *crypto.Key
+	master  *crypto.MasterKey
+	cfg     Config
+	table   *chunker.Table
+	keyName string
+	idx     *index.Index
+
+	enc    *zstd.Encoder
+	dec    *zstd.Decoder
+	metaDc *zstd.Decoder
+
+	mu        sync.Mutex
+	packers   map[repo.BlobType]*pack.Writer
+	pending   map[repo.BlobHandle]struct{}
+	newPacks  []index.PackEntry
+	uploadErr error
+	uploads   sync.WaitGroup
+	uploadSem chan struct{}
+
+	// testCorrupt, when set, changes sealed blobs before verification (RELIABILITY B6).
+	testCorrupt func(sealed []byte)
+}
+
+func newRepository(be backend.Backend, opts Options) (*Repository, error) {
+	if opts.PackSize <= 0 {
+		opts.PackSize = DefaultPackSize
+	}
+	if opts.KDF == (crypto.KDFParams{}) {
+		opts.KDF = crypto.DefaultKDF
+	}
+	if opts.Uploads <= 0 {
+		opts.Uploads = be.Properties().Connections
+		if opts.Uploads <= 0 {
+			opts.Uploads = 2
+		}
+	}
+	level := zstd.SpeedDefault
+	switch opts.Compression {
+	case CompressionFastest:
+		level = zstd.SpeedFastest
+	case CompressionMax:
+		level = zstd.SpeedBestCompression
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithZeroFrames(true))
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithDecoderMaxMemory(pack.MaxBlobSize))
+	if err != nil {
+		return nil, err
+	}
+	metaDc, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithDecoderMaxMemory(1<<30))
+	if err != nil {
+		return nil, err
+	}
+	return &Repository{
+		be: be, opts: opts, idx: index.New(), enc: enc, dec: dec, metaDc: metaDc,
+		packers:   make(map[repo.BlobType]*pack.Writer),
+		pending:   make(map[repo.BlobHandle]struct{}),
+		uploadSem: make(chan struct{}, opts.Uploads),
+	}, nil
+}
+
+// keySlot is the stored form of one key: master keys sealed under a key
+// derived from a password.
+type keySlot struct {
+	Version  int              `json:"version"`
+	Created  time.Time        `json:"created"`
+	Hostname string           `json:"hostname,omitempty"`
+	Username string           `json:"username,omitempty"`
+	KDF      string           `json:"kdf"`
+	Params   crypto.KDFParams `json:"params"`
+	Salt     []byte           `json:"salt"`
+	Data     []byte           `json:"data"`
+}
+
+// Create initialises a repository in an empty backend location and returns it open.
+func Create(ctx context.Context, be backend.Backend, password []byte, opts Options) (*Repository, error) {
+	if _, err := be.Stat(ctx, backend.Handle{Type: backend.ConfigFile}); err == nil {
+		return nil, ErrAlreadyExists
+	} else if !errors.Is(err, backend.ErrNotExist) {
+		return nil, err
+	}
+	r, err := newRepository(be, opts)
+	if err != nil {
+		return nil, err
+	}
+	r.master = crypto.NewMasterKey()
+	if r.key, err = crypto.NewKey(r.master); err != nil {
+		return nil, err
+	}
+	var rid [32]byte
+	crypto.Random(rid[:])
+	ck := make([]byte, 32)
+	crypto.Random(ck)
+	r.cfg = Config{Version: FormatVersion, ID: fmt.Sprintf("%x", rid), Created: time.Now().UTC(), Chunker: chunker.DefaultParams(), ChunkerKey: ck}
+	r.table = chunker.NewTable([32]byte(ck))
+	// Key slot first, then config: a repository without config is not one yet,
+	// and a half-made one can simply be removed and made again.
+	if r.keyName, err = r.AddKey(ctx, password); err != nil {
+		return nil, err
+	}
+	plain, _ := json.Marshal(r.cfg)
+	if err := r.saveSealed(ctx, backend.Handle{Type: backend.ConfigFile}, plain); err != nil {
+		return nil, fmt.Errorf("save config: %w", err)
+	}
+	return r, nil
+}
+
+// Open opens an existing repository with a password.
+func Open(ctx context.Context, be backend.Backend, password []byte, opts Options) (*Repository, error) {
+	cfgData, err := backend.LoadAll(ctx, be, backend.Handle{Type: backend.ConfigFile})
+	if errors.Is(err, backend.ErrNotExist) {
+		return nil, fmt.Errorf("%w at %s", ErrNotFound, be.Location())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	r, err := newRepository(be, opts)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	err = be.List(ctx, backend.KeyFile, func(fi backend.FileInfo) error {
+		names = append(names, fi.Name)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		m, err := r.tryKey(ctx, name, password)
+		if errors.Is(err, ErrWrongPassword) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		r.master, r.keyName = m, name
+		break
+	}
+	if r.master == nil {
+		return nil, ErrWrongPassword
+	}
+	if r.key, err = crypto.NewKey(r.master); err != nil {
+		return nil, err
+	}
+	plain, err := r.key.Open(nil, cfgData)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w: %w", ErrCorrupt, err)
+	}
+	if err := json.Unmarshal(plain, &r.cfg); err != nil {
+		return nil, fmt.Errorf("config: %w: %w", ErrCorrupt, err)
+	}
+	if r.cfg.Version != FormatVersion {
+		return nil, fmt.Errorf("repository format version %d is not supported (this bunker reads version %d)", r.cfg.Version, FormatVersion)
+	}
+	if err := r.cfg.Chunker.Validate(); err != nil || len(r.cfg.ChunkerKey) != 32 {
+		return nil, fmt.Errorf("config: %w: bad chunker parameters", ErrCorrupt)
+	}
+	r.table = chunker.NewTable([32]byte(r.cfg.ChunkerKey))
+	return r, nil
+}
+
+func (r *Repository) tryKey(ctx context.Context, name string, password []byte) (*crypto.MasterKey, error) {
+	data, err := backend.LoadAll(ctx, r.be, backend.Handle{Type: backend.KeyFile, Name: name})
+	if err != nil {
+		return nil, fmt.Errorf("read key %s: %w", name, err)
+	}
+	var ks keySlot
+	if err := json.Unmarshal(data, &ks); err != nil || ks.KDF != "argon2id" || ks.Params.Validate() != nil {
+		// A damaged slot must not lock the owner of another slot out.
+		return nil, ErrWrongPassword
+	}
+	wrap, err := crypto.DeriveKey(password, ks.Salt, ks.Params)
+	if err != nil {
+		return nil, ErrWrongPassword
+	}
+	k, err := crypto.NewKey(&crypto.MasterKey{Encrypt: wrap})
+	if err != nil {
+		return nil, err
+	}
+	plain, err := k.Open(nil, ks.Data)
+	if err != nil {
+		return nil, ErrWrongPassword
+	}
+	var m crypto.MasterKey
+	if err := json.Unmarshal(plain, &m); err != nil {
+		return nil, fmt.Errorf("key %s: %w", name, ErrCorrupt)
+	}
+	return &m, nil
+}
+
+// AddKey adds a key slot for password and returns its name.
+func (r *Repository) AddKey(ctx context.Context, password []byte) (string, error) {
+	if len(password) == 0 {
+		return "", errors.New("empty password")
+	}
+	ks := keySlot{Version: 1, Created: time.Now().UTC(), KDF: "argon2id", Params: r.opts.KDF, Salt: make([]byte, 32)}
+	ks.Hostname, _ = os.Hostname()
+	if u, err := user.Current(); err == nil {
+		ks.Username = u.Username
+	}
+	crypto.Random(ks.Salt)
+	wrap, err := crypto.DeriveKey(password, ks.Salt, ks.Params)
+	if err != nil {
+		return "", err
+	}
+	k, err := crypto.NewKey(&crypto.MasterKey{Encrypt: wrap})
+	if err != nil {
+		return "", err
+	}
+	mk, _ := json.Marshal(r.master)
+	ks.Data = k.Seal(nil, mk)
+	data, _ := json.Marshal(ks)
+	id := crypto.FileID(data)
+	if err := r.be.Save(ctx, backend.Handle{Type: backend.KeyFile, Name: id.String()}, data); err != nil {
+		return "", fmt.Errorf("save key: %w", err)
+	}
+	return id.String(), nil
+}
+
+// KeyInfo describes a key slot for listing.
+type KeyInfo struct {
+	ID       string    `json:"id"`
+	Current  bool      `json:"current"`
+	Created  time.Time `json:"created"`
+	Hostname string    `json:"hostname"`
+	Username string    `json:"username"`
+}
+
+// ListKeys lists the key slots.
+func (r *Repository) ListKeys(ctx context.Context) ([]KeyInfo, error) {
+	var out []KeyInfo
+	err := r.be.List(ctx, backend.KeyFile, func(fi backend.FileInfo) error {
+		data, err := backend.LoadAll(ctx, r.be, backend.Handle{Type: backend.KeyFile, Name: fi.Name})
+		if err != nil {
+			return err
+		}
+		var ks keySlot
+		if err := json.Unmarshal(data, &ks); err != nil {
+			return fmt.Errorf("key %s: %w", fi.Name, ErrCorrupt)
+		}
+		out = append(out, KeyInfo{ID: fi.Name, Current: fi.Name == r.keyName, Created: ks.Created, Hostname: ks.Hostname, Username: ks.Username})
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out, err
+}
+
+// RemoveKey removes a key slot named by its ID or a unique prefix. The key in
+// use cannot be removed (open with another key to remove this one).
+func (r *Repository) RemoveKey(ctx context.Context, prefix string) (string, error) {
+	keys, err := r.ListKeys(ctx)
+	if err != nil {
+		return "", err
+	}
+	var match []string
+	for _, k := range keys {
+		if strings.HasPrefix(k.ID, prefix) {
+			match = append(match, k.ID)
+		}
+	}
+	switch {
+	case len(match) == 0 || prefix == "":
+		return "", fmt.Errorf("no key %q", prefix)
+	case len(match) > 1:
+		return "", fmt.Errorf("key prefix %q is ambiguous", prefix)
+	case match[0] == r.keyName:
+		return "", errors.New("refusing to remove the key in use; open the repository with another key to remove this one")
+	}
+	return match[0], r.be.Remove(ctx, backend.Handle{Type: backend.KeyFile, Name: match[0]})
+}
+
+// KeyName is the ID of the key slot this handle was opened with.
+func (r *Repository) KeyName() string { return r.keyName }
+
+// Config returns the repository config.
+func (r *Repository) Config() Config { return r.cfg }
+
+// Backend returns the underlying backend.
+func (r *Repository) Backend() backend.Backend { return r.be }
+
+// ChunkerTable returns the secret gear table of this repository.
+func (r *Repository) ChunkerTable() *chunker.Table { return r.table }
+
+// NewChunker returns a chunker with this repository's secret parameters.
+func (r *Repository) NewChunker(rd io.Reader) repo.Chunker {
+	return chunker.New(rd, r.cfg.Chunker, r.table)
+}
+
+// MinChunk is the smallest chunk cut before the end of a stream.
+func (r *Repository) MinChunk() int { return r.cfg.Chunker.Min }
+
+// ChunkerParams returns the chunk size parameters.
+func (r *Repository) ChunkerParams() chunker.Params { return r.cfg.Chunker }
+
+// Index returns the in-memory index.
+func (r *Repository) Index() *index.Index { return r.idx }
+
+// Key returns the crypto key (for checkers and tools that read packs).
+func (r *Repository) Key() *crypto.Key { return r.key }
+
+// BlobID computes a blob's ID.
+func (r *Repository) BlobID(data []byte) repo.ID { return r.key.BlobID(data) }
+
+// Close releases the handle's resources.
+func (r *Repository) Close() error {
+	r.enc.Close()
+	r.dec.Close()
+	r.metaDc.Close()
+	return nil
+}
+
+// saveSealed seals plaintext and stores it under h, after checking that it opens.
+func (r *Repository) saveSealed(ctx context.Context, h backend.Handle, plaintext []byte) error {
+	sealed := r.key.Seal(nil, plaintext)
+	if back, err := r.key.Open(nil, sealed); err != nil || string(back) != string(plaintext) {
+		return fmt.Errorf("%w: %v", ErrVerify, h)
+	}
+	return r.be.Save(ctx, h, sealed)
+}
+
+// SaveUnpacked seals and stores a metadata object (snapshot, index, lock),
+// named by the hash of its stored bytes.
+func (r *Repository) SaveUnpacked(ctx context.Context, t backend.FileType, plaintext []byte) (repo.ID, error) {
+	sealed := r.key.Seal(nil, plaintext)
+	if back, err := r.key.Open(nil, sealed); err != nil || string(back) != string(plaintext) {
+		return repo.ID{}, fmt.Errorf("%w: %v", ErrVerify, t)
+	}
+	id := crypto.FileID(sealed)
+	if err := r.be.Save(ctx, backend.Handle{Type: t, Name: id.String()}, sealed); err != nil {
+		return id, err
+	}
+	return id, nil
+}
+
+// LoadUnpacked loads a metadata object, checks it against its name and opens it.
+func (r *Repository) LoadUnpacked(ctx context.Context, t backend.FileType, id repo.ID) ([]byte, error) {
+	h := backend.Handle{Type: t, Name: id.String()}
+	data, err := backend.LoadAll(ctx, r.be, h)
+	if err != nil {
+		return nil, err
+	}
+	if crypto.FileID(data) != id {
+		return nil, fmt.Errorf("%v: %w: content does not match its name", h, ErrCorrupt)
+	}
+	plain, err := r.key.Open(nil, data)
+	if err != nil {
+		return nil, fmt.Errorf("%v: %w: %w", h, ErrCorrupt, err)
+	}
+	return plain, nil
+}
+
+// List lists the IDs of stored files of one type, skipping names that are not IDs.
+func (r *Repository) List(ctx context.Context, t backend.FileType) ([]repo.ID, error) {
+	var ids []repo.ID
+	err := r.be.List(ctx, t, func(fi backend.FileInfo) error {
+		if id, err := repo.ParseID(fi.Name); err == nil {
+			ids = append(ids, id)
+		}
+		return nil
+	})
+	return ids, err
+}
+
+// SaveSnapshot stores a snapshot; call it only after Flush.
+func (r *Repository) SaveSnapshot(ctx context.Context, sn *snapshot.Snapshot) (repo.ID, error) {
+	id, err := r.SaveUnpacked(ctx, backend.SnapshotFile, sn.Encode())
+	if err == nil {
+		sn.ID = id
+	}
+	return id, err
+}
+
+// LoadSnapshot loads one snapshot.
+func (r *Repository) LoadSnapshot(ctx context.Context, id repo.ID) (*snapshot.Snapshot, error) {
+	plain, err := r.LoadUnpacked(ctx, backend.SnapshotFile, id)
+	if err != nil {
+		return nil, err
+	}
+	sn, err := snapshot.Decode(plain)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w: %w", id.Short(), ErrCorrupt, err)
+	}
+	sn.ID = id
+	return sn, nil
+}
+
+// Snapshots loads every snapshot, oldest first.
+func (r *Repository) Snapshots(ctx context.Context) ([]*snapshot.Snapshot, error) {
+	ids, err := r.List(ctx, backend.SnapshotFile)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*snapshot.Snapshot, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, id := range ids {
+		g.Go(func() error {
+			sn, err := r.LoadSnapshot(gctx, id)
+			out[i] = sn
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	return out, nil
+}
+
+// HasBlob reports whether the index holds a blob.
+func (r *Repository) HasBlob(h repo.BlobHandle) bool { return r.idx.Has(h) }
+
+// LookupBlob returns where a blob is stored.
+func (r *Repository) LookupBlob(h repo.BlobHandle) (index.Location, bool) { return r.idx.Lookup(h) }
+
+// RemoveKeyByID removes a key slot by its full ID, even the one this handle was
+// opened with (used by a password change, after the new slot is stored).
+func (r *Repository) RemoveKeyByID(ctx context.Context, id string) error {
+	return r.be.Remove(ctx, backend.Handle{Type: backend.KeyFile, Name: id})
+}

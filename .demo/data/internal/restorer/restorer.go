@@ -1,0 +1,439 @@
+package restorer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+
+	"bunker/internal/fs"
+	"bunker/internal/repo"
+	"bunker/internal/snapshot"
+)
+
+// Repository is what the restorer needs of a repository.
+type Repository interface {
+	LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID) ([]byte, error)
+	LookupBlob(h repo.BlobHandle) (repo.Location, bool)
+	LoadPackRange(ctx context.Context, packID repo.ID, blobs []repo.PackedBlob, fn func(b repo.PackedBlob, plain []byte, err error) error) error
+	BlobID(data []byte) repo.ID
+}
+
+// Options select what to restore and how.
+type Options struct {
+	// Includes restricts the restore to these snapshot paths and what is below
+	// them (for example "/home/alice"); empty means everything.
+	Includes []string
+	// Excludes leaves out matching entries (patterns as for backup).
+	Excludes []string
+	// Verify re-reads every restored file and checks it against the snapshot.
+	Verify bool
+	// Workers is the number of packs processed at once; zero means 2 per CPU.
+	Workers int
+	// Owner restores owners even when not running as root.
+	Owner bool
+	// Error is called for every entry that could not be restored.
+	Error func(path string, err error)
+	// Match decides exclusion; nil means no exclusions apply.
+	Match func(patterns []string, path string) bool
+}
+
+// Stats count what a restore did.
+type Stats struct {
+	Files, Dirs, Links, Others atomic.Uint64
+	Bytes                      atomic.Uint64
+	Errors                     atomic.Uint64
+}
+
+// ErrIncomplete is returned when some entries could not be restored; each was
+// reported through Options.Error.
+var ErrIncomplete = errors.New("some entries could not be restored")
+
+type target struct {
+	file   *fileState
+	offset int64
+}
+
+type fileState struct {
+	rel       string
+	node      *snapshot.Node
+	mu        sync.Mutex
+	f         *os.File
+	remaining int
+	failed    bool
+}
+
+type blobTargets struct {
+	blob    repo.PackedBlob
+	targets []target
+}
+
+type link struct{ from, to string }
+
+// Restorer restores one snapshot tree into a target directory.
+type Restorer struct {
+	repo  Repository
+	opts  Options
+	root  *fs.Root
+	Stats Stats
+
+	files     []*fileState
+	packs     map[repo.ID]map[repo.ID]*blobTargets
+	links     []link
+	dirs      []dirEntry
+	inodes    map[[2]uint64]string
+	metaOpts  fs.RestoreOptions
+	cancelled atomic.Bool
+}
+
+type dirEntry struct {
+	rel  string
+	node *snapshot.Node
+}
+
+// New returns a restorer.
+func New(r Repository, opts Options) *Restorer {
+	if opts.Workers <= 0 {
+		opts.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	return &Restorer{repo: r, opts: opts, packs: make(map[repo.ID]map[repo.ID]*blobTargets),
+		inodes: make(map[[2]uint64]string), metaOpts: fs.RestoreOptions{Owner: opts.Owner}}
+}
+
+func (r *Restorer) report(rel string, err error) {
+	r.Stats.Errors.Add(1)
+	if r.opts.Error != nil {
+		r.opts.Error("/"+rel, err)
+	}
+}
+
+// Run restores the tree into dir. Nothing is ever written outside dir.
+func (r *Restorer) Run(ctx context.Context, tree repo.ID, dir string) error {
+	root, err := fs.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("open target: %w", err)
+	}
+	defer root.Close()
+	r.root = root
+	if err := r.walk(ctx, tree, ""); err != nil {
+		return err
+	}
+	if err := r.writeContent(ctx); err != nil {
+		return err
+	}
+	for _, l := range r.links {
+		if err := r.root.Link(l.from, l.to); err != nil {
+			r.report(l.to, err)
+			continue
+		}
+		r.Stats.Links.Add(1)
+	}
+	if r.opts.Verify {
+		r.verify(ctx)
+	}
+	// Directory metadata last, deepest first, so writing entries does not change it.
+	for i := len(r.dirs) - 1; i >= 0; i-- {
+		d := r.dirs[i]
+		if err := r.root.SetMetadata(d.rel, d.node, r.metaOpts); err != nil && !fs.IsWarning(err) {
+			r.report(d.rel, err)
+		}
+	}
+	if r.Stats.Errors.Load() > 0 {
+		return ErrIncomplete
+	}
+	return ctx.Err()
+}
+
+// selected reports whether rel ("a/b") is to be restored, and whether a
+// directory at rel must be descended into because an include lies below it.
+func (r *Restorer) selected(rel string, isDir bool) (restore, descend bool) {
+	abs := "/" + rel
+	if r.opts.Match != nil && len(r.opts.Excludes) > 0 && r.opts.Match(r.opts.Excludes, abs) {
+		return false, false
+	}
+	if len(r.opts.Includes) == 0 {
+		return true, isDir
+	}
+	for _, inc := range r.opts.Includes {
+		inc = path.Clean("/" + inc)
+		if inc == "/" || abs == inc || strings.HasPrefix(abs, inc+"/") {
+			return true, isDir
+		}
+		if isDir && strings.HasPrefix(inc, abs+"/") {
+			descend = true
+		}
+	}
+	return descend, descend
+}
+
+func (r *Restorer) loadTree(ctx context.Context, id repo.ID) (*snapshot.Tree, error) {
+	data, err := r.repo.LoadBlob(ctx, repo.TreeBlob, id)
+	if err != nil {
+		return nil, err
+	}
+	return snapshot.DecodeTree(data)
+}
+
+func (r *Restorer) walk(ctx context.Context, id repo.ID, dir string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	tree, err := r.loadTree(ctx, id)
+	if err != nil {
+		r.report(dir, fmt.Errorf("directory not restored: %w", err))
+		return nil
+	}
+	for _, n := range tree.Nodes {
+		if err := fs.ValidName(n.Name); err != nil {
+			r.report(path.Join(dir, n.Name), fmt.Errorf("refusing entry: %w", err))
+			continue
+		}
+		rel := path.Join(dir, n.Name)
+		restore, descend := r.selected(rel, n.Type == snapshot.TypeDir)
+		if !restore && !descend {
+			continue
+		}
+		switch n.Type {
+		case snapshot.TypeDir:
+			if err := r.root.Mkdir(rel); err != nil {
+				r.report(rel, err)
+				continue
+			}
+			r.Stats.Dirs.Add(1)
+			if restore {
+				r.dirs = append(r.dirs, dirEntry{rel: rel, node: n})
+			}
+			if err := r.walk(ctx, n.Subtree, rel); err != nil {
+				return err
+			}
+		case snapshot.TypeFile:
+			r.planFile(rel, n)
+		case snapshot.TypeSymlink:
+			r.restoreOther(rel, n, func() error { return r.root.Symlink(rel, n.LinkTarget) })
+		case snapshot.TypeFifo, snapshot.TypeDev, snapshot.TypeCharDev:
+			r.restoreOther(rel, n, func() error { return r.root.Mknod(rel, n.Type, n.Mode, n.Rdev) })
+		case snapshot.TypeSocket:
+			// A socket exists only while a process listens on it: nothing to restore.
+		}
+	}
+	return nil
+}
+
+func (r *Restorer) restoreOther(rel string, n *snapshot.Node, create func() error) {
+	if err := create(); err != nil {
+		r.report(rel, err)
+		return
+	}
+	if err := r.root.SetMetadata(rel, n, r.metaOpts); err != nil && !fs.IsWarning(err) {
+		r.report(rel, err)
+		return
+	}
+	r.Stats.Others.Add(1)
+}
+
+func (r *Restorer) planFile(rel string, n *snapshot.Node) {
+	if n.Links > 1 {
+		key := [2]uint64{n.DeviceID, n.Inode}
+		if first, ok := r.inodes[key]; ok {
+			r.links = append(r.links, link{from: first, to: rel})
+			return
+		}
+		r.inodes[key] = rel
+	}
+	fst := &fileState{rel: rel, node: n, remaining: len(n.Content)}
+	var off int64
+	for _, id := range n.Content {
+		loc, ok := r.repo.LookupBlob(repo.BlobHandle{ID: id, Type: repo.DataBlob})
+		if !ok {
+			fst.failed = true
+			r.report(rel, fmt.Errorf("data blob %s is missing from the repository", id.Short()))
+			return
+		}
+		byBlob := r.packs[loc.Pack]
+		if byBlob == nil {
+			byBlob = make(map[repo.ID]*blobTargets)
+			r.packs[loc.Pack] = byBlob
+		}
+		bt := byBlob[id]
+		if bt == nil {
+			bt = &blobTargets{blob: repo.PackedBlob{Type: repo.DataBlob, ID: id, Compressed: loc.Compressed, Offset: loc.Offset, Length: loc.Length, RawLength: loc.RawLength}}
+			byBlob[id] = bt
+		}
+		bt.targets = append(bt.targets, target{file: fst, offset: off})
+		off += int64(loc.RawLength)
+	}
+	r.files = append(r.files, fst)
+}
+
+// writeContent creates every file and writes its content, reading each pack
+// once; several packs are processed at once.
+func (r *Restorer) writeContent(ctx context.Context) error {
+	// Empty files are finished at once.
+	for _, f := range r.files {
+		if f.remaining == 0 && !f.failed {
+			r.finishFile(f, nil)
+		}
+	}
+	ids := make([]repo.ID, 0, len(r.packs))
+	for id := range r.packs {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.opts.Workers)
+	for _, pid := range ids {
+		g.Go(func() error { return r.restorePack(gctx, pid) })
+	}
+	return g.Wait()
+}
+
+func (r *Restorer) restorePack(ctx context.Context, pid repo.ID) error {
+	byBlob := r.packs[pid]
+	blobs := make([]repo.PackedBlob, 0, len(byBlob))
+	for _, bt := range byBlob {
+		blobs = append(blobs, bt.blob)
+	}
+	sort.Slice(blobs, func(i, j int) bool { return blobs[i].Offset < blobs[j].Offset })
+	err := r.repo.LoadPackRange(ctx, pid, blobs, func(b repo.PackedBlob, plain []byte, err error) error {
+		bt := byBlob[b.ID]
+		for _, t := range bt.targets {
+			r.writeBlob(t, plain, err)
+		}
+		return ctx.Err()
+	})
+	if err != nil && ctx.Err() == nil {
+		// The pack could not be read at all: every file that needs it is damaged.
+		for _, bt := range byBlob {
+			for _, t := range bt.targets {
+				r.writeBlob(t, nil, err)
+			}
+		}
+		return nil
+	}
+	return err
+}
+
+func (r *Restorer) writeBlob(t target, plain []byte, blobErr error) {
+	f := t.file
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failed {
+		return
+	}
+	if blobErr != nil {
+		r.failFile(f, blobErr)
+		return
+	}
+	if f.f == nil {
+		file, err := r.root.CreateFile(f.rel)
+		if err != nil {
+			r.failFile(f, err)
+			return
+		}
+		f.f = file
+	}
+	// All-zero blobs are not written: the file stays sparse there.
+	if !fs.IsZero(plain) {
+		if _, err := f.f.WriteAt(plain, t.offset); err != nil {
+			r.failFile(f, err)
+			return
+		}
+	}
+	r.Stats.Bytes.Add(uint64(len(plain)))
+	f.remaining--
+	if f.remaining == 0 {
+		r.finishFile(f, f.f)
+		f.f = nil
+	}
+}
+
+// failFile removes a file that cannot be restored whole: a restore never
+// leaves a file with silent zeros where data was lost.
+func (r *Restorer) failFile(f *fileState, err error) {
+	f.failed = true
+	if f.f != nil {
+		f.f.Close()
+		f.f = nil
+	}
+	_ = r.root.Remove(f.rel)
+	r.report(f.rel, fmt.Errorf("not restored: %w", err))
+}
+
+func (r *Restorer) finishFile(f *fileState, file *os.File) {
+	if file == nil {
+		var err error
+		if file, err = r.root.CreateFile(f.rel); err != nil {
+			f.failed = true
+			r.report(f.rel, err)
+			return
+		}
+	}
+	err := file.Truncate(int64(f.node.Size))
+	if cerr := file.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		r.failFile(f, err)
+		return
+	}
+	if err := r.root.SetMetadata(f.rel, f.node, r.metaOpts); err != nil && !fs.IsWarning(err) {
+		r.report(f.rel, err)
+	}
+	r.Stats.Files.Add(1)
+}
+
+// verify re-reads every restored file and checks each chunk against its ID.
+func (r *Restorer) verify(ctx context.Context) {
+	g, _ := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for _, f := range r.files {
+		if f.failed {
+			continue
+		}
+		g.Go(func() error {
+			if err := r.verifyFile(f); err != nil {
+				r.report(f.rel, fmt.Errorf("verify: %w", err))
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+}
+
+func (r *Restorer) verifyFile(f *fileState) error {
+	file, err := r.root.OpenFile(f.rel)
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	var buf []byte
+	var off int64
+	for _, id := range f.node.Content {
+		loc, _ := r.repo.LookupBlob(repo.BlobHandle{ID: id, Type: repo.DataBlob})
+		if cap(buf) < int(loc.RawLength) {
+			buf = make([]byte, loc.RawLength)
+		}
+		buf = buf[:loc.RawLength]
+		if _, err := file.ReadAt(buf, off); err != nil && !(errors.Is(err, io.EOF) && len(buf) == 0) {
+			return err
+		}
+		if r.repo.BlobID(buf) != id {
+			return fmt.Errorf("content at offset %d differs from the snapshot", off)
+		}
+		off += int64(loc.RawLength)
+	}
+	var one [1]byte
+	if n, _ := file.ReadAt(one[:], off); n != 0 {
+		return errors.New("file is longer than in the snapshot")
+	}
+	return nil
+}

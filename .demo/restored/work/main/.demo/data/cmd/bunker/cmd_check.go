@@ -1,0 +1,100 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"bunker/internal/checker"
+	"bunker/internal/ui"
+)
+
+// parseSubset parses "n/m" or "p%".
+func parseSubset(s string) (n, m uint32, err error) {
+	if p, ok := strings.CutSuffix(s, "%"); ok {
+		v, err := strconv.ParseFloat(p, 64)
+		if err != nil || v <= 0 || v > 100 {
+			return 0, 0, usagef("--read-data-subset %q: want a percentage in (0, 100]", s)
+		}
+		// p% of the packs is 1 of every round(100/p) buckets.
+		m := uint32(100/v + 0.5)
+		return 1, max(m, 1), nil
+	}
+	a, b, ok := strings.Cut(s, "/")
+	x, err1 := strconv.ParseUint(a, 10, 32)
+	y, err2 := strconv.ParseUint(b, 10, 32)
+	if !ok || err1 != nil || err2 != nil || x < 1 || y < 1 || x > y {
+		return 0, 0, usagef("--read-data-subset %q: want n/m with 1 <= n <= m, or a percentage", s)
+	}
+	return uint32(x), uint32(y), nil
+}
+
+func newCheckCmd(g *globalOptions) *cobra.Command {
+	var readData bool
+	var subset string
+	c := &cobra.Command{
+		Use:   "check",
+		Short: "Check the repository's structure, and with --read-data all of its data",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			ctx := c.Context()
+			opts := checker.Options{ReadData: readData || subset != ""}
+			if subset != "" {
+				n, m, err := parseSubset(subset)
+				if err != nil {
+					return err
+				}
+				opts.SubsetN, opts.SubsetM = n, m
+			}
+			r, err := g.openRepo(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer closeRepo(r)
+			stop := ui.StartProgress(c.ErrOrStderr(), !g.quiet && !g.json && isTerminal(os.Stderr), func() string { return "checking" })
+			var progress struct{ done, total int }
+			opts.Progress = func(done, total int) { progress.done, progress.total = done, total }
+			res, err := checker.Check(ctx, r, opts)
+			stop()
+			if err != nil {
+				return err
+			}
+			w := c.OutOrStdout()
+			if g.json {
+				if res.Problems == nil {
+					res.Problems = []checker.Problem{}
+				}
+				if err := printJSON(w, res); err != nil {
+					return err
+				}
+			} else {
+				for _, p := range res.Problems {
+					fmt.Fprintf(w, "error: %s\n", quote(p.String()))
+				}
+				for _, d := range res.Damaged {
+					fmt.Fprintf(w, "damaged blob %s in pack %s\n", d.Blob[:8], d.Pack[:8])
+					for _, f := range d.Files {
+						fmt.Fprintf(w, "  file %s\n", quote(f))
+					}
+					for _, s := range d.Snapshots {
+						fmt.Fprintf(w, "  in snapshot %s\n", s[:8])
+					}
+				}
+				g.msgf(c, "checked %d snapshots, %d trees, %d packs (%d read in full), %d unreferenced packs\n",
+					res.Snapshots, res.Trees, res.Packs, res.PacksRead, res.UnreferencedPacks)
+			}
+			if !res.OK() {
+				fmt.Fprintf(c.ErrOrStderr(), "bunker: check found %d problems\n", len(res.Problems))
+				return errDamaged
+			}
+			g.msgf(c, "no problems found\n")
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&readData, "read-data", false, "read and verify every pack")
+	c.Flags().StringVar(&subset, "read-data-subset", "", "read and verify a subset of the packs: `n/m` or a percentage")
+	return c
+}

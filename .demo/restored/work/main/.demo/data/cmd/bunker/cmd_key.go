@@ -1,0 +1,121 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"bunker/internal/ui"
+)
+
+func newKeyCmd(g *globalOptions) *cobra.Command {
+	var newPasswordFile string
+	readNew := func() ([]byte, error) {
+		if newPasswordFile != "" {
+			b, err := os.ReadFile(newPasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("read new password file: %w", err)
+			}
+			return checkPassword(firstLine(b))
+		}
+		return readTerminalPassword("enter the new password: ", true)
+	}
+	c := &cobra.Command{Use: "key", Short: "Manage the repository's key slots (passwords)"}
+	add := &cobra.Command{
+		Use: "add", Short: "Add a key slot with a new password", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			r, err := g.openRepo(c.Context(), false)
+			if err != nil {
+				return err
+			}
+			defer closeRepo(r)
+			pw, err := readNew()
+			if err != nil {
+				return err
+			}
+			id, err := r.AddKey(c.Context(), pw)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(c.OutOrStdout(), map[string]string{"id": id})
+			}
+			fmt.Fprintf(c.OutOrStdout(), "added key %s\n", id[:8])
+			return nil
+		},
+	}
+	list := &cobra.Command{
+		Use: "list", Short: "List key slots", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			r, err := g.openRepo(c.Context(), false)
+			if err != nil {
+				return err
+			}
+			defer closeRepo(r)
+			keys, err := r.ListKeys(c.Context())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(c.OutOrStdout(), keys)
+			}
+			var rows [][]string
+			for _, k := range keys {
+				cur := ""
+				if k.Current {
+					cur = "*"
+				}
+				rows = append(rows, []string{cur + k.ID[:8], k.Username, k.Hostname, k.Created.Local().Format("2006-01-02 15:04:05")})
+			}
+			ui.Table(c.OutOrStdout(), []string{"ID", "User", "Host", "Created"}, rows)
+			return nil
+		},
+	}
+	remove := &cobra.Command{
+		Use: "remove ID", Short: "Remove a key slot (not the one in use)", Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			r, err := g.openRepo(c.Context(), false)
+			if err != nil {
+				return err
+			}
+			defer closeRepo(r)
+			id, err := r.RemoveKey(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			g.msgf(c, "removed key %s\n", id[:8])
+			return nil
+		},
+	}
+	passwd := &cobra.Command{
+		Use: "passwd", Short: "Change the password: add a new key slot, then remove the one in use", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			ctx := c.Context()
+			r, err := g.openRepo(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer closeRepo(r)
+			pw, err := readNew()
+			if err != nil {
+				return err
+			}
+			old := r.KeyName()
+			id, err := r.AddKey(ctx, pw)
+			if err != nil {
+				return err
+			}
+			if err := r.RemoveKeyByID(ctx, old); err != nil {
+				return fmt.Errorf("new key %s added, but removing the old key %s failed: %w", id[:8], old[:8], err)
+			}
+			g.msgf(c, "password changed: key %s replaces %s\n", id[:8], old[:8])
+			return nil
+		},
+	}
+	for _, sub := range []*cobra.Command{add, passwd} {
+		sub.Flags().StringVar(&newPasswordFile, "new-password-file", "", "file holding the new password")
+	}
+	c.AddCommand(add, list, remove, passwd)
+	return c
+}

@@ -1,0 +1,706 @@
+package archiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"bunker/internal/fs"
+	"bunker/internal/repo"
+	"bunker/internal/snapshot"
+)
+
+// Repository is what the archiver needs of a repository.
+type Repository interface {
+	SaveBlob(ctx context.Context, t repo.BlobType, data []byte, id repo.ID) (repo.ID, bool, int, error)
+	LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID) ([]byte, error)
+	HasBlob(h repo.BlobHandle) bool
+	BlobID(data []byte) repo.ID
+	// NewChunker returns a chunker with the repository's secret parameters.
+	NewChunker(rd io.Reader) repo.Chunker
+	// MinChunk is the smallest chunk the chunker cuts (except at the end).
+	MinChunk() int
+}
+
+// Options configure one backup.
+type Options struct {
+	Excludes      []string
+	OneFileSystem bool
+	// ParentTree is the root tree of the snapshot to compare against; zero for none.
+	ParentTree repo.ID
+	// FileWorkers read files; zero means 2 per CPU.
+	FileWorkers int
+	// BlobWorkers hash, compress, seal and pack chunks; zero means one per CPU.
+	BlobWorkers int
+	// Error is called for every entry that could not be read; the backup goes on.
+	Error func(path string, err error)
+}
+
+// Stats are live counters; read them with atomic loads while a backup runs.
+type Stats struct {
+	FilesNew, FilesChanged, FilesUnchanged atomic.Uint64
+	DirsNew, DirsChanged, DirsUnchanged    atomic.Uint64
+	BlobsAdded, BytesAdded, BytesAddedRaw  atomic.Uint64
+	BytesProcessed, FilesProcessed         atomic.Uint64
+	BytesRead                              atomic.Uint64
+	Errors                                 atomic.Uint64
+}
+
+// Summary copies the counters into a snapshot summary.
+func (s *Stats) Summary() snapshot.Summary {
+	return snapshot.Summary{
+		FilesNew: s.FilesNew.Load(), FilesChanged: s.FilesChanged.Load(), FilesUnchanged: s.FilesUnchanged.Load(),
+		DirsNew: s.DirsNew.Load(), DirsChanged: s.DirsChanged.Load(), DirsUnchanged: s.DirsUnchanged.Load(),
+		BlobsAdded: s.BlobsAdded.Load(), BytesAdded: s.BytesAdded.Load(), BytesAddedRaw: s.BytesAddedRaw.Load(),
+		BytesProcessed: s.BytesProcessed.Load(), FilesProcessed: s.FilesProcessed.Load(),
+		Errors: s.Errors.Load(), Incomplete: s.Errors.Load() > 0,
+	}
+}
+
+// Archiver backs up file system paths into a repository.
+type Archiver struct {
+	repo  Repository
+	opts  Options
+	meta  *fs.MetaReader
+	Stats Stats
+
+	files chan *fileJob
+	blobs chan *blobJob
+	ctx   context.Context
+
+	errMu    sync.Mutex
+	fatalErr error
+}
+
+// New returns an archiver.
+func New(r Repository, opts Options) *Archiver {
+	if opts.FileWorkers <= 0 {
+		opts.FileWorkers = 2 * runtime.GOMAXPROCS(0)
+	}
+	if opts.BlobWorkers <= 0 {
+		opts.BlobWorkers = runtime.GOMAXPROCS(0)
+	}
+	return &Archiver{repo: r, opts: opts, meta: fs.NewMetaReader(fs.MetaOptions{})}
+}
+
+// future is a node that will be complete once done is closed. A nil node after
+// done means the entry was skipped.
+type future struct {
+	done chan struct{}
+	node *snapshot.Node
+}
+
+func resolved(n *snapshot.Node) *future {
+	f := &future{done: make(chan struct{}), node: n}
+	close(f.done)
+	return f
+}
+
+func (f *future) wait() *snapshot.Node { <-f.done; return f.node }
+
+type fileJob struct {
+	path   string
+	node   *snapshot.Node
+	fut    *future
+	parent *snapshot.Node
+}
+
+type blobJob struct {
+	buf    *[]byte
+	result *repo.ID
+	wg     *sync.WaitGroup
+	errp   *atomic.Pointer[error]
+}
+
+func (a *Archiver) fatal(err error) {
+	a.errMu.Lock()
+	if a.fatalErr == nil {
+		a.fatalErr = err
+	}
+	a.errMu.Unlock()
+}
+
+func (a *Archiver) failed() error {
+	a.errMu.Lock()
+	defer a.errMu.Unlock()
+	return a.fatalErr
+}
+
+func (a *Archiver) report(path string, err error) {
+	a.Stats.Errors.Add(1)
+	if a.opts.Error != nil {
+		a.opts.Error(path, err)
+	}
+}
+
+// Run backs up the given paths (absolute or relative to the working directory)
+// and returns the ID of the root tree. Entries that cannot be read are reported
+// through Options.Error and left out; storage and repository errors stop the run.
+func (a *Archiver) Run(ctx context.Context, paths []string) (repo.ID, []string, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.ctx = ctx
+	targets, err := cleanTargets(paths)
+	if err != nil {
+		return repo.ID{}, nil, err
+	}
+	a.files = make(chan *fileJob, 256)
+	a.blobs = make(chan *blobJob, a.opts.BlobWorkers)
+	var fileWG, blobWG sync.WaitGroup
+	for range a.opts.BlobWorkers {
+		blobWG.Go(a.blobWorker)
+	}
+	for range a.opts.FileWorkers {
+		fileWG.Go(a.fileWorker)
+	}
+
+	var parentRoot *snapshot.Tree
+	if !a.opts.ParentTree.IsNull() {
+		parentRoot, _ = a.loadTree(ctx, a.opts.ParentTree)
+	}
+	rootFut := a.saveVirtual(ctx, "/", buildTrie(targets), parentRoot)
+
+	root := rootFut.wait()
+	close(a.files)
+	fileWG.Wait()
+	close(a.blobs)
+	blobWG.Wait()
+	if err := a.failed(); err != nil {
+		return repo.ID{}, nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return repo.ID{}, nil, err
+	}
+	if root == nil {
+		return repo.ID{}, nil, errors.New("nothing was backed up")
+	}
+	return root.Subtree, targets, nil
+}
+
+func cleanTargets(paths []string) ([]string, error) {
+	var out []string
+	for _, p := range paths {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Lstat(abs); err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("%s: %w", p, ErrPathNotExist)
+			}
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		out = append(out, abs)
+	}
+	sort.Strings(out)
+	// Drop targets inside other targets.
+	var kept []string
+	for _, p := range out {
+		if len(kept) > 0 {
+			last := kept[len(kept)-1]
+			if p == last || strings.HasPrefix(p, strings.TrimSuffix(last, "/")+"/") {
+				continue
+			}
+		}
+		kept = append(kept, p)
+	}
+	return kept, nil
+}
+
+// ErrPathNotExist is returned when a path given to back up does not exist.
+var ErrPathNotExist = errors.New("path does not exist")
+
+// trie holds the targets by path component; a leaf marks a target to walk.
+type trie struct {
+	children map[string]*trie
+	target   string
+}
+
+func buildTrie(targets []string) *trie {
+	root := &trie{children: map[string]*trie{}}
+	for _, t := range targets {
+		cur := root
+		if t == "/" {
+			root.target = "/"
+			continue
+		}
+		for _, c := range strings.Split(strings.TrimPrefix(t, "/"), "/") {
+			next := cur.children[c]
+			if next == nil {
+				next = &trie{children: map[string]*trie{}}
+				cur.children[c] = next
+			}
+			cur = next
+		}
+		cur.target = t
+	}
+	return root
+}
+
+// saveVirtual saves the directories above the targets: only the named children
+// are included, each with the metadata of the real directory.
+func (a *Archiver) saveVirtual(ctx context.Context, path string, t *trie, parent *snapshot.Tree) *future {
+	if t.target != "" {
+		return a.saveDirAt(ctx, path, parent)
+	}
+	names := make([]string, 0, len(t.children))
+	for n := range t.children {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	futs := make([]*future, 0, len(names))
+	for _, name := range names {
+		child := t.children[name]
+		cpath := filepath.Join(path, name)
+		var pnode *snapshot.Node
+		if parent != nil {
+			pnode = parent.Find(name)
+		}
+		if child.target != "" {
+			futs = append(futs, a.saveEntry(ctx, cpath, pnode, 0))
+			continue
+		}
+		node, err := a.lstatNode(cpath)
+		if err != nil {
+			a.report(cpath, err)
+			continue
+		}
+		var ptree *snapshot.Tree
+		if pnode != nil && pnode.Type == snapshot.TypeDir {
+			ptree, _ = a.loadTree(ctx, pnode.Subtree)
+		}
+		f := a.saveVirtual(ctx, cpath, child, ptree)
+		futs = append(futs, a.finishDir(ctx, node, f))
+	}
+	dirNode := &snapshot.Node{Name: "/", Type: snapshot.TypeDir}
+	return a.finishTree(ctx, path, dirNode, futs, parent)
+}
+
+// finishDir wraps the future of a virtual directory's tree into its node.
+func (a *Archiver) finishDir(ctx context.Context, node *snapshot.Node, inner *future) *future {
+	f := &future{done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		if n := inner.wait(); n != nil {
+			node.Subtree = n.Subtree
+			f.node = node
+		}
+	}()
+	return f
+}
+
+// saveDirAt saves the directory at path, returning a future holding only its Subtree.
+func (a *Archiver) saveDirAt(ctx context.Context, path string, parent *snapshot.Tree) *future {
+	node, err := a.lstatNode(path)
+	if err != nil {
+		a.report(path, err)
+		return resolved(nil)
+	}
+	return a.walkDir(ctx, path, node, parent, node.DeviceID)
+}
+
+func (a *Archiver) lstatNode(path string) (*snapshot.Node, error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil, err
+	}
+	return a.meta.Node(path, fi)
+}
+
+// saveEntry saves one entry of any kind. dev is the device of the backup root
+// for --one-file-system (0 means the entry itself is a root).
+func (a *Archiver) saveEntry(ctx context.Context, path string, pnode *snapshot.Node, dev uint64) *future {
+	if a.excluded(path) {
+		return resolved(nil)
+	}
+	node, err := a.lstatNode(path)
+	if err != nil {
+		var xe *fs.XattrError
+		if !errors.As(err, &xe) || node == nil {
+			a.report(path, err)
+			return resolved(nil)
+		}
+		a.report(path, err) // metadata partly read: keep the entry, report the rest
+	}
+	if dev == 0 {
+		dev = node.DeviceID
+	}
+	switch node.Type {
+	case snapshot.TypeDir:
+		var ptree *snapshot.Tree
+		if pnode != nil && pnode.Type == snapshot.TypeDir {
+			ptree, _ = a.loadTree(ctx, pnode.Subtree)
+		}
+		if a.opts.OneFileSystem && node.DeviceID != dev {
+			// A mount point: keep the directory, not what is mounted on it.
+			return a.finishTree(ctx, path, node, nil, ptree)
+		}
+		return a.walkDir(ctx, path, node, ptree, dev)
+	case snapshot.TypeFile:
+		a.Stats.FilesProcessed.Add(1)
+		a.Stats.BytesProcessed.Add(node.Size)
+		if pnode != nil && unchanged(pnode, node) && a.haveContent(pnode.Content) {
+			node.Content = pnode.Content
+			a.Stats.FilesUnchanged.Add(1)
+			return resolved(node)
+		}
+		f := &future{done: make(chan struct{})}
+		select {
+		case a.files <- &fileJob{path: path, node: node, fut: f, parent: pnode}:
+		case <-ctx.Done():
+			return resolved(nil)
+		}
+		return f
+	default:
+		return resolved(node)
+	}
+}
+
+func unchanged(old, n *snapshot.Node) bool {
+	return old.Type == snapshot.TypeFile && old.Size == n.Size && old.Inode == n.Inode &&
+		old.ModTime.Equal(n.ModTime) && old.ChangeTime.Equal(n.ChangeTime)
+}
+
+func (a *Archiver) haveContent(ids []repo.ID) bool {
+	for _, id := range ids {
+		if !a.repo.HasBlob(repo.BlobHandle{ID: id, Type: repo.DataBlob}) {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *Archiver) walkDir(ctx context.Context, path string, node *snapshot.Node, parent *snapshot.Tree, dev uint64) *future {
+	names, err := readDirNames(path)
+	if err != nil {
+		a.report(path, err)
+		// Keep the directory itself, empty: its metadata was readable.
+		return a.finishTree(ctx, path, node, nil, parent)
+	}
+	futs := make([]*future, 0, len(names))
+	for _, name := range names {
+		if ctx.Err() != nil || a.failed() != nil {
+			break
+		}
+		var pnode *snapshot.Node
+		if parent != nil {
+			pnode = parent.Find(name)
+		}
+		futs = append(futs, a.saveEntry(ctx, filepath.Join(path, name), pnode, dev))
+	}
+	return a.finishTree(ctx, path, node, futs, parent)
+}
+
+func readDirNames(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// finishTree waits for the children in the background, then saves the tree
+// blob and completes the directory's node.
+func (a *Archiver) finishTree(ctx context.Context, path string, node *snapshot.Node, futs []*future, parent *snapshot.Tree) *future {
+	f := &future{done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		tree := &snapshot.Tree{Nodes: make([]*snapshot.Node, 0, len(futs))}
+		for _, cf := range futs {
+			if n := cf.wait(); n != nil {
+				tree.Nodes = append(tree.Nodes, n)
+			}
+		}
+		if a.failed() != nil || ctx.Err() != nil {
+			return
+		}
+		tree.Sort()
+		id, added, _, err := a.repo.SaveBlob(ctx, repo.TreeBlob, tree.Encode(), repo.ID{})
+		if err != nil {
+			a.fatal(fmt.Errorf("save tree of %s: %w", path, err))
+			return
+		}
+		switch {
+		case parent == nil:
+			a.Stats.DirsNew.Add(1)
+		case added:
+			a.Stats.DirsChanged.Add(1)
+		default:
+			a.Stats.DirsUnchanged.Add(1)
+		}
+		node.Subtree = id
+		f.node = node
+	}()
+	return f
+}
+
+func (a *Archiver) loadTree(ctx context.Context, id repo.ID) (*snapshot.Tree, error) {
+	data, err := a.repo.LoadBlob(ctx, repo.TreeBlob, id)
+	if err != nil {
+		return nil, err
+	}
+	return snapshot.DecodeTree(data)
+}
+
+func (a *Archiver) excluded(path string) bool {
+	return Excluded(a.opts.Excludes, path)
+}
+
+// Excluded reports whether path matches one of the patterns. A pattern without
+// a slash matches any path component's name ("*.tmp", ".cache"); a pattern with
+// a slash matches the whole absolute path or one of its leading directories
+// ("/home/*/Downloads").
+func Excluded(patterns []string, path string) bool {
+	base := filepath.Base(path)
+	for _, p := range patterns {
+		if !strings.Contains(p, "/") {
+			if ok, _ := filepath.Match(p, base); ok {
+				return true
+			}
+			continue
+		}
+		for cur := path; ; cur = filepath.Dir(cur) {
+			if ok, _ := filepath.Match(strings.TrimSuffix(p, "/"), cur); ok {
+				return true
+			}
+			if cur == "/" || cur == "." {
+				break
+			}
+		}
+	}
+	return false
+}
+
+// smallFile is the size under which a file is read whole into one buffer (it
+// is one chunk anyway), skipping the chunker and its larger buffer.
+var smallFileBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+func (a *Archiver) fileWorker() {
+	var ch repo.Chunker
+	for job := range a.files {
+		if a.failed() != nil || a.ctx.Err() != nil {
+			close(job.fut.done)
+			continue
+		}
+		n, err := a.saveFile(job, &ch)
+		if err != nil {
+			a.report(job.path, err)
+			n = nil
+		}
+		if n != nil {
+			if job.parent == nil {
+				a.Stats.FilesNew.Add(1)
+			} else {
+				a.Stats.FilesChanged.Add(1)
+			}
+		}
+		job.fut.node = n
+		close(job.fut.done)
+	}
+}
+
+func openNoatime(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOATIME|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, syscall.EPERM) {
+		f, err = os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	}
+	return f, err
+}
+
+func (a *Archiver) saveFile(job *fileJob, chp *repo.Chunker) (*snapshot.Node, error) {
+	f, err := openNoatime(job.path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, err
+	}
+	if st.Ino != job.node.Inode || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, errors.New("file was replaced while being read")
+	}
+	node := job.node
+	if st.Size < int64(a.repo.MinChunk()) {
+		// One chunk: read it whole.
+		bp := smallFileBufs.Get().(*[]byte)
+		defer smallFileBufs.Put(bp)
+		buf, err := readAll(f, (*bp)[:0], st.Size)
+		*bp = buf
+		if err != nil {
+			return nil, err
+		}
+		a.Stats.BytesRead.Add(uint64(len(buf)))
+		node.Size = uint64(len(buf))
+		if len(buf) > 0 {
+			id, err := a.saveData(buf)
+			if err != nil {
+				return nil, err
+			}
+			node.Content = []repo.ID{id}
+		}
+		return node, nil
+	}
+	if *chp == nil {
+		*chp = a.repo.NewChunker(f)
+	} else {
+		(*chp).Reset(f)
+	}
+	ch := *chp
+	var ids []*repo.ID
+	var wg sync.WaitGroup
+	var errp atomic.Pointer[error]
+	var size uint64
+	for {
+		chunk, err := ch.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			wg.Wait()
+			return nil, err
+		}
+		size += uint64(len(chunk))
+		a.Stats.BytesRead.Add(uint64(len(chunk)))
+		buf := getChunkBuf(len(chunk))
+		*buf = append((*buf)[:0], chunk...)
+		id := new(repo.ID)
+		ids = append(ids, id)
+		wg.Add(1)
+		select {
+		case a.blobs <- &blobJob{buf: buf, result: id, wg: &wg, errp: &errp}:
+		case <-a.ctx.Done():
+			wg.Done()
+			wg.Wait()
+			return nil, a.ctx.Err()
+		}
+	}
+	wg.Wait()
+	if e := errp.Load(); e != nil {
+		a.fatal(*e)
+		return nil, *e
+	}
+	node.Size = size
+	node.Content = make([]repo.ID, len(ids))
+	for i, id := range ids {
+		node.Content[i] = *id
+	}
+	return node, nil
+}
+
+func readAll(f *os.File, buf []byte, size int64) ([]byte, error) {
+	if int64(cap(buf)) < size+1 {
+		buf = make([]byte, 0, size+1)
+	}
+	for {
+		n, err := f.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+	}
+}
+
+var chunkBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2<<20); return &b }}
+
+func getChunkBuf(n int) *[]byte {
+	b := chunkBufs.Get().(*[]byte)
+	if cap(*b) < n {
+		nb := make([]byte, 0, n)
+		b = &nb
+	}
+	return b
+}
+
+func (a *Archiver) blobWorker() {
+	for job := range a.blobs {
+		if job.errp.Load() == nil && a.failed() == nil {
+			id, err := a.saveData(*job.buf)
+			if err != nil {
+				job.errp.CompareAndSwap(nil, &err)
+			}
+			*job.result = id
+		}
+		chunkBufs.Put(job.buf)
+		job.wg.Done()
+	}
+}
+
+func (a *Archiver) saveData(data []byte) (repo.ID, error) {
+	id, added, n, err := a.repo.SaveBlob(a.ctx, repo.DataBlob, data, repo.ID{})
+	if err != nil {
+		a.fatal(err)
+		return id, err
+	}
+	if added {
+		a.Stats.BlobsAdded.Add(1)
+		a.Stats.BytesAdded.Add(uint64(n))
+		a.Stats.BytesAddedRaw.Add(uint64(len(data)))
+	}
+	return id, nil
+}
+
+// SaveStream stores the content of rd as a single file named name at the root
+// of a new tree and returns the tree's ID and the file's size.
+func (a *Archiver) SaveStream(ctx context.Context, name string, rd io.Reader, mode uint32) (repo.ID, uint64, error) {
+	if err := fs.ValidName(name); err != nil {
+		return repo.ID{}, 0, err
+	}
+	a.ctx = ctx
+	ch := a.repo.NewChunker(rd)
+	now := time.Now()
+	node := &snapshot.Node{Name: name, Type: snapshot.TypeFile, Mode: mode, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()),
+		ModTime: now, AccessTime: now, ChangeTime: now, Links: 1}
+	for {
+		chunk, err := ch.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return repo.ID{}, 0, err
+		}
+		id, err := a.saveData(chunk)
+		if err != nil {
+			return repo.ID{}, 0, err
+		}
+		node.Size += uint64(len(chunk))
+		node.Content = append(node.Content, id)
+	}
+	a.Stats.FilesNew.Add(1)
+	a.Stats.FilesProcessed.Add(1)
+	a.Stats.BytesProcessed.Add(node.Size)
+	tree := &snapshot.Tree{Nodes: []*snapshot.Node{node}}
+	id, _, _, err := a.repo.SaveBlob(ctx, repo.TreeBlob, tree.Encode(), repo.ID{})
+	return id, node.Size, err
+}
+
+// SetParent sets the root tree of the previous snapshot to compare against.
+func (a *Archiver) SetParent(tree repo.ID) { a.opts.ParentTree = tree }
+
+// CleanTargets makes paths absolute, checks that they exist, sorts them and
+// drops those inside others; these are the snapshot's paths.
+func CleanTargets(paths []string) ([]string, error) { return cleanTargets(paths) }

@@ -1,0 +1,131 @@
+// Package backend defines where repository files live. A Backend stores whole,
+// named, immutable files; it knows nothing of what they contain.
+package backend
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+// FileType is the kind of a repository file; each kind lives in its own namespace.
+type FileType int
+
+// The repository's file kinds.
+const (
+	ConfigFile FileType = iota
+	KeyFile
+	PackFile
+	IndexFile
+	SnapshotFile
+	LockFile
+)
+
+// AllTypes lists every file type, for callers that walk a whole repository.
+var AllTypes = []FileType{ConfigFile, KeyFile, PackFile, IndexFile, SnapshotFile, LockFile}
+
+func (t FileType) String() string {
+	switch t {
+	case ConfigFile:
+		return "config"
+	case KeyFile:
+		return "key"
+	case PackFile:
+		return "pack"
+	case IndexFile:
+		return "index"
+	case SnapshotFile:
+		return "snapshot"
+	case LockFile:
+		return "lock"
+	}
+	return "unknown"
+}
+
+// Handle names one file. The config file has the empty Name.
+type Handle struct {
+	Type FileType
+	Name string
+}
+
+func (h Handle) String() string {
+	if h.Type == ConfigFile {
+		return "config"
+	}
+	return h.Type.String() + "/" + h.Name
+}
+
+// FileInfo describes a stored file.
+type FileInfo struct {
+	Name string
+	Size int64
+}
+
+// Sentinel errors. Implementations wrap them so that errors.Is works.
+var (
+	// ErrNotExist: the named file is not stored.
+	ErrNotExist = errors.New("file does not exist")
+	// ErrExists: Save was asked to store a name that is already stored.
+	ErrExists = errors.New("file already exists")
+	// ErrNoSpace: the storage is full.
+	ErrNoSpace = errors.New("no space left on storage")
+	// ErrPermission: the credential or the storage refuses the operation.
+	ErrPermission = errors.New("permission denied by storage")
+)
+
+// Properties are a backend's fixed capabilities.
+type Properties struct {
+	// Connections is how many operations the backend serves well at once.
+	Connections int
+	// HasAtomicReplace is false for every backend: files are never replaced.
+	HasAtomicReplace bool
+}
+
+// Backend is the contract every storage implements. All methods are safe for
+// concurrent use by several goroutines. Errors that may pass with a retry are
+// returned as is; ErrNotExist, ErrExists, ErrNoSpace and ErrPermission are
+// permanent for the call that got them.
+type Backend interface {
+	// Location is a display name (a path or URL without credentials).
+	Location() string
+
+	// Save stores data under h atomically: after Save returns nil, a reader sees
+	// the whole file and it survives a crash; after a failed or interrupted Save,
+	// no reader ever sees a partial file under h. Save never replaces an
+	// existing file: if h exists it returns an error wrapping ErrExists and the
+	// stored file is unchanged. Save does not keep data after it returns.
+	Save(ctx context.Context, h Handle, data []byte) error
+
+	// Load calls fn with a reader of length bytes at offset of h (length 0 reads
+	// to the end). The reader is valid only during fn; fn runs on the caller's
+	// goroutine. A file shorter than offset+length is an error (io.ErrUnexpectedEOF).
+	// A missing file is ErrNotExist.
+	Load(ctx context.Context, h Handle, length int, offset int64, fn func(rd io.Reader) error) error
+
+	// Stat returns the file's size, or ErrNotExist.
+	Stat(ctx context.Context, h Handle) (FileInfo, error)
+
+	// Remove deletes h. Removing a missing file returns ErrNotExist.
+	Remove(ctx context.Context, h Handle) error
+
+	// List calls fn once for each stored file of type t, in no particular order,
+	// on the caller's goroutine. An error from fn stops the listing and is returned.
+	List(ctx context.Context, t FileType, fn func(FileInfo) error) error
+
+	// Properties reports the backend's capabilities.
+	Properties() Properties
+
+	// Close releases resources. The Backend must not be used afterwards.
+	Close() error
+}
+
+// LoadAll reads a whole file into memory.
+func LoadAll(ctx context.Context, be Backend, h Handle) ([]byte, error) {
+	var out []byte
+	err := be.Load(ctx, h, 0, 0, func(rd io.Reader) error {
+		var err error
+		out, err = io.ReadAll(rd)
+		return err
+	})
+	return out, err
+}

@@ -1,0 +1,248 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"bunker/internal/snapshot"
+)
+
+// Limits for extended attributes (Linux XATTR_LIST_MAX and XATTR_SIZE_MAX).
+const (
+	maxXattrList  = 64 << 10
+	maxXattrValue = 64 << 10
+)
+
+// MetaOptions configures a MetaReader.
+type MetaOptions struct {
+	// NoXattrs disables reading extended attributes.
+	NoXattrs bool
+}
+
+// MetaReader builds snapshot nodes from file-system entries. It caches user
+// and group name lookups and is safe for concurrent use.
+type MetaReader struct {
+	opts MetaOptions
+
+	mu     sync.Mutex
+	users  map[uint32]string
+	groups map[uint32]string
+}
+
+// NewMetaReader returns a MetaReader.
+func NewMetaReader(opts MetaOptions) *MetaReader {
+	return &MetaReader{
+		opts:   opts,
+		users:  make(map[uint32]string),
+		groups: make(map[uint32]string),
+	}
+}
+
+// XattrError reports that the extended attributes of an entry could not be
+// read. Node returns it together with an otherwise complete node.
+type XattrError struct {
+	Path string
+	Err  error
+}
+
+func (e *XattrError) Error() string {
+	return fmt.Sprintf("read extended attributes of %s: %v", e.Path, e.Err)
+}
+
+func (e *XattrError) Unwrap() error { return e.Err }
+
+// Node builds the node for the entry at path, where fi is the result of
+// os.Lstat(path). Content and Subtree are left empty.
+//
+// If everything but the extended attributes could be read, Node returns the
+// node (without xattrs) together with a *XattrError; callers may treat that as
+// a warning. Any other error is returned with a nil node.
+func (r *MetaReader) Node(path string, fi os.FileInfo) (*snapshot.Node, error) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st == nil {
+		return nil, fmt.Errorf("%s: no stat information (%T)", path, fi.Sys())
+	}
+	typ, err := nodeType(st.Mode)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	n := &snapshot.Node{
+		Name:       filepath.Base(path),
+		Type:       typ,
+		Mode:       st.Mode & 07777,
+		UID:        st.Uid,
+		GID:        st.Gid,
+		User:       r.userName(st.Uid),
+		Group:      r.groupName(st.Gid),
+		ModTime:    time.Unix(st.Mtim.Sec, st.Mtim.Nsec),
+		AccessTime: time.Unix(st.Atim.Sec, st.Atim.Nsec),
+		ChangeTime: time.Unix(st.Ctim.Sec, st.Ctim.Nsec),
+		Inode:      st.Ino,
+		DeviceID:   uint64(st.Dev),
+		Links:      uint64(st.Nlink),
+	}
+	switch typ {
+	case snapshot.TypeFile:
+		n.Size = uint64(st.Size)
+	case snapshot.TypeDev, snapshot.TypeCharDev:
+		n.Rdev = uint64(st.Rdev)
+	case snapshot.TypeSymlink:
+		target, err := os.Readlink(path)
+		if err != nil {
+			return nil, err
+		}
+		n.LinkTarget = target
+	}
+	if !r.opts.NoXattrs {
+		xattrs, err := ReadXattrs(path)
+		if err != nil {
+			return n, &XattrError{Path: path, Err: err}
+		}
+		n.Xattrs = xattrs
+	}
+	return n, nil
+}
+
+func nodeType(mode uint32) (snapshot.NodeType, error) {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return snapshot.TypeFile, nil
+	case unix.S_IFDIR:
+		return snapshot.TypeDir, nil
+	case unix.S_IFLNK:
+		return snapshot.TypeSymlink, nil
+	case unix.S_IFBLK:
+		return snapshot.TypeDev, nil
+	case unix.S_IFCHR:
+		return snapshot.TypeCharDev, nil
+	case unix.S_IFIFO:
+		return snapshot.TypeFifo, nil
+	case unix.S_IFSOCK:
+		return snapshot.TypeSocket, nil
+	}
+	return 0, fmt.Errorf("unknown file type %#o", mode&unix.S_IFMT)
+}
+
+func (r *MetaReader) userName(uid uint32) string {
+	r.mu.Lock()
+	name, ok := r.users[uid]
+	r.mu.Unlock()
+	if ok {
+		return name
+	}
+	if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
+		name = u.Username
+	}
+	r.mu.Lock()
+	r.users[uid] = name
+	r.mu.Unlock()
+	return name
+}
+
+func (r *MetaReader) groupName(gid uint32) string {
+	r.mu.Lock()
+	name, ok := r.groups[gid]
+	r.mu.Unlock()
+	if ok {
+		return name
+	}
+	if g, err := user.LookupGroupId(strconv.FormatUint(uint64(gid), 10)); err == nil {
+		name = g.Name
+	}
+	r.mu.Lock()
+	r.groups[gid] = name
+	r.mu.Unlock()
+	return name
+}
+
+// isNotSupported reports whether err means that the file system (or the
+// entry type) does not support extended attributes.
+func isNotSupported(err error) bool {
+	return errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP)
+}
+
+// ReadXattrs returns the extended attributes of path (not following a final
+// symlink), sorted by name. A file system without xattr support yields none.
+func ReadXattrs(path string) ([]snapshot.Xattr, error) {
+	list, err := readXattrBuf(maxXattrList, func(buf []byte) (int, error) {
+		return unix.Llistxattr(path, buf)
+	})
+	if err != nil {
+		if isNotSupported(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("llistxattr: %w", err)
+	}
+	var names []string
+	for len(list) > 0 {
+		i := 0
+		for i < len(list) && list[i] != 0 {
+			i++
+		}
+		if i > 0 {
+			names = append(names, string(list[:i]))
+		}
+		if i == len(list) {
+			break
+		}
+		list = list[i+1:]
+	}
+	sort.Strings(names)
+	var xattrs []snapshot.Xattr
+	for _, name := range names {
+		val, err := readXattrBuf(maxXattrValue, func(buf []byte) (int, error) {
+			return unix.Lgetxattr(path, name, buf)
+		})
+		if errors.Is(err, unix.ENODATA) {
+			continue // removed since the list was read
+		}
+		if err != nil {
+			return nil, fmt.Errorf("lgetxattr %q: %w", name, err)
+		}
+		if val == nil {
+			val = []byte{}
+		}
+		xattrs = append(xattrs, snapshot.Xattr{Name: name, Value: val})
+	}
+	return xattrs, nil
+}
+
+// readXattrBuf calls get with growing buffers until the result fits. The
+// first call asks for the size; ERANGE (the value grew in between) retries.
+func readXattrBuf(limit int, get func([]byte) (int, error)) ([]byte, error) {
+	size := 256
+	for attempt := 0; attempt < 8; attempt++ {
+		buf := make([]byte, size)
+		n, err := get(buf)
+		if err == nil {
+			if n == 0 {
+				return nil, nil
+			}
+			return buf[:n:n], nil
+		}
+		if !errors.Is(err, unix.ERANGE) {
+			return nil, err
+		}
+		if size >= limit {
+			return nil, fmt.Errorf("larger than %d bytes: %w", limit, err)
+		}
+		// Ask for the current size; grow to at least that.
+		want, err := get(nil)
+		if err != nil {
+			return nil, err
+		}
+		size = max(size*2, want)
+		size = min(size, limit)
+	}
+	return nil, fmt.Errorf("size keeps changing: %w", unix.ERANGE)
+}

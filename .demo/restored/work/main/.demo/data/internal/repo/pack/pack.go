@@ -1,0 +1,149 @@
+// Package pack reads and writes pack files: many sealed blobs followed by a
+// sealed header that lists them, then the header's length.
+//
+//	pack   = blob_1 || ... || blob_n || sealed(header) || uint32le(len(sealed(header)))
+//	header = "BKP1" || entry_1 || ... || entry_n
+//	entry  = type(1) || flags(1) || uint32le(stored length) || uint32le(raw length) || id(32)
+//
+// Blob offsets follow from the stored lengths. Because the header travels with
+// the blobs, the index can always be rebuilt from the packs alone.
+package pack
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"bunker/internal/repo"
+	"bunker/internal/repo/crypto"
+)
+
+// Flags of a blob entry.
+const (
+	FlagCompressed = 1 << 0
+)
+
+const (
+	magic     = "BKP1"
+	entrySize = 1 + 1 + 4 + 4 + repo.IDSize
+	// MaxHeaderSize bounds the header a reader accepts (about 400k entries).
+	MaxHeaderSize = 16 << 20
+	// MaxBlobSize bounds a stored blob; chunks are at most 8 MiB raw.
+	MaxBlobSize = 64 << 20
+)
+
+// ErrInvalid is returned for a pack whose structure is wrong.
+var ErrInvalid = errors.New("invalid pack")
+
+// Blob describes one blob in a pack.
+type Blob = repo.PackedBlob
+
+// Writer assembles one pack in memory. It is not safe for concurrent use.
+type Writer struct {
+	buf   []byte
+	blobs []Blob
+}
+
+// NewWriter returns a writer with room for sizeHint bytes.
+func NewWriter(sizeHint int) *Writer {
+	return &Writer{buf: make([]byte, 0, sizeHint)}
+}
+
+// Add appends a sealed blob.
+func (w *Writer) Add(t repo.BlobType, id repo.ID, sealed []byte, rawLen int, compressed bool) {
+	w.blobs = append(w.blobs, Blob{
+		Type: t, ID: id, Compressed: compressed,
+		Offset: uint32(len(w.buf)), Length: uint32(len(sealed)), RawLength: uint32(rawLen),
+	})
+	w.buf = append(w.buf, sealed...)
+}
+
+// Size is the current size of the blobs.
+func (w *Writer) Size() int { return len(w.buf) }
+
+// Count is the number of blobs.
+func (w *Writer) Count() int { return len(w.blobs) }
+
+// Blobs returns the blobs added so far.
+func (w *Writer) Blobs() []Blob { return w.blobs }
+
+// Finish appends the sealed header and returns the whole pack.
+func (w *Writer) Finish(k *crypto.Key) []byte {
+	hdr := make([]byte, 0, len(magic)+len(w.blobs)*entrySize)
+	hdr = append(hdr, magic...)
+	for _, b := range w.blobs {
+		var flags byte
+		if b.Compressed {
+			flags |= FlagCompressed
+		}
+		hdr = append(hdr, byte(b.Type), flags)
+		hdr = binary.LittleEndian.AppendUint32(hdr, b.Length)
+		hdr = binary.LittleEndian.AppendUint32(hdr, b.RawLength)
+		hdr = append(hdr, b.ID[:]...)
+	}
+	start := len(w.buf)
+	w.buf = k.Seal(w.buf, hdr)
+	w.buf = binary.LittleEndian.AppendUint32(w.buf, uint32(len(w.buf)-start))
+	return w.buf
+}
+
+// HeaderLength returns the length of the sealed header from a pack's last four bytes.
+func HeaderLength(trailer []byte, packSize int64) (int, error) {
+	if len(trailer) != 4 {
+		return 0, fmt.Errorf("%w: short trailer", ErrInvalid)
+	}
+	n := int64(binary.LittleEndian.Uint32(trailer))
+	if n < crypto.Overhead+int64(len(magic)) || n > MaxHeaderSize || n+4 > packSize {
+		return 0, fmt.Errorf("%w: header length %d out of range for pack of %d bytes", ErrInvalid, n, packSize)
+	}
+	return int(n), nil
+}
+
+// DecodeHeader opens and parses a sealed header. packSize is the whole pack's
+// size; every blob must lie before the header.
+func DecodeHeader(k *crypto.Key, sealed []byte, packSize int64) ([]Blob, error) {
+	hdr, err := k.Open(nil, sealed)
+	if err != nil {
+		return nil, fmt.Errorf("pack header: %w", err)
+	}
+	return ParseHeader(hdr, packSize-int64(len(sealed))-4)
+}
+
+// ParseHeader parses a plaintext header; dataEnd is where the blobs must end.
+func ParseHeader(hdr []byte, dataEnd int64) ([]Blob, error) {
+	if len(hdr) < len(magic) || string(hdr[:len(magic)]) != magic {
+		return nil, fmt.Errorf("%w: bad header magic", ErrInvalid)
+	}
+	hdr = hdr[len(magic):]
+	if len(hdr)%entrySize != 0 {
+		return nil, fmt.Errorf("%w: header length %d is not a whole number of entries", ErrInvalid, len(hdr))
+	}
+	blobs := make([]Blob, 0, len(hdr)/entrySize)
+	var off int64
+	for len(hdr) > 0 {
+		b := Blob{Type: repo.BlobType(hdr[0]), Compressed: hdr[1]&FlagCompressed != 0}
+		if b.Type != repo.DataBlob && b.Type != repo.TreeBlob {
+			return nil, fmt.Errorf("%w: unknown blob type %d", ErrInvalid, hdr[0])
+		}
+		if hdr[1]&^FlagCompressed != 0 {
+			return nil, fmt.Errorf("%w: unknown blob flags %#x", ErrInvalid, hdr[1])
+		}
+		b.Length = binary.LittleEndian.Uint32(hdr[2:])
+		b.RawLength = binary.LittleEndian.Uint32(hdr[6:])
+		copy(b.ID[:], hdr[10:10+repo.IDSize])
+		if b.Length < crypto.Overhead || b.Length > MaxBlobSize || b.RawLength > MaxBlobSize {
+			return nil, fmt.Errorf("%w: blob %s has length %d", ErrInvalid, b.ID.Short(), b.Length)
+		}
+		b.Offset = uint32(off)
+		off += int64(b.Length)
+		if off > dataEnd {
+			return nil, fmt.Errorf("%w: blobs extend past the header", ErrInvalid)
+		}
+		blobs = append(blobs, b)
+		hdr = hdr[entrySize:]
+	}
+	if off != dataEnd {
+		return nil, fmt.Errorf("%w: %d bytes between the last blob and the header", ErrInvalid, dataEnd-off)
+	}
+	return blobs, nil
+}

@@ -1,0 +1,361 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"bunker/internal/backend"
+	"bunker/internal/repo"
+	"bunker/internal/repo/crypto"
+	"bunker/internal/repo/index"
+	"bunker/internal/repo/pack"
+)
+
+var sealPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20); return &b }}
+
+// SaveBlob stores a blob unless the repository already has it. It returns the
+// blob's ID and whether it was new. The work (compression, sealing, the check
+// that the sealed blob opens to the same bytes) runs on the caller's goroutine,
+// so callers get parallelism by calling from several goroutines. data is not
+// retained. If id is the zero ID it is computed.
+func (r *Repository) SaveBlob(ctx context.Context, t repo.BlobType, data []byte, id repo.ID) (repo.ID, bool, int, error) {
+	if id.IsNull() {
+		id = r.key.BlobID(data)
+	}
+	h := repo.BlobHandle{ID: id, Type: t}
+	if r.idx.Has(h) {
+		return id, false, 0, nil
+	}
+	r.mu.Lock()
+	if err := r.uploadErr; err != nil {
+		r.mu.Unlock()
+		return id, false, 0, err
+	}
+	if _, ok := r.pending[h]; ok {
+		r.mu.Unlock()
+		return id, false, 0, nil
+	}
+	r.pending[h] = struct{}{}
+	r.mu.Unlock()
+
+	sealed, compressed, err := r.encodeBlob(data)
+	if err != nil {
+		r.mu.Lock()
+		delete(r.pending, h)
+		r.mu.Unlock()
+		return id, false, 0, fmt.Errorf("blob %s: %w", id.Short(), err)
+	}
+	n := len(*sealed)
+	r.addToPack(ctx, t, id, *sealed, len(data), compressed)
+	sealPool.Put(sealed)
+	return id, true, n, nil
+}
+
+// encodeBlob compresses (when it pays) and seals data, then opens and
+// decompresses the result and compares it with data: a faulty encoder or
+// memory error must fail the backup, not store corrupt data (RELIABILITY B6).
+func (r *Repository) encodeBlob(data []byte) (*[]byte, bool, error) {
+	sp := sealPool.Get().(*[]byte)
+	payload := data
+	compressed := false
+	var zbuf []byte
+	if r.opts.Compression != CompressionOff && len(data) > 64 {
+		zbuf = r.enc.EncodeAll(data, make([]byte, 0, len(data)/2))
+		// Keep compression only where it saves more than 1/32 of the size.
+		if len(zbuf) < len(data)-len(data)/32 {
+			payload, compressed = zbuf, true
+		}
+	}
+	*sp = r.key.Seal((*sp)[:0], payload)
+	if r.testCorrupt != nil {
+		r.testCorrupt(*sp)
+	}
+	opened, err := r.key.Open(zbuf[:0], *sp)
+	if err == nil && compressed {
+		var dec []byte
+		dec, err = r.dec.DecodeAll(opened, make([]byte, 0, len(data)))
+		opened = dec
+	}
+	if err != nil || !bytes.Equal(opened, data) {
+		sealPool.Put(sp)
+		return nil, false, ErrVerify
+	}
+	return sp, compressed, nil
+}
+
+func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID, sealed []byte, rawLen int, compressed bool) {
+	r.mu.Lock()
+	w := r.packers[t]
+	if w == nil {
+		w = pack.NewWriter(r.opts.PackSize + (1 << 20))
+		r.packers[t] = w
+	}
+	w.Add(t, id, sealed, rawLen, compressed)
+	var full *pack.Writer
+	if w.Size() >= r.opts.PackSize {
+		full = w
+		delete(r.packers, t)
+	}
+	r.mu.Unlock()
+	if full != nil {
+		r.upload(ctx, full)
+	}
+}
+
+// upload stores a finished pack in the background, bounded by opts.Uploads.
+func (r *Repository) upload(ctx context.Context, w *pack.Writer) {
+	r.uploadSem <- struct{}{}
+	r.uploads.Add(1)
+	go func() {
+		defer func() { <-r.uploadSem; r.uploads.Done() }()
+		err := r.storePack(ctx, w)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for _, b := range w.Blobs() {
+			delete(r.pending, b.Handle())
+		}
+		if err != nil && r.uploadErr == nil {
+			r.uploadErr = err
+		}
+	}()
+}
+
+func (r *Repository) storePack(ctx context.Context, w *pack.Writer) error {
+	data := w.Finish(r.key)
+	id := crypto.FileID(data)
+	h := backend.Handle{Type: backend.PackFile, Name: id.String()}
+	err := r.be.Save(ctx, h, data)
+	if errors.Is(err, backend.ErrExists) {
+		// Same name means same bytes: the pack is already stored.
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("store pack %s: %w", id.Short(), err)
+	}
+	// Never let the index refer to a pack that storage does not hold (RELIABILITY C5).
+	fi, err := r.be.Stat(ctx, h)
+	if err != nil || fi.Size != int64(len(data)) {
+		return fmt.Errorf("pack %s: %w", id.Short(), ErrUploadLost)
+	}
+	blobs := append([]pack.Blob(nil), w.Blobs()...)
+	r.idx.AddPack(id, blobs)
+	r.mu.Lock()
+	r.newPacks = append(r.newPacks, index.PackEntry{ID: id, Blobs: blobs})
+	r.mu.Unlock()
+	return nil
+}
+
+// Flush stores all open packs, waits for every upload, and writes an index file
+// for the packs stored since the last Flush. Only after Flush returns nil may a
+// snapshot refer to the blobs saved before it.
+func (r *Repository) Flush(ctx context.Context) error {
+	r.mu.Lock()
+	var open []*pack.Writer
+	for t, w := range r.packers {
+		if w.Count() > 0 {
+			open = append(open, w)
+		}
+		delete(r.packers, t)
+	}
+	r.mu.Unlock()
+	for _, w := range open {
+		r.upload(ctx, w)
+	}
+	r.uploads.Wait()
+	r.mu.Lock()
+	err := r.uploadErr
+	packs := r.newPacks
+	r.newPacks = nil
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if len(packs) == 0 {
+		return nil
+	}
+	return r.SaveIndex(ctx, &index.File{Packs: packs})
+}
+
+// SaveIndex compresses, seals and stores an index file.
+func (r *Repository) SaveIndex(ctx context.Context, f *index.File) error {
+	plain := r.enc.EncodeAll(f.Encode(), nil)
+	if _, err := r.SaveUnpacked(ctx, backend.IndexFile, plain); err != nil {
+		return fmt.Errorf("save index: %w", err)
+	}
+	return nil
+}
+
+// LoadIndexFile loads and decodes one index file.
+func (r *Repository) LoadIndexFile(ctx context.Context, id repo.ID) (*index.File, error) {
+	plain, err := r.LoadUnpacked(ctx, backend.IndexFile, id)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := r.metaDc.DecodeAll(plain, nil)
+	if err != nil {
+		return nil, fmt.Errorf("index %s: %w: %w", id.Short(), ErrCorrupt, err)
+	}
+	f, err := index.Decode(raw)
+	if err != nil {
+		return nil, fmt.Errorf("index %s: %w: %w", id.Short(), ErrCorrupt, err)
+	}
+	return f, nil
+}
+
+// LoadIndex reads every index file into memory. Files superseded by another
+// index file are skipped.
+func (r *Repository) LoadIndex(ctx context.Context) error {
+	ids, err := r.List(ctx, backend.IndexFile)
+	if err != nil {
+		return fmt.Errorf("list index: %w", err)
+	}
+	files := make([]*index.File, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, id := range ids {
+		g.Go(func() error {
+			f, err := r.LoadIndexFile(gctx, id)
+			files[i] = f
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	superseded := make(map[repo.ID]bool)
+	for _, f := range files {
+		for _, s := range f.Supersedes {
+			superseded[s] = true
+		}
+	}
+	for i, f := range files {
+		if superseded[ids[i]] {
+			continue
+		}
+		for _, p := range f.Packs {
+			r.idx.AddPack(p.ID, p.Blobs)
+		}
+	}
+	return nil
+}
+
+// LoadBlob loads, opens, decompresses and verifies one blob.
+func (r *Repository) LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID) ([]byte, error) {
+	loc, ok := r.idx.Lookup(repo.BlobHandle{ID: id, Type: t})
+	if !ok {
+		return nil, fmt.Errorf("%v blob %s: %w", t, id.Short(), ErrBlobNotFound)
+	}
+	var sealed []byte
+	h := backend.Handle{Type: backend.PackFile, Name: loc.Pack.String()}
+	err := r.be.Load(ctx, h, int(loc.Length), int64(loc.Offset), func(rd io.Reader) error {
+		sealed = make([]byte, loc.Length)
+		_, err := io.ReadFull(rd, sealed)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%v blob %s in pack %s: %w", t, id.Short(), loc.Pack.Short(), err)
+	}
+	b := pack.Blob{Type: t, ID: id, Compressed: loc.Compressed, Offset: loc.Offset, Length: loc.Length, RawLength: loc.RawLength}
+	plain, err := r.DecodeBlob(b, sealed, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%v blob %s in pack %s: %w", t, id.Short(), loc.Pack.Short(), err)
+	}
+	return plain, nil
+}
+
+// ErrBlobMismatch is wrapped by DecodeBlob when the content is not what its ID says.
+var ErrBlobMismatch = errors.New("blob content does not match its ID")
+
+// DecodeBlob opens, decompresses and verifies a sealed blob, appending its plaintext to dst.
+func (r *Repository) DecodeBlob(b pack.Blob, sealed []byte, dst []byte) ([]byte, error) {
+	opened, err := r.key.Open(nil, sealed)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	plain := opened
+	if b.Compressed {
+		plain, err = r.dec.DecodeAll(opened, dst)
+		if err != nil {
+			return nil, fmt.Errorf("%w: decompress: %w", ErrCorrupt, err)
+		}
+	} else if dst != nil {
+		plain = append(dst, opened...)
+	}
+	if len(plain)-len(dst) != int(b.RawLength) {
+		return nil, fmt.Errorf("%w: length %d, want %d", ErrCorrupt, len(plain)-len(dst), b.RawLength)
+	}
+	if r.key.BlobID(plain[len(dst):]) != b.ID {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, ErrBlobMismatch)
+	}
+	return plain, nil
+}
+
+// LoadPackRange reads the stored bytes that span the given blobs of one pack
+// (sorted by offset) in a single read, and calls fn for each blob with its
+// plaintext or the error that stopped it from decoding. fn runs on the caller's
+// goroutine; the plaintext is valid only during fn.
+func (r *Repository) LoadPackRange(ctx context.Context, packID repo.ID, blobs []pack.Blob, fn func(b pack.Blob, plain []byte, err error) error) error {
+	if len(blobs) == 0 {
+		return nil
+	}
+	start := int64(blobs[0].Offset)
+	last := blobs[len(blobs)-1]
+	end := int64(last.Offset) + int64(last.Length)
+	h := backend.Handle{Type: backend.PackFile, Name: packID.String()}
+	var buf []byte
+	err := r.be.Load(ctx, h, int(end-start), start, func(rd io.Reader) error {
+		buf = make([]byte, end-start)
+		_, err := io.ReadFull(rd, buf)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("pack %s: %w", packID.Short(), err)
+	}
+	var scratch []byte
+	for _, b := range blobs {
+		o := int64(b.Offset) - start
+		plain, err := r.DecodeBlob(b, buf[o:o+int64(b.Length)], scratch[:0])
+		if err == nil {
+			scratch = plain
+		}
+		if err := fn(b, plain, err); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ReadPackHeader reads and decodes a pack's own header (for check and index rebuilds).
+func (r *Repository) ReadPackHeader(ctx context.Context, id repo.ID, size int64) ([]pack.Blob, error) {
+	h := backend.Handle{Type: backend.PackFile, Name: id.String()}
+	if size < 4 {
+		return nil, fmt.Errorf("pack %s: %w: %d bytes", id.Short(), pack.ErrInvalid, size)
+	}
+	var trailer [4]byte
+	err := r.be.Load(ctx, h, 4, size-4, func(rd io.Reader) error {
+		_, err := io.ReadFull(rd, trailer[:])
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	n, err := pack.HeaderLength(trailer[:], size)
+	if err != nil {
+		return nil, err
+	}
+	sealed := make([]byte, n)
+	err = r.be.Load(ctx, h, n, size-4-int64(n), func(rd io.Reader) error {
+		_, err := io.ReadFull(rd, sealed)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return pack.DecodeHeader(r.key, sealed, size)
+}

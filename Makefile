@@ -1,0 +1,55 @@
+# Bunker's build, test and benchmark entry points. `make test` installs what the
+# tests need (nothing beyond Go for now) and runs every test with -race.
+GO        ?= go
+BIN       := bin/bunker
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+STATICCHECK_VERSION := 2025.1.1
+GOBIN     := $(shell $(GO) env GOPATH)/bin
+FUZZTIME  ?= 5s
+
+.PHONY: all build test test-short lint fuzz bench soak demo clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/bunker
+
+$(GOBIN)/staticcheck:
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: $(GOBIN)/staticcheck
+	@unformatted=$$(gofmt -l cmd internal scripts); if [ -n "$$unformatted" ]; then echo "gofmt: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GOBIN)/staticcheck ./...
+	$(GO) test -count=1 ./internal/lint/
+
+# Every test, with the race detector, then a short run of every fuzz target.
+test: lint build
+	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
+
+test-short: build
+	$(GO) test -count=1 ./...
+
+# Each fuzz target for FUZZTIME (5 s by default; `make fuzz FUZZTIME=10m` to soak).
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/^func //'); do \
+	    echo "fuzz $$pkg $$t ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+soak:
+	$(MAKE) fuzz FUZZTIME=5m
+	BUNKER_SOAK=1 $(GO) test -count=1 -timeout 2h ./...
+
+bench: build
+	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/run.sh
+
+demo: build
+	bash scripts/demo.sh
+
+clean:
+	rm -rf bin .bench .demo

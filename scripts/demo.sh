@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The main job on embedded defaults: a local repository, no servers. Backs up
+# this source tree, changes a file, backs up again, restores the latest
+# snapshot, verifies every byte and checks the whole repository.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bunker=${BUNKER_BIN:-$PWD/bin/bunker}
+demo=$PWD/.demo
+rm -rf "$demo"
+mkdir -p "$demo/data"
+cp -a cmd internal docs README.md "$demo/data/" 2>/dev/null || cp -a cmd internal "$demo/data/"
+head -c 1000000 /dev/urandom > "$demo/data/random.bin"
+umask 077
+head -c 24 /dev/urandom | base64 > "$demo/password"
+export BUNKER_REPOSITORY=$demo/repo BUNKER_PASSWORD_FILE=$demo/password
+run() { echo; echo "\$ bunker $*"; "$bunker" "$@"; }
+run init
+run backup "$demo/data"
+echo "one more line" >> "$demo/data/README.md"
+run backup "$demo/data"
+run snapshots
+run diff "$("$bunker" snapshots --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')" latest
+run restore latest --target "$demo/restored" --verify
+echo; echo "\$ diff -r data restored/...data"
+diff -r "$demo/data" "$demo/restored$demo/data" && echo "identical"
+run check --read-data
+run stats
