@@ -184,6 +184,7 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 	if err != nil {
 		return fmt.Errorf("save snapshot: %w", err)
 	}
+	repository.Failpoint(repository.FailpointSnapshotStored)
 	if g.json {
 		if err := printJSON(c.OutOrStdout(), map[string]any{"message_type": "summary", "snapshot_id": id.String(), "summary": sum,
 			"duration_seconds": sum.End.Sub(sum.Start).Seconds(), "errors": readErrors}); err != nil {

@@ -143,6 +143,7 @@ func (r *Repository) storePack(ctx context.Context, w *pack.Writer) error {
 	if err != nil || fi.Size != int64(len(data)) {
 		return fmt.Errorf("pack %s: %w", id.Short(), ErrUploadLost)
 	}
+	Failpoint(FailpointPackStored)
 	blobs := append([]pack.Blob(nil), w.Blobs()...)
 	r.idx.AddPack(id, blobs)
 	r.mu.Lock()
@@ -179,7 +180,11 @@ func (r *Repository) Flush(ctx context.Context) error {
 	if len(packs) == 0 {
 		return nil
 	}
-	return r.SaveIndex(ctx, &index.File{Packs: packs})
+	if err := r.SaveIndex(ctx, &index.File{Packs: packs}); err != nil {
+		return err
+	}
+	Failpoint(FailpointIndexStored)
+	return nil
 }
 
 // SaveIndex compresses, seals and stores an index file.

@@ -522,3 +522,8 @@ func (r *Repository) LookupBlob(h repo.BlobHandle) (index.Location, bool) { retu
 func (r *Repository) RemoveKeyByID(ctx context.Context, id string) error {
 	return r.be.Remove(ctx, backend.Handle{Type: backend.KeyFile, Name: id})
 }
+
+// SetTestCorrupt installs a hook that changes every sealed blob before it is
+// verified, to prove that corruption after compression is caught (RELIABILITY
+// B6). For tests only.
+func (r *Repository) SetTestCorrupt(fn func(sealed []byte)) { r.testCorrupt = fn }
