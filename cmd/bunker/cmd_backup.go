@@ -118,6 +118,11 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 		return err
 	}
 	defer closeRepo(r)
+	lock, err := r.Lock(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = lock.Unlock(ctx) }()
 
 	var errMu sync.Mutex
 	var readErrors []string
@@ -180,6 +185,9 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 	sum.Start, sum.End = start, time.Now()
 	sn.Tree = tree
 	sn.Summary = &sum
+	if err := lock.Err(); err != nil {
+		return fmt.Errorf("lost the repository lock, snapshot not saved: %w", err)
+	}
 	id, err := r.SaveSnapshot(ctx, sn)
 	if err != nil {
 		return fmt.Errorf("save snapshot: %w", err)

@@ -54,6 +54,11 @@ func newCheckCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			defer closeRepo(r)
+			lock, err := r.Lock(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = lock.Unlock(ctx) }()
 			stop := ui.StartProgress(c.ErrOrStderr(), !g.quiet && !g.json && isTerminal(os.Stderr), func() string { return "checking" })
 			var progress struct{ done, total int }
 			opts.Progress = func(done, total int) { progress.done, progress.total = done, total }

@@ -76,6 +76,8 @@ func exitCode(err error) int {
 		return exitDamaged
 	case errors.Is(err, repository.ErrNotFound):
 		return exitNoRepo
+	case errors.Is(err, repository.ErrLocked):
+		return exitLocked
 	case errors.Is(err, repository.ErrWrongPassword):
 		return exitWrongPass
 	case errors.Is(err, archiver.ErrPathNotExist):
