@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -90,10 +91,12 @@ func exitCode(err error) int {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	stopProfile := startProfile()
 	root := newRootCmd()
 	err := root.ExecuteContext(ctx)
 	interrupted := ctx.Err() != nil
 	stop()
+	stopProfile()
 	if err != nil {
 		if interrupted {
 			err = context.Canceled
@@ -105,6 +108,29 @@ func main() {
 			fmt.Fprintln(os.Stderr, "bunker: "+oneLine(err))
 		}
 		os.Exit(exitCode(err))
+	}
+}
+
+// startProfile writes a CPU profile to $BUNKER_CPUPROFILE and a heap profile
+// to $BUNKER_MEMPROFILE, for `go tool pprof`.
+func startProfile() func() {
+	var cpu *os.File
+	if p := os.Getenv("BUNKER_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil && pprof.StartCPUProfile(f) == nil {
+			cpu = f
+		}
+	}
+	return func() {
+		if cpu != nil {
+			pprof.StopCPUProfile()
+			cpu.Close()
+		}
+		if p := os.Getenv("BUNKER_MEMPROFILE"); p != "" {
+			if f, err := os.Create(p); err == nil {
+				_ = pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+		}
 	}
 }
 

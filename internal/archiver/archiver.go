@@ -78,6 +78,9 @@ type Archiver struct {
 
 	files chan *fileJob
 	blobs chan *blobJob
+	// chunkers holds the chunkers for large files: one per blob worker is
+	// enough to keep every core busy, and each holds a 16 MiB buffer.
+	chunkers chan repo.Chunker
 	ctx   context.Context
 
 	errMu    sync.Mutex
@@ -158,6 +161,10 @@ func (a *Archiver) Run(ctx context.Context, paths []string) (repo.ID, []string, 
 	}
 	a.files = make(chan *fileJob, 256)
 	a.blobs = make(chan *blobJob, a.opts.BlobWorkers)
+	a.chunkers = make(chan repo.Chunker, a.opts.BlobWorkers)
+	for range a.opts.BlobWorkers {
+		a.chunkers <- nil // created on first use
+	}
 	var fileWG, blobWG sync.WaitGroup
 	for range a.opts.BlobWorkers {
 		blobWG.Go(a.blobWorker)
@@ -494,13 +501,12 @@ func Excluded(patterns []string, path string) bool {
 var smallFileBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
 
 func (a *Archiver) fileWorker() {
-	var ch repo.Chunker
 	for job := range a.files {
 		if a.failed() != nil || a.ctx.Err() != nil {
 			close(job.fut.done)
 			continue
 		}
-		n, err := a.saveFile(job, &ch)
+		n, err := a.saveFile(job)
 		if err != nil {
 			a.report(job.path, err)
 			n = nil
@@ -525,7 +531,7 @@ func openNoatime(path string) (*os.File, error) {
 	return f, err
 }
 
-func (a *Archiver) saveFile(job *fileJob, chp *repo.Chunker) (*snapshot.Node, error) {
+func (a *Archiver) saveFile(job *fileJob) (*snapshot.Node, error) {
 	f, err := openNoatime(job.path)
 	if err != nil {
 		return nil, err
@@ -559,12 +565,18 @@ func (a *Archiver) saveFile(job *fileJob, chp *repo.Chunker) (*snapshot.Node, er
 		}
 		return node, nil
 	}
-	if *chp == nil {
-		*chp = a.repo.NewChunker(f)
-	} else {
-		(*chp).Reset(f)
+	var ch repo.Chunker
+	select {
+	case ch = <-a.chunkers:
+	case <-a.ctx.Done():
+		return nil, a.ctx.Err()
 	}
-	ch := *chp
+	defer func() { a.chunkers <- ch }()
+	if ch == nil {
+		ch = a.repo.NewChunker(f)
+	} else {
+		ch.Reset(f)
+	}
 	var ids []*repo.ID
 	var wg sync.WaitGroup
 	var errp atomic.Pointer[error]

@@ -129,7 +129,7 @@ func (r *reader) uvarint(max uint64, what string) uint64 {
 		return 0
 	}
 	v, n := binary.Uvarint(r.b)
-	if n <= 0 || v > max {
+	if n <= 0 || v > max || n > 1 && r.b[n-1] == 0 { // the last test refuses non-minimal encodings
 		r.fail(what)
 		return 0
 	}
@@ -142,7 +142,7 @@ func (r *reader) varint(what string) int64 {
 		return 0
 	}
 	v, n := binary.Varint(r.b)
-	if n <= 0 {
+	if n <= 0 || n > 1 && r.b[n-1] == 0 {
 		r.fail(what)
 		return 0
 	}
@@ -171,9 +171,16 @@ func (r *reader) time(what string) time.Time {
 	s := r.varint(what)
 	ns := r.uvarint(999999999, what)
 	if s == math.MinInt64 {
+		if ns != 0 {
+			r.fail(what)
+		}
 		return time.Time{}
 	}
-	return time.Unix(s, int64(ns))
+	t := time.Unix(s, int64(ns))
+	if t.IsZero() {
+		r.fail(what) // the zero time has its own encoding, above
+	}
+	return t
 }
 
 // DecodeTree parses a tree blob. It checks the structure (sorted, unique,

@@ -69,7 +69,8 @@ install_packages >&2
 command -v go >/dev/null || die "go is needed to build scripts/bench/mkdata"
 
 mkdir -p "$BENCH_DIR" "$LOGS"
-rm -f "$LOGS"/*
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
 printf 'bunker-bench-password-0123456789\n' >"$PWFILE"
 chmod 600 "$PWFILE"
 
@@ -190,28 +191,47 @@ tool_version() {
 	esac
 }
 
-# verify_restore TOOL: compare the restored tree with the dataset.
+# tree_listing DIR: one line per regular file: CRC, size, path, then the
+# file's size, mode and mtime (checksums computed 2-way parallel).
+tree_listing() {
+	(
+		cd "$1" &&
+			find . -type f -print0 | xargs -0 -r -P 2 -n 2000 cksum | LC_ALL=C sort -k 3 &&
+			find . -type f -printf 'meta %p %s %m %T@\n' | LC_ALL=C sort
+	)
+}
+
+# verify_restore TOOL: compare the restored tree with the (mutated) dataset.
 verify_restore() {
-	local tool=$1 root="" c
+	local tool=$1 root="" c want=$LOGS/data.listing got=$LOGS/$tool.restore.listing
 	for c in "$RESTORE$DATA" "$RESTORE/$(basename "$DATA")" "$RESTORE"; do
 		if [[ -f $c/.complete ]]; then
 			root=$c
 			break
 		fi
 	done
+	[[ -s $want ]] || tree_listing "$DATA" >"$want"
 	if [[ -z $root ]]; then
 		VERIFY[$tool]="NOT FOUND"
-	elif ! diff -r --no-dereference -q "$DATA" "$root" >>"$LOGS/$tool.log" 2>&1; then
-		VERIFY[$tool]=DIFFERS
-	elif [[ $(cd "$DATA" && find . -type f -printf '%p %s %m %T@\n' | sort | md5sum) != \
-		$(cd "$root" && find . -type f -printf '%p %s %m %T@\n' | sort | md5sum) ]]; then
-		VERIFY[$tool]=meta-diff
 	else
-		VERIFY[$tool]=ok
+		tree_listing "$root" >"$got"
+		if cmp -s <(grep -v '^meta ' "$want") <(grep -v '^meta ' "$got"); then
+			if cmp -s "$want" "$got"; then VERIFY[$tool]=ok; else VERIFY[$tool]=meta-diff; fi
+		else
+			VERIFY[$tool]=DIFFERS
+		fi
+		if [[ ${VERIFY[$tool]} != ok ]]; then
+			{
+				echo "### restore differs from the dataset (< dataset, > restored from $root):"
+				diff "$want" "$got" | head -n 50
+			} >>"$LOGS/$tool.log" || true
+		fi
 	fi
-	if [[ ${VERIFY[$tool]} != ok* ]]; then
+	if [[ ${VERIFY[$tool]} != ok ]]; then
+		say "$tool restore verification: ${VERIFY[$tool]} (see $LOGS/$tool.log)"
+	fi
+	if [[ ${VERIFY[$tool]} != ok && ${VERIFY[$tool]} != meta-diff ]]; then
 		FAILED[$tool]=1
-		say "$tool restore verification: ${VERIFY[$tool]}"
 	fi
 }
 
@@ -305,7 +325,7 @@ elapsed=$(($(date +%s) - script_start))
 {
 	echo "Bunker backup benchmark -- $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 	echo "host:      $(nproc) CPUs ($cpu), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr), $fstype at $BENCH_DIR"
-	echo "versions:  ${versions[*]}"
+	echo "versions:  $(printf '%s; ' "${versions[@]}" | sed 's/; $//')"
 	echo "dataset:   $data_files files, $data_bytes bytes ($(awk -v b="$data_bytes" 'BEGIN {printf "%.2f GiB", b/1073741824}')), seed $BENCH_SEED:"
 	echo "           Go source tree + 400 MiB random + its shifted copy + 400 MiB log + 384 MiB VM image + 24k small files"
 	echo "           mutation: 20 source files modified, 3 deleted, 5 added, 1 MiB appended to the log"

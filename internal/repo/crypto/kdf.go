@@ -21,15 +21,19 @@ var DefaultKDF = KDFParams{Time: 2, Memory: 64 * 1024, Threads: 2}
 // TestKDF is cheap, for tests only.
 var TestKDF = KDFParams{Time: 1, Memory: 64, Threads: 1}
 
-// Limits refuse key slots that would make opening hang or exhaust memory.
+// Limits refuse key slots that would make opening hang or exhaust memory. The
+// cost bound (passes times memory) keeps the worst accepted slot to a few
+// seconds: 16 times DefaultKDF, e.g. 1 GiB with t=2 or 64 MiB with t=32.
 const (
 	maxKDFTime   = 100
-	maxKDFMemory = 4 * 1024 * 1024 // 4 GiB
+	maxKDFMemory = 1 << 20 // KiB: 1 GiB
+	maxKDFCost   = 2 << 20 // Time*Memory in KiB: 2 GiB of passes
 )
 
 // Validate checks that the parameters are sane.
 func (p KDFParams) Validate() error {
-	if p.Time < 1 || p.Time > maxKDFTime || p.Memory < 8 || p.Memory > maxKDFMemory || p.Threads < 1 {
+	if p.Time < 1 || p.Time > maxKDFTime || p.Memory < 8 || p.Memory > maxKDFMemory || p.Threads < 1 ||
+		uint64(p.Time)*uint64(p.Memory) > maxKDFCost {
 		return fmt.Errorf("invalid argon2id parameters t=%d m=%d p=%d", p.Time, p.Memory, p.Threads)
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 
 	"bunker/internal/repo"
 	"bunker/internal/repo/crypto"
@@ -133,6 +134,9 @@ func ParseHeader(hdr []byte, dataEnd int64) ([]Blob, error) {
 		copy(b.ID[:], hdr[10:10+repo.IDSize])
 		if b.Length < crypto.Overhead || b.Length > MaxBlobSize || b.RawLength > MaxBlobSize {
 			return nil, fmt.Errorf("%w: blob %s has length %d", ErrInvalid, b.ID.Short(), b.Length)
+		}
+		if off > math.MaxUint32 {
+			return nil, fmt.Errorf("%w: blob offset %d does not fit 32 bits", ErrInvalid, off)
 		}
 		b.Offset = uint32(off)
 		off += int64(b.Length)

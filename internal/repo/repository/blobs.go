@@ -60,33 +60,76 @@ func (r *Repository) SaveBlob(ctx context.Context, t repo.BlobType, data []byte,
 // encodeBlob compresses (when it pays) and seals data, then opens and
 // decompresses the result and compares it with data: a faulty encoder or
 // memory error must fail the backup, not store corrupt data (RELIABILITY B6).
+// Scratch buffers come from pools: a backup encodes every chunk once and the
+// garbage would otherwise dominate the heap.
 func (r *Repository) encodeBlob(data []byte) (*[]byte, bool, error) {
 	sp := sealPool.Get().(*[]byte)
+	zp := sealPool.Get().(*[]byte)
+	defer sealPool.Put(zp)
 	payload := data
 	compressed := false
-	var zbuf []byte
-	if r.opts.Compression != CompressionOff && len(data) > 64 {
-		zbuf = r.enc.EncodeAll(data, make([]byte, 0, len(data)/2))
+	if r.opts.Compression != CompressionOff && len(data) > 64 && r.worthCompressing(data) {
+		*zp = r.enc.EncodeAll(data, (*zp)[:0])
 		// Keep compression only where it saves more than 1/32 of the size.
-		if len(zbuf) < len(data)-len(data)/32 {
-			payload, compressed = zbuf, true
+		if len(*zp) < len(data)-len(data)/32 {
+			payload, compressed = *zp, true
 		}
 	}
 	*sp = r.key.Seal((*sp)[:0], payload)
 	if r.testCorrupt != nil {
 		r.testCorrupt(*sp)
 	}
-	opened, err := r.key.Open(zbuf[:0], *sp)
-	if err == nil && compressed {
-		var dec []byte
-		dec, err = r.dec.DecodeAll(opened, make([]byte, 0, len(data)))
-		opened = dec
+	// Open into the compression scratch buffer (payload is no longer needed),
+	// then decompress into a third buffer.
+	opened, err := r.key.Open((*zp)[:0], *sp)
+	if err == nil {
+		*zp = opened
 	}
-	if err != nil || !bytes.Equal(opened, data) {
+	if err == nil && compressed {
+		dp := sealPool.Get().(*[]byte)
+		var dec []byte
+		dec, err = r.dec.DecodeAll(opened, (*dp)[:0])
+		if err == nil && !bytes.Equal(dec, data) {
+			err = ErrVerify
+		}
+		if dec != nil {
+			*dp = dec
+		}
+		sealPool.Put(dp)
+	} else if err == nil && !bytes.Equal(opened, data) {
+		err = ErrVerify
+	}
+	if err != nil {
 		sealPool.Put(sp)
 		return nil, false, ErrVerify
 	}
 	return sp, compressed, nil
+}
+
+// Sampling: chunks larger than sampleMin are compressed only if two samples of
+// sampleSize bytes (start and middle) compress with the fastest level to less
+// than 15/16 of their size. Random or already compressed data is then stored
+// without spending the full encoder on it; repeated blocks within a sample
+// still count as compressible.
+const (
+	sampleSize = 32 << 10
+	sampleMin  = 4 * sampleSize
+)
+
+var sampleBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2*sampleSize+1024); return &b }}
+
+func (r *Repository) worthCompressing(data []byte) bool {
+	if len(data) < sampleMin {
+		return true
+	}
+	bp := sampleBufs.Get().(*[]byte)
+	defer sampleBufs.Put(bp)
+	n := 0
+	for _, off := range []int{0, len(data)/2 - sampleSize/2} {
+		*bp = r.fastEnc.EncodeAll(data[off:off+sampleSize], (*bp)[:0])
+		n += len(*bp)
+	}
+	return n < 2*sampleSize-2*sampleSize/16
 }
 
 func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID, sealed []byte, rawLen int, compressed bool) {

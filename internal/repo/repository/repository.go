@@ -105,9 +105,10 @@ type Repository struct {
 	keyName string
 	idx     *index.Index
 
-	enc    *zstd.Encoder
-	dec    *zstd.Decoder
-	metaDc *zstd.Decoder
+	enc     *zstd.Encoder
+	fastEnc *zstd.Encoder // for compressibility samples
+	dec     *zstd.Decoder
+	metaDc  *zstd.Decoder
 
 	mu        sync.Mutex
 	packers   map[repo.BlobType]*pack.Writer
@@ -145,6 +146,10 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
+	fastEnc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithZeroFrames(true))
+	if err != nil {
+		return nil, err
+	}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithDecoderMaxMemory(pack.MaxBlobSize))
 	if err != nil {
 		return nil, err
@@ -154,7 +159,7 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 		return nil, err
 	}
 	return &Repository{
-		be: be, opts: opts, idx: index.New(), enc: enc, dec: dec, metaDc: metaDc,
+		be: be, opts: opts, idx: index.New(), enc: enc, fastEnc: fastEnc, dec: dec, metaDc: metaDc,
 		packers:   make(map[repo.BlobType]*pack.Writer),
 		pending:   make(map[repo.BlobHandle]struct{}),
 		uploadSem: make(chan struct{}, opts.Uploads),
@@ -408,6 +413,7 @@ func (r *Repository) BlobID(data []byte) repo.ID { return r.key.BlobID(data) }
 // Close releases the handle's resources.
 func (r *Repository) Close() error {
 	r.enc.Close()
+	r.fastEnc.Close()
 	r.dec.Close()
 	r.metaDc.Close()
 	return nil

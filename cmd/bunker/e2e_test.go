@@ -1,0 +1,1072 @@
+package main
+
+// End-to-end tests: they build the real bunker binary once (TestMain) and run
+// it as a user would, with a controlled environment, checking exit codes,
+// standard output, standard error and the restored trees.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"bunker/internal/fs/fstest"
+)
+
+// bunkerBin is the binary built by TestMain.
+var bunkerBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "bunker-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	// Readable and executable by everyone: one test runs it as nobody.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	bunkerBin = filepath.Join(dir, "bunker")
+	build := exec.Command("go", "build", "-o", bunkerBin, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintf(os.Stderr, "building bunker: %v\n", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// result is the outcome of one run of the binary.
+type result struct {
+	args           []string
+	stdout, stderr string
+	code           int
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("bunker %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(r.args, " "), r.code, r.stdout, r.stderr)
+}
+
+// repoEnv is one repository and the environment to reach it.
+type repoEnv struct {
+	t      *testing.T
+	dir    string // scratch directory holding the repository and the password
+	repo   string
+	pwFile string
+	cred   *syscall.Credential // run as this user if set
+}
+
+// runOpts changes one run.
+type runOpts struct {
+	stdin io.Reader
+	env   map[string]string // overrides; "" removes the variable
+}
+
+// newEnv returns an environment with a password file but no repository yet.
+func newEnv(t *testing.T) *repoEnv {
+	t.Helper()
+	dir := t.TempDir()
+	e := &repoEnv{t: t, dir: dir, repo: filepath.Join(dir, "repo"), pwFile: filepath.Join(dir, "password")}
+	writeFile(t, e.pwFile, "correct horse battery staple\n")
+	return e
+}
+
+// newRepo returns an environment with an initialized repository.
+func newRepo(t *testing.T) *repoEnv {
+	t.Helper()
+	e := newEnv(t)
+	e.ok("init")
+	return e
+}
+
+func (e *repoEnv) runWith(o runOpts, args ...string) result {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bunkerBin, args...)
+	vars := map[string]string{"BUNKER_REPOSITORY": e.repo, "BUNKER_PASSWORD_FILE": e.pwFile}
+	for k, v := range o.env {
+		vars[k] = v
+	}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "BUNKER_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	for k, v := range vars {
+		if v != "" {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
+	// A new session has no controlling terminal: a missing password can
+	// never turn into a prompt that hangs the test.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: e.cred}
+	cmd.Dir = e.dir
+	cmd.Stdin = o.stdin
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	r := result{args: args, stdout: stdout.String(), stderr: stderr.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee) && ee.Exited():
+		r.code = ee.ExitCode()
+	default:
+		e.t.Fatalf("bunker %s: %v (stderr: %s)", strings.Join(args, " "), err, stderr.String())
+	}
+	return r
+}
+
+func (e *repoEnv) run(args ...string) result {
+	e.t.Helper()
+	return e.runWith(runOpts{}, args...)
+}
+
+// ok runs bunker and fails the test unless it exits 0; it returns stdout.
+func (e *repoEnv) ok(args ...string) string {
+	e.t.Helper()
+	r := e.run(args...)
+	if r.code != 0 {
+		e.t.Fatalf("want exit 0, got %v", r)
+	}
+	return r.stdout
+}
+
+// expectJSON runs bunker, wants exit 0 and decodes stdout into v.
+func (e *repoEnv) okJSON(v any, args ...string) {
+	e.t.Helper()
+	out := e.ok(args...)
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		e.t.Fatalf("bunker %s: output is not JSON: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// fails runs bunker and wants the given exit code and one clear error line.
+func (e *repoEnv) fails(code int, args ...string) result {
+	e.t.Helper()
+	return e.failsWith(runOpts{}, code, args...)
+}
+
+func (e *repoEnv) failsWith(o runOpts, code int, args ...string) result {
+	e.t.Helper()
+	r := e.runWith(o, args...)
+	if r.code != code {
+		e.t.Fatalf("want exit %d, got %v", code, r)
+	}
+	checkOneLineError(e.t, r)
+	return r
+}
+
+// checkOneLineError wants stderr to be exactly one line "bunker: ...",
+// without a panic or a stack trace.
+func checkOneLineError(t *testing.T, r result) {
+	t.Helper()
+	noGarbage(t, r)
+	msg := strings.TrimSuffix(r.stderr, "\n")
+	if msg == "" || strings.Contains(msg, "\n") || !strings.HasPrefix(msg, "bunker: ") {
+		t.Errorf("want one error line \"bunker: ...\" on stderr, got %q (%v)", r.stderr, r)
+	}
+}
+
+func noGarbage(t *testing.T, r result) {
+	t.Helper()
+	for _, bad := range []string{"panic", "goroutine ", "runtime/", ".go:"} {
+		if strings.Contains(r.stderr, bad) || strings.Contains(r.stdout, bad) {
+			t.Errorf("output contains %q: %v", bad, r)
+		}
+	}
+}
+
+type backupSummary struct {
+	MessageType string `json:"message_type"`
+	SnapshotID  string `json:"snapshot_id"`
+	Summary     struct {
+		FilesNew       int `json:"files_new"`
+		FilesChanged   int `json:"files_changed"`
+		FilesUnchanged int `json:"files_unchanged"`
+		FilesProcessed int `json:"files_processed"`
+		Errors         int `json:"errors"`
+	} `json:"summary"`
+	Errors []string `json:"errors"`
+}
+
+func (e *repoEnv) backupJSON(args ...string) backupSummary {
+	e.t.Helper()
+	var s backupSummary
+	e.okJSON(&s, append([]string{"backup", "--json"}, args...)...)
+	if s.MessageType != "summary" || len(s.SnapshotID) != 64 {
+		e.t.Fatalf("bad backup summary %+v", s)
+	}
+	return s
+}
+
+type snapshotInfo struct {
+	ID       string   `json:"id"`
+	ShortID  string   `json:"short_id"`
+	Tree     string   `json:"tree"`
+	Paths    []string `json:"paths"`
+	Hostname string   `json:"hostname"`
+	Tags     []string `json:"tags"`
+	Parent   string   `json:"parent"`
+}
+
+func (e *repoEnv) snapshots(filters ...string) []snapshotInfo {
+	e.t.Helper()
+	var out []snapshotInfo
+	e.okJSON(&out, append([]string{"snapshots", "--json"}, filters...)...)
+	return out
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func randomData(seed uint64, n int) []byte {
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}
+
+// inTarget is where restore puts the backed-up directory src: snapshots
+// record absolute paths, and restore recreates them below the target.
+func inTarget(target, src string) string { return filepath.Join(target, src) }
+
+// listRepo records every file of a repository: path, size, mode and mtime.
+func listRepo(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		out = append(out, fmt.Sprintf("%s %d %v %d", p, fi.Size(), fi.Mode(), fi.ModTime().UnixNano()))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func compareTrees(t *testing.T, what string, want map[string]fstest.Entry, got string, opts fstest.CompareOptions) {
+	t.Helper()
+	if diffs := fstest.Compare(want, fstest.Manifest(t, got), opts); len(diffs) > 0 {
+		t.Errorf("%s: %d differences:\n%s", what, len(diffs), strings.Join(diffs, "\n"))
+	}
+}
+
+// TestRoundTrip is the acceptance test: every kind of entry and metadata
+// survives backup and restore, a second restore over the first gives the same
+// tree (RELIABILITY F3), and restore --verify passes.
+func TestRoundTrip(t *testing.T) {
+	t.Parallel()
+	e := newRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tree := fstest.MakeTree(t, src)
+	if !tree.Root {
+		t.Log("not running as root: devices and foreign owners are not covered")
+	}
+	if !tree.Xattrs {
+		t.Log("no user xattrs on this file system: xattrs are not covered")
+	}
+	if !tree.Sparse {
+		t.Log("this file system does not keep files sparse: sparseness is not covered")
+	}
+	want := fstest.Manifest(t, src)
+
+	sum := e.backupJSON(src)
+	if sum.Summary.Errors != 0 || len(sum.Errors) != 0 {
+		t.Fatalf("backup reported errors: %+v", sum)
+	}
+	// The backup reads every file with O_NOATIME and changes nothing,
+	// access times included.
+	compareTrees(t, "source after backup", want, src, fstest.CompareOptions{})
+
+	// No Compare option is relaxed: restore sets atime and mtime from the
+	// snapshot, and the manifests read with O_NOATIME (we are root), so even
+	// access times must match.
+	target := filepath.Join(t.TempDir(), "target")
+	e.ok("restore", "latest", "--target", target)
+	compareTrees(t, "first restore", want, inTarget(target, src), fstest.CompareOptions{})
+
+	// Restore again into the same place (RELIABILITY F3).
+	r := e.run("restore", "latest", "--target", target)
+	if r.code != 0 {
+		t.Fatalf("second restore into the same target: %v", r)
+	}
+	compareTrees(t, "second restore into the same target", want, inTarget(target, src), fstest.CompareOptions{})
+
+	// restore --verify reads every file back.
+	target2 := filepath.Join(t.TempDir(), "target2")
+	var rs struct {
+		MessageType string   `json:"message_type"`
+		Files       int      `json:"files"`
+		Verified    bool     `json:"verified"`
+		Errors      []string `json:"errors"`
+	}
+	e.okJSON(&rs, "restore", "latest", "--target", target2, "--verify", "--json")
+	if rs.MessageType != "summary" || !rs.Verified || len(rs.Errors) != 0 || rs.Files == 0 {
+		t.Errorf("restore --verify summary: %+v", rs)
+	}
+	compareTrees(t, "restore --verify", want, inTarget(target2, src), fstest.CompareOptions{})
+
+	// Spot checks that the manifest really holds what the test claims to cover.
+	for _, p := range []string{tree.Fifo, tree.BadUTF8, tree.Newline, tree.SparseFile, tree.HardLinks[0], tree.XattrFile,
+		"links/dangling", "links/absolute", tree.Setuid, tree.StickyDir, tree.EmptyDir} {
+		if _, ok := want[p]; !ok {
+			t.Errorf("manifest lacks %q", p)
+		}
+	}
+	if tree.Root {
+		if w := want[tree.Owned]; w.UID != 1234 || w.GID != 5678 {
+			t.Errorf("manifest of %s: owner %d:%d", tree.Owned, w.UID, w.GID)
+		}
+		if _, ok := want[tree.CharDev]; !ok {
+			t.Errorf("manifest lacks %q", tree.CharDev)
+		}
+	}
+}
+
+// TestIncremental: an unchanged tree is not read again, one changed file is
+// counted as changed, and each snapshot names its parent.
+func TestIncremental(t *testing.T) {
+	t.Parallel()
+	e := newRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	files := map[string]string{"a.txt": "alpha\n", "b.txt": "bravo\n", "sub/c.txt": "charlie\n", "sub/deep/d.bin": string(randomData(1, 300<<10))}
+	for name, data := range files {
+		writeFile(t, filepath.Join(src, name), data)
+	}
+	n := len(files)
+
+	first := e.backupJSON(src)
+	if s := first.Summary; s.FilesNew != n || s.FilesChanged != 0 || s.FilesUnchanged != 0 {
+		t.Errorf("first backup: %+v, want %d new", s, n)
+	}
+	second := e.backupJSON(src)
+	if s := second.Summary; s.FilesNew != 0 || s.FilesChanged != 0 || s.FilesUnchanged != n {
+		t.Errorf("second backup of an unchanged tree: %+v, want files_unchanged %d and nothing new or changed", s, n)
+	}
+
+	// Change one file: other size, other mtime.
+	p := filepath.Join(src, "sub", "c.txt")
+	writeFile(t, p, "charlie, changed\n")
+	later := time.Now().Add(time.Hour)
+	if err := os.Chtimes(p, later, later); err != nil {
+		t.Fatal(err)
+	}
+	third := e.backupJSON(src)
+	if s := third.Summary; s.FilesNew != 0 || s.FilesChanged != 1 || s.FilesUnchanged != n-1 {
+		t.Errorf("backup after changing one file: %+v, want 1 changed, %d unchanged", s, n-1)
+	}
+
+	snaps := e.snapshots()
+	if len(snaps) != 3 {
+		t.Fatalf("want 3 snapshots, got %d", len(snaps))
+	}
+	ids := []string{first.SnapshotID, second.SnapshotID, third.SnapshotID}
+	for i, sn := range snaps {
+		if sn.ID != ids[i] {
+			t.Errorf("snapshot %d is %s, want %s", i, sn.ID, ids[i])
+		}
+		wantParent := ""
+		if i > 0 {
+			wantParent = ids[i-1]
+		}
+		if sn.Parent != wantParent {
+			t.Errorf("snapshot %d: parent %q, want %q", i, sn.Parent, wantParent)
+		}
+	}
+	if got := e.ok("dump", "latest", p); got != "charlie, changed\n" {
+		t.Errorf("dump of the changed file: %q", got)
+	}
+	if got := e.ok("dump", first.SnapshotID[:8], p); got != "charlie\n" {
+		t.Errorf("dump of the file in the first snapshot: %q", got)
+	}
+
+	// --force reads everything again.
+	forced := e.backupJSON("--force", src)
+	if s := forced.Summary; s.FilesUnchanged != 0 || s.FilesProcessed != n {
+		t.Errorf("backup --force: %+v, want nothing unchanged", s)
+	}
+}
+
+// TestCommands covers the options of backup, snapshots, ls, diff, stats, dump
+// and restore on a small tree.
+func TestCommands(t *testing.T) {
+	t.Parallel()
+	e := newRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	big := randomData(2, 3<<20) // several chunks
+	writeFile(t, filepath.Join(src, "keep.txt"), "keep\n")
+	writeFile(t, filepath.Join(src, "old.txt"), "to be removed\n")
+	writeFile(t, filepath.Join(src, "mod.txt"), "version 1\n")
+	writeFile(t, filepath.Join(src, "skip.log"), "excluded by --exclude\n")
+	writeFile(t, filepath.Join(src, "cache", "x"), "excluded by an absolute pattern\n")
+	writeFile(t, filepath.Join(src, "sub", "a.txt"), "a\n")
+	writeFile(t, filepath.Join(src, "sub", "b.tmp"), "excluded by --exclude-file\n")
+	writeFile(t, filepath.Join(src, "sub", "big.bin"), string(big))
+	writeFile(t, filepath.Join(src, "with\nnewline"), "odd name\n")
+	if err := os.Symlink("keep.txt", filepath.Join(src, "link")); err != nil {
+		t.Fatal(err)
+	}
+	exFile := filepath.Join(e.dir, "excludes")
+	writeFile(t, exFile, "# comment\n\n*.tmp\n")
+
+	s1 := e.backupJSON("--exclude", "*.log", "--exclude", filepath.Join(src, "cache"), "--exclude-file", exFile,
+		"--tag", "daily", "--tag", "db", "--host", "h1", src)
+
+	// ls, plain: one absolute path per line, excluded entries absent.
+	lines := strings.Split(strings.TrimSuffix(e.ok("ls", "latest"), "\n"), "\n")
+	for _, want := range []string{src, src + "/keep.txt", src + "/sub/a.txt", src + "/sub/big.bin", src + "/link", src + `/with\nnewline`} {
+		if !slices.Contains(lines, want) {
+			t.Errorf("ls: %q missing from\n%s", want, strings.Join(lines, "\n"))
+		}
+	}
+	for _, l := range lines {
+		for _, bad := range []string{"skip.log", "b.tmp", "/cache"} {
+			if strings.Contains(l, bad) {
+				t.Errorf("ls: excluded %q listed: %q", bad, l)
+			}
+		}
+	}
+	// ls PATH lists only that subtree.
+	if got := e.ok("ls", "latest", src+"/sub"); got != src+"/sub\n"+src+"/sub/a.txt\n"+src+"/sub/big.bin\n" {
+		t.Errorf("ls latest %s/sub:\n%s", src, got)
+	}
+	// ls -l: mode, owner, size, name, link target.
+	long := e.ok("ls", "-l", "latest", src)
+	var bigLine, linkLine string
+	for _, l := range strings.Split(long, "\n") {
+		if strings.HasSuffix(l, "/sub/big.bin") {
+			bigLine = l
+		}
+		if strings.Contains(l, "/link -> ") {
+			linkLine = l
+		}
+	}
+	if f := strings.Fields(bigLine); len(f) < 4 || f[0] != "-rw-r--r--" || f[3] != fmt.Sprint(len(big)) {
+		t.Errorf("ls -l: big.bin line %q in\n%s", bigLine, long)
+	}
+	if !strings.HasPrefix(linkLine, "Lrwxrwxrwx") || !strings.HasSuffix(linkLine, "/link -> keep.txt") {
+		t.Errorf("ls -l: link line %q in\n%s", linkLine, long)
+	}
+	// ls --json: one object per line.
+	var nodes []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(e.ok("ls", "--json", "latest", src)), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("ls --json line %q: %v", l, err)
+		}
+		nodes = append(nodes, m)
+	}
+	found := map[string]map[string]any{}
+	for _, m := range nodes {
+		found[fmt.Sprint(m["path"])] = m
+	}
+	if m := found[src+"/sub/big.bin"]; m == nil || m["type"] != "file" || m["size"] != float64(len(big)) {
+		t.Errorf("ls --json: big.bin: %v", m)
+	}
+	if m := found[src+"/link"]; m == nil || m["type"] != "symlink" || m["link_target"] != "keep.txt" {
+		t.Errorf("ls --json: link: %v", m)
+	}
+	if m := found[src+"/with\nnewline"]; m == nil {
+		t.Errorf("ls --json: the name with a newline is missing")
+	}
+
+	// dump equals the file content.
+	if got := e.ok("dump", "latest", src+"/sub/big.bin"); got != string(big) {
+		t.Errorf("dump of big.bin: %d bytes, want %d equal bytes", len(got), len(big))
+	}
+	e.fails(1, "dump", "latest", src+"/sub")
+	e.fails(1, "dump", "latest", src+"/no-such-file")
+
+	// A second snapshot with changes, another host and tag.
+	if err := os.Remove(filepath.Join(src, "old.txt")); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(src, "mod.txt"), "version 2, longer\n")
+	writeFile(t, filepath.Join(src, "new.txt"), "new\n")
+	s2 := e.backupJSON("--exclude", "*.log", "--exclude", filepath.Join(src, "cache"), "--exclude-file", exFile,
+		"--tag", "weekly", "--host", "h2", src)
+
+	// snapshots with filters.
+	all := e.snapshots()
+	if len(all) != 2 || all[0].ID != s1.SnapshotID || all[1].ID != s2.SnapshotID {
+		t.Fatalf("snapshots: %+v", all)
+	}
+	if sn := all[0]; sn.Hostname != "h1" || !slices.Equal(sn.Tags, []string{"daily", "db"}) || !slices.Equal(sn.Paths, []string{src}) ||
+		sn.ShortID != sn.ID[:8] {
+		t.Errorf("first snapshot: %+v", sn)
+	}
+	for _, tc := range []struct {
+		filters []string
+		want    []string
+	}{
+		{[]string{"--host", "h1"}, []string{s1.SnapshotID}},
+		{[]string{"--host", "h2"}, []string{s2.SnapshotID}},
+		{[]string{"--host", "h1", "--host", "h2"}, []string{s1.SnapshotID, s2.SnapshotID}},
+		{[]string{"--tag", "daily"}, []string{s1.SnapshotID}},
+		{[]string{"--tag", "daily", "--tag", "db"}, []string{s1.SnapshotID}},
+		{[]string{"--tag", "weekly", "--host", "h1"}, nil},
+		{[]string{"--tag", "nope"}, nil},
+		{[]string{"--path", src}, []string{s1.SnapshotID, s2.SnapshotID}},
+		{[]string{"--path", "/elsewhere"}, nil},
+	} {
+		var got []string
+		for _, sn := range e.snapshots(tc.filters...) {
+			got = append(got, sn.ID)
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("snapshots %v: got %v, want %v", tc.filters, got, tc.want)
+		}
+	}
+	if out := e.ok("snapshots", "--json", "--tag", "nope"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("snapshots --json with no match: %q, want []", out)
+	}
+	if out := e.ok("snapshots"); !strings.Contains(out, s1.SnapshotID[:8]) || !strings.Contains(out, "2 snapshots") {
+		t.Errorf("snapshots:\n%s", out)
+	}
+	// latest honours the filters.
+	if got := e.ok("dump", "--host", "h1", "latest", src+"/mod.txt"); got != "version 1\n" {
+		t.Errorf("dump --host h1 latest: %q", got)
+	}
+
+	// diff: + added, - removed, M modified.
+	diff := e.ok("diff", s1.SnapshotID[:8], s2.SnapshotID[:8])
+	for _, want := range []string{"+  " + src + "/new.txt", "-  " + src + "/old.txt", "M  " + src + "/mod.txt"} {
+		if !slices.Contains(strings.Split(diff, "\n"), want) {
+			t.Errorf("diff: line %q missing from\n%s", want, diff)
+		}
+	}
+	for _, l := range strings.Split(diff, "\n") {
+		if strings.Contains(l, "keep.txt") || strings.Contains(l, "big.bin") {
+			t.Errorf("diff lists an unchanged file: %q", l)
+		}
+	}
+	var dj struct {
+		Changes []struct {
+			Path   string `json:"path"`
+			Change string `json:"change"`
+		} `json:"changes"`
+		Added    int `json:"added"`
+		Removed  int `json:"removed"`
+		Modified int `json:"modified"`
+	}
+	e.okJSON(&dj, "diff", "--json", s1.SnapshotID, s2.SnapshotID)
+	if dj.Added != 1 || dj.Removed != 1 || dj.Modified != 1 {
+		t.Errorf("diff --json: %+v", dj)
+	}
+	var same struct {
+		Changes []any `json:"changes"`
+	}
+	e.okJSON(&same, "diff", "--json", s2.SnapshotID, s2.SnapshotID)
+	if same.Changes == nil || len(same.Changes) != 0 {
+		t.Errorf("diff of a snapshot with itself: %+v, want an empty list", same)
+	}
+
+	// stats --json.
+	var st struct {
+		Snapshots   int     `json:"snapshots"`
+		Files       int     `json:"files_in_snapshots"`
+		RestoreSize int64   `json:"restore_size"`
+		Blobs       int     `json:"blobs"`
+		Packs       int     `json:"packs"`
+		RepoSize    int64   `json:"repository_size"`
+		Dedup       float64 `json:"deduplication_ratio"`
+	}
+	e.okJSON(&st, "stats", "--json")
+	// Snapshot 1: keep, old, mod, a.txt, big.bin, with\nnewline = 6 files;
+	// snapshot 2: keep, mod, new, a.txt, big.bin, with\nnewline = 6 files.
+	if st.Snapshots != 2 || st.Files != 12 || st.Blobs == 0 || st.Packs == 0 || st.RepoSize < int64(len(big)) ||
+		st.RestoreSize < 2*int64(len(big)) || st.Dedup < 1.5 {
+		t.Errorf("stats --json: %+v", st)
+	}
+	e.okJSON(&st, "stats", "--json", "--host", "h1")
+	if st.Snapshots != 1 || st.Files != 6 {
+		t.Errorf("stats --json --host h1: %+v", st)
+	}
+
+	// restore --include restores only that subtree.
+	target := filepath.Join(t.TempDir(), "inc")
+	e.ok("restore", "latest", "--target", target, "--include", src+"/sub")
+	var restored []string
+	err := filepath.WalkDir(inTarget(target, src), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(inTarget(target, src), p)
+		restored = append(restored, rel)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{".", "sub", "sub/a.txt", "sub/big.bin"}; !slices.Equal(restored, want) {
+		t.Errorf("restore --include sub: got %v, want %v", restored, want)
+	}
+	if b, err := os.ReadFile(filepath.Join(inTarget(target, src), "sub", "big.bin")); err != nil || !bytes.Equal(b, big) {
+		t.Errorf("restore --include: big.bin differs (%v)", err)
+	}
+
+	// restore --exclude leaves matching entries out.
+	target = filepath.Join(t.TempDir(), "exc")
+	e.ok("restore", "latest", "--target", target, "--exclude", "*.txt", "--exclude", "big.bin")
+	restored = nil
+	err = filepath.WalkDir(inTarget(target, src), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(inTarget(target, src), p)
+		restored = append(restored, rel)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(restored)
+	if want := []string{".", "link", "sub", "with\nnewline"}; !slices.Equal(restored, want) {
+		t.Errorf("restore --exclude: got %q, want %q", restored, want)
+	}
+}
+
+// TestStreams covers --stdin and --stdin-from-command.
+func TestStreams(t *testing.T) {
+	t.Parallel()
+	e := newRepo(t)
+	data := "CREATE TABLE t (x int);\n" + string(randomData(3, 200<<10))
+	var s backupSummary
+	out := e.runWith(runOpts{stdin: strings.NewReader(data)}, "backup", "--json", "--stdin", "--stdin-filename", "db.sql")
+	if out.code != 0 {
+		t.Fatalf("backup --stdin: %v", out)
+	}
+	if err := json.Unmarshal([]byte(out.stdout), &s); err != nil || s.SnapshotID == "" {
+		t.Fatalf("backup --stdin --json: %v: %q", err, out.stdout)
+	}
+	if got := e.ok("dump", "latest", "/db.sql"); got != data {
+		t.Errorf("dump /db.sql: %d bytes, want the %d bytes given", len(got), len(data))
+	}
+	if sn := e.snapshots(); len(sn) != 1 || !slices.Equal(sn[0].Paths, []string{"/db.sql"}) {
+		t.Errorf("snapshots after --stdin: %+v", sn)
+	}
+
+	e.ok("backup", "--stdin-from-command", "--stdin-filename", "cmd.out", "--", "sh", "-c", "printf data; exit 0")
+	if got := e.ok("dump", "latest", "/cmd.out"); got != "data" {
+		t.Errorf("dump /cmd.out: %q, want %q", got, "data")
+	}
+	before := e.snapshots()
+	if len(before) != 2 {
+		t.Fatalf("want 2 snapshots, got %d", len(before))
+	}
+
+	// A failing command fails the backup and saves no snapshot.
+	r := e.run("backup", "--stdin-from-command", "--stdin-filename", "fail.out", "--", "sh", "-c", "printf partial; exit 3")
+	if r.code == 0 {
+		t.Fatalf("backup of a command that exits 3 succeeded: %v", r)
+	}
+	checkOneLineError(t, r)
+	if after := e.snapshots(); len(after) != len(before) {
+		t.Errorf("a failed --stdin-from-command saved a snapshot: %d snapshots, want %d", len(after), len(before))
+	}
+	e.fails(1, "backup", "--stdin-from-command", "--", "/nonexistent/command")
+
+	// Usage errors.
+	e.fails(2, "backup", "--stdin-from-command")
+	e.fails(2, "backup", "--stdin", "--stdin-from-command", "--", "true")
+	e.fails(2, "backup", "--stdin", "/etc")
+	e.fails(2, "backup")
+}
+
+// TestBadInput: every mistake gives one clear line and the documented code.
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	e := newRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "f"), "f\n")
+	e.ok("backup", src)
+	wrongPw := filepath.Join(e.dir, "wrong")
+	writeFile(t, wrongPw, "not the password\n")
+	emptyPw := filepath.Join(e.dir, "empty")
+	writeFile(t, emptyPw, "\n")
+
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		code int
+	}{
+		{"wrong password snapshots", map[string]string{"BUNKER_PASSWORD_FILE": wrongPw}, []string{"snapshots"}, 12},
+		{"wrong password backup", map[string]string{"BUNKER_PASSWORD_FILE": wrongPw}, []string{"backup", src}, 12},
+		{"wrong password key add", map[string]string{"BUNKER_PASSWORD_FILE": wrongPw}, []string{"key", "add", "--new-password-file", wrongPw}, 12},
+		{"wrong password check", map[string]string{"BUNKER_PASSWORD_FILE": wrongPw}, []string{"check", "--read-data"}, 12},
+		{"wrong password flag", nil, []string{"snapshots", "--password-file", wrongPw}, 12},
+		{"wrong password command", map[string]string{"BUNKER_PASSWORD_FILE": "", "BUNKER_PASSWORD_COMMAND": "echo nope"}, []string{"snapshots"}, 12},
+		{"password command fails", map[string]string{"BUNKER_PASSWORD_FILE": "", "BUNKER_PASSWORD_COMMAND": "exit 1"}, []string{"snapshots"}, 1},
+		{"no password", map[string]string{"BUNKER_PASSWORD_FILE": ""}, []string{"snapshots"}, 2},
+		{"empty password", map[string]string{"BUNKER_PASSWORD_FILE": emptyPw}, []string{"snapshots"}, 1},
+		{"missing password file", map[string]string{"BUNKER_PASSWORD_FILE": filepath.Join(e.dir, "nope")}, []string{"snapshots"}, 1},
+		{"missing repository", map[string]string{"BUNKER_REPOSITORY": filepath.Join(e.dir, "nope")}, []string{"snapshots"}, 10},
+		{"missing repository flag", nil, []string{"snapshots", "--repo", filepath.Join(e.dir, "nope")}, 10},
+		{"no repository", map[string]string{"BUNKER_REPOSITORY": ""}, []string{"snapshots"}, 2},
+		{"init existing", nil, []string{"init"}, 1},
+		{"unknown flag", nil, []string{"snapshots", "--no-such-flag"}, 2},
+		{"unknown global flag", nil, []string{"--no-such-flag", "snapshots"}, 2},
+		{"unknown command", nil, []string{"frobnicate"}, 2},
+		{"extra argument", nil, []string{"snapshots", "extra"}, 2},
+		{"restore without target", nil, []string{"restore", "latest"}, 2},
+		{"bad compression", nil, []string{"snapshots", "--compression", "bogus"}, 2},
+		{"short snapshot id", nil, []string{"ls", "abc"}, 2},
+		{"unknown snapshot", nil, []string{"ls", "deadbeef"}, 1},
+		{"bad exclude pattern", nil, []string{"backup", "--exclude", "[", src}, 2},
+		{"path does not exist", nil, []string{"backup", filepath.Join(e.dir, "no-such-path")}, 1},
+		{"read-data-subset 0/3", nil, []string{"check", "--read-data-subset", "0/3"}, 2},
+		{"read-data-subset 4/3", nil, []string{"check", "--read-data-subset", "4/3"}, 2},
+		{"read-data-subset 0%", nil, []string{"check", "--read-data-subset", "0%"}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := *e
+			e.t = t
+			e.failsWith(runOpts{env: tc.env}, tc.code, tc.args...)
+		})
+	}
+}
+
+// TestWrongPasswordWritesNothing (RELIABILITY G7): a wrong password is a
+// clear error, and nothing in the repository changes.
+func TestWrongPasswordWritesNothing(t *testing.T) {
+	t.Parallel()
+	e := newRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "f"), "f\n")
+	e.ok("backup", src)
+	wrongPw := filepath.Join(e.dir, "wrong")
+	writeFile(t, wrongPw, "not the password\n")
+	writeFile(t, filepath.Join(src, "g"), "new data that a backup would store\n")
+
+	before := listRepo(t, e.repo)
+	wrong := runOpts{env: map[string]string{"BUNKER_PASSWORD_FILE": wrongPw}}
+	for _, args := range [][]string{
+		{"backup", src},
+		{"key", "add", "--new-password-file", wrongPw},
+		{"key", "passwd", "--new-password-file", wrongPw},
+		{"check"},
+		{"restore", "latest", "--target", filepath.Join(e.dir, "t")},
+	} {
+		r := e.failsWith(wrong, 12, args...)
+		if !strings.Contains(r.stderr, "password") {
+			t.Errorf("%v: error does not mention the password: %q", args, r.stderr)
+		}
+	}
+	if after := listRepo(t, e.repo); !slices.Equal(before, after) {
+		t.Errorf("the repository changed after runs with a wrong password:\nbefore %v\nafter  %v", before, after)
+	}
+	if _, err := os.Lstat(filepath.Join(e.dir, "t")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("restore with a wrong password created its target (%v)", err)
+	}
+}
+
+// TestCorruptSnapshot: a flipped byte in a snapshot file is reported as
+// damage (exit 4) in one line.
+func TestCorruptSnapshot(t *testing.T) {
+	t.Parallel()
+	e := newRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "f"), "f\n")
+	e.ok("backup", src)
+	var files []string
+	err := filepath.WalkDir(filepath.Join(e.repo, "snapshots"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			files = append(files, p)
+		}
+		return err
+	})
+	if err != nil || len(files) != 1 {
+		t.Fatalf("want one snapshot file, got %v (%v)", files, err)
+	}
+	b, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x01
+	if err := os.Chmod(files[0], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(files[0], b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.fails(4, "snapshots")
+	e.fails(4, "ls", "latest")
+	r := e.run("check")
+	if r.code != 4 {
+		t.Errorf("check of a repository with a corrupt snapshot: want exit 4, got %v", r)
+	}
+	noGarbage(t, r)
+}
+
+// TestUnreadableFile: a file that cannot be read is reported, the backup
+// goes on, exits 3 and saves a snapshot of everything else. Root can read
+// everything, so bunker runs as nobody here.
+func TestUnreadableFile(t *testing.T) {
+	t.Parallel()
+	const uid, gid = 65534, 65534
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run bunker as another user")
+	}
+	base, err := os.MkdirTemp("", "bunker-e2e-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	src := filepath.Join(base, "src")
+	writeFile(t, filepath.Join(src, "ok.txt"), "readable\n")
+	writeFile(t, filepath.Join(src, "secret"), "unreadable\n")
+	writeFile(t, filepath.Join(src, "sub", "b.txt"), "also readable\n")
+	if err := os.Chmod(filepath.Join(src, "secret"), 0); err != nil {
+		t.Fatal(err)
+	}
+	e := &repoEnv{t: t, dir: base, repo: filepath.Join(base, "repo"), pwFile: filepath.Join(base, "password"),
+		cred: &syscall.Credential{Uid: uid, Gid: gid, NoSetGroups: true}}
+	writeFile(t, e.pwFile, "nobody's password\n")
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	err = filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, gid)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := e.run("exit-codes"); r.code != 0 {
+		t.Skipf("cannot run bunker as uid %d: %v", uid, r)
+	}
+	e.ok("init")
+
+	r := e.run("backup", "--json", src)
+	if r.code != 3 {
+		t.Fatalf("backup with an unreadable file: want exit 3, got %v", r)
+	}
+	noGarbage(t, r)
+	if !strings.Contains(r.stderr, filepath.Join(src, "secret")) || !strings.Contains(r.stderr, "incomplete") {
+		t.Errorf("stderr does not name the unreadable file and the incomplete snapshot: %q", r.stderr)
+	}
+	var s backupSummary
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		t.Fatalf("backup --json: %v: %q", err, r.stdout)
+	}
+	if !slices.Equal(s.Errors, []string{filepath.Join(src, "secret")}) {
+		t.Errorf("backup --json errors: %q", s.Errors)
+	}
+	sn := e.snapshots()
+	if len(sn) != 1 || sn[0].ID != s.SnapshotID {
+		t.Fatalf("the incomplete snapshot was not saved: %+v", sn)
+	}
+	ls := e.ok("ls", "latest", src)
+	if want := src + "\n" + src + "/ok.txt\n" + src + "/sub\n" + src + "/sub/b.txt\n"; ls != want {
+		t.Errorf("ls of the incomplete snapshot:\n%s\nwant\n%s", ls, want)
+	}
+
+	// Human output: one error line naming the file, then the summary line.
+	r = e.run("backup", "--quiet", src)
+	if r.code != 3 {
+		t.Fatalf("second backup: want exit 3, got %v", r)
+	}
+	noGarbage(t, r)
+	if lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n"); len(lines) != 2 ||
+		!strings.HasPrefix(lines[0], "error: ") || !strings.Contains(lines[0], "secret") || !strings.HasPrefix(lines[1], "bunker: ") {
+		t.Errorf("stderr: want an error line and a summary line, got %q", r.stderr)
+	}
+}
+
+// TestKeys (RELIABILITY G7): key add, list, remove, passwd.
+func TestKeys(t *testing.T) {
+	t.Parallel()
+	e := newRepo(t)
+	pw2 := filepath.Join(e.dir, "pw2")
+	writeFile(t, pw2, "second password\n")
+	pw3 := filepath.Join(e.dir, "pw3")
+	writeFile(t, pw3, "third password\n")
+	as := func(pw string) runOpts { return runOpts{env: map[string]string{"BUNKER_PASSWORD_FILE": pw}} }
+	type key struct {
+		ID      string `json:"id"`
+		Current bool   `json:"current"`
+	}
+	listKeys := func(pw string) []key {
+		t.Helper()
+		r := e.runWith(as(pw), "key", "list", "--json")
+		if r.code != 0 {
+			t.Fatalf("key list: %v", r)
+		}
+		var keys []key
+		if err := json.Unmarshal([]byte(r.stdout), &keys); err != nil {
+			t.Fatalf("key list --json: %v: %q", err, r.stdout)
+		}
+		return keys
+	}
+
+	keys := listKeys(e.pwFile)
+	if len(keys) != 1 || !keys[0].Current {
+		t.Fatalf("keys after init: %+v", keys)
+	}
+	first := keys[0].ID
+
+	var added struct {
+		ID string `json:"id"`
+	}
+	e.okJSON(&added, "key", "add", "--new-password-file", pw2, "--json")
+	if len(added.ID) != 64 {
+		t.Fatalf("key add --json: %+v", added)
+	}
+	keys = listKeys(e.pwFile)
+	if len(keys) != 2 {
+		t.Fatalf("want 2 keys after key add, got %+v", keys)
+	}
+	for _, k := range keys {
+		if k.Current != (k.ID == first) {
+			t.Errorf("key list opened with the first password: %+v", keys)
+		}
+	}
+	if out := e.ok("key", "list"); !strings.Contains(out, "*"+first[:8]) || !strings.Contains(out, added.ID[:8]) {
+		t.Errorf("key list:\n%s", out)
+	}
+	// The new password opens the repository.
+	keys = listKeys(pw2)
+	for _, k := range keys {
+		if k.Current != (k.ID == added.ID) {
+			t.Errorf("key list opened with the second password: %+v", keys)
+		}
+	}
+
+	// The key in use cannot be removed.
+	r := e.runWith(as(pw2), "key", "remove", added.ID[:8])
+	if r.code == 0 {
+		t.Fatalf("removing the key in use succeeded: %v", r)
+	}
+	checkOneLineError(t, r)
+	if len(listKeys(pw2)) != 2 {
+		t.Fatal("a refused key remove removed a key")
+	}
+
+	// Remove the new key while opened with the old password.
+	e.ok("key", "remove", added.ID[:8])
+	e.failsWith(as(pw2), 12, "snapshots")
+	if keys := listKeys(e.pwFile); len(keys) != 1 || keys[0].ID != first {
+		t.Errorf("keys after remove: %+v", keys)
+	}
+	e.fails(1, "key", "remove", "ffffffffff")
+
+	// key passwd: the old password stops working, the new one works.
+	e.ok("key", "passwd", "--new-password-file", pw3)
+	e.fails(12, "snapshots")
+	keys = listKeys(pw3)
+	if len(keys) != 1 || keys[0].ID == first || !keys[0].Current {
+		t.Errorf("keys after passwd: %+v", keys)
+	}
+}
+
+// TestCheck: a healthy repository passes check and check --read-data.
+func TestCheck(t *testing.T) {
+	t.Parallel()
+	e := newRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "a"), string(randomData(4, 1<<20)))
+	writeFile(t, filepath.Join(src, "sub", "b"), "b\n")
+	e.ok("backup", src)
+	writeFile(t, filepath.Join(src, "c"), "c\n")
+	e.ok("backup", src)
+
+	if out := e.ok("check"); !strings.Contains(out, "no problems found") {
+		t.Errorf("check:\n%s", out)
+	}
+	if out := e.ok("check", "--read-data"); !strings.Contains(out, "no problems found") {
+		t.Errorf("check --read-data:\n%s", out)
+	}
+	var res struct {
+		Problems  []any `json:"problems"`
+		Snapshots int   `json:"snapshots"`
+		Trees     int   `json:"trees"`
+		Packs     int   `json:"packs"`
+		PacksRead int   `json:"packs_read"`
+	}
+	e.okJSON(&res, "check", "--read-data", "--json")
+	if res.Problems == nil || len(res.Problems) != 0 || res.Snapshots != 2 || res.Trees == 0 || res.Packs == 0 || res.PacksRead != res.Packs {
+		t.Errorf("check --read-data --json: %+v", res)
+	}
+	e.okJSON(&res, "check", "--json")
+	if len(res.Problems) != 0 || res.Snapshots != 2 || res.PacksRead != 0 {
+		t.Errorf("check --json: %+v", res)
+	}
+	for _, subset := range []string{"1/3", "2/3", "3/3", "50%"} {
+		e.ok("check", "--read-data-subset", subset)
+	}
+}
+
+// TestExitCodes: the table of exit codes is printed and complete.
+func TestExitCodes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	out := e.ok("exit-codes")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) == 0 || lines[0] != "Exit codes:" {
+		t.Fatalf("exit-codes:\n%s", out)
+	}
+	codes := map[string]string{}
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			t.Errorf("exit-codes: bad line %q", l)
+			continue
+		}
+		codes[f[0]] = strings.Join(f[1:], " ")
+	}
+	for code, word := range map[string]string{"0": "success", "1": "failure", "2": "usage", "3": "incomplete", "4": "damaged",
+		"10": "does not exist", "11": "locked", "12": "wrong password", "130": "interrupted"} {
+		if !strings.Contains(codes[code], word) {
+			t.Errorf("exit-codes: code %s is %q, want it to mention %q", code, codes[code], word)
+		}
+	}
+	if len(codes) != 9 {
+		t.Errorf("exit-codes: %d codes, want 9:\n%s", len(codes), out)
+	}
+	if help := e.ok("--help"); !strings.Contains(help, out) {
+		t.Errorf("--help does not include the exit codes:\n%s", help)
+	}
+}

@@ -1,0 +1,246 @@
+package reliability
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"bunker/internal/fs/fstest"
+	"bunker/internal/repo/repository"
+)
+
+// mutate changes the source between backups: a file is rewritten and a new
+// one of newBytes random bytes is added, so that every backup has data to
+// upload.
+func mutate(t testing.TB, src string, rng *rand.Rand, i int, newBytes int) {
+	t.Helper()
+	writeFile(t, filepath.Join(src, "changed"), []byte(fmt.Sprintf("version %d %x\n", i, rng.Uint64())))
+	writeFile(t, filepath.Join(src, "b", fmt.Sprintf("new-%03d", i)), randomBytes(rng, newBytes))
+}
+
+// newIDs returns the names in after that are not in before.
+func newIDs(before, after []string) []string {
+	seen := map[string]bool{}
+	for _, b := range before {
+		seen[b] = true
+	}
+	var out []string
+	for _, a := range after {
+		if !seen[a] {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// history maps each snapshot to the manifest of its source when it was taken.
+type history map[string]map[string]fstest.Entry
+
+// verifyRestore restores snapshot id and compares it with its manifest.
+func verifyRestore(t testing.TB, tr *testRepo, src, id string, want map[string]fstest.Entry) {
+	t.Helper()
+	target := t.TempDir()
+	code, failed := tr.restore(t, id, target)
+	if code != 0 || len(failed) > 0 {
+		t.Fatalf("restore %.8s: exit %d, not restored: %q", id, code, failed)
+	}
+	compareManifests(t, fmt.Sprintf("snapshot %.8s", id), want, manifest(t, restoredAt(target, src)))
+	if err := os.RemoveAll(target); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// afterCrash runs what RELIABILITY A1 demands after an interrupted backup:
+// the repository opens, check --read-data passes (unreferenced packs
+// allowed), the next backup succeeds and the snapshots in restore restore
+// identical.
+func afterCrash(t testing.TB, tr *testRepo, src string, h history, restore []string) {
+	t.Helper()
+	r, err := tr.openErr(repository.Options{}, true)
+	if err != nil {
+		t.Fatalf("repository does not open after the crash: %v", err)
+	}
+	r.Close()
+	res := tr.mustCheckClean(t, true)
+	t.Logf("after crash: %d snapshots, %d packs, %d unreferenced", res.Snapshots, res.Packs, res.UnreferencedPacks)
+	m := manifest(t, src)
+	id := tr.backup(t, src)
+	h[id] = m
+	tr.mustCheckClean(t, false)
+	for _, id := range append(restore, id) {
+		verifyRestore(t, tr, src, id, h[id])
+	}
+}
+
+// RELIABILITY A1: kill -9 during backup at each named failpoint (pack stored
+// but not indexed; index stored but no snapshot; snapshot stored but the
+// command has not returned).
+func TestA1KillAtFailpoints(t *testing.T) {
+	for i, fp := range []string{repository.FailpointPackStored, repository.FailpointIndexStored, repository.FailpointSnapshotStored} {
+		t.Run(fp, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(0xa1, uint64(i)))
+			tr := newTestRepo(t)
+			src := filepath.Join(t.TempDir(), "src")
+			makeSource(t, src, uint64(i), 20<<20)
+			h := history{}
+			m := manifest(t, src)
+			id0 := tr.backup(t, src)
+			h[id0] = m
+
+			mutate(t, src, rng, 1, 6<<20)
+			m = manifest(t, src)
+			before := tr.snapshotIDs(t)
+			res := tr.run(t, []string{"BUNKER_FAILPOINT=" + fp}, "backup", "--json", "--host", "reliability", src)
+			if res.signal != syscall.SIGKILL {
+				t.Fatalf("failpoint %s did not kill the backup: %v", fp, res)
+			}
+			created := newIDs(before, tr.snapshotIDs(t))
+			want := 0
+			if fp == repository.FailpointSnapshotStored {
+				want = 1
+			}
+			if len(created) != want {
+				t.Fatalf("failpoint %s: %d new snapshots, want %d", fp, len(created), want)
+			}
+			for _, id := range created {
+				h[id] = m
+			}
+			afterCrash(t, tr, src, h, append([]string{id0}, created...))
+		})
+	}
+}
+
+// RELIABILITY A1: kill -9 during backup at random (seeded) moments, several
+// times in a row on the same repository.
+func TestA1KillAtRandomMoments(t *testing.T) {
+	iterations, size, grow := 3, int64(48<<20), 6<<20
+	if soak() {
+		iterations, size, grow = 20, 100<<20, 12<<20
+	}
+	rng := rand.New(rand.NewPCG(0xa1, 0xdead))
+	tr := newTestRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	makeSource(t, src, 42, size)
+	h := history{}
+	m := manifest(t, src)
+	start := time.Now()
+	h[tr.backup(t, src)] = m
+	full := time.Since(start)
+	t.Logf("full backup of %d MiB: %v", size>>20, full)
+
+	var restored []string
+	for i := 1; i <= iterations; i++ {
+		mutate(t, src, rng, i, grow)
+		m := manifest(t, src)
+		before := tr.snapshotIDs(t)
+		// --force reads every file again, so the kill may land anywhere:
+		// opening, reading and chunking, uploading packs, index, snapshot.
+		cmd := tr.command(nil, "backup", "--force", "--json", "--host", "reliability", src)
+		delay := time.Duration(rng.Int64N(int64(full) * 12 / 10))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(delay)
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		var res cliResult
+		if err := waitResult(cmd.Wait(), &res); err != nil {
+			t.Fatal(err)
+		}
+		created := newIDs(before, tr.snapshotIDs(t))
+		t.Logf("iteration %d: kill after %v: exit %d signal %v, %d new snapshots", i, delay, res.code, res.signal, len(created))
+		if res.signal == 0 && res.code != 0 {
+			t.Fatalf("backup failed by itself: %v", res)
+		}
+		for _, id := range created {
+			h[id] = m
+		}
+		// Restore what is new, and one earlier snapshot; check --read-data
+		// in afterCrash covers the data of every snapshot each time.
+		var todo []string
+		for id := range h {
+			if !contains(restored, id) {
+				todo = append(todo, id)
+			}
+		}
+		sort.Strings(todo)
+		if len(restored) > 0 {
+			todo = append(todo, restored[rng.IntN(len(restored))])
+		}
+		restored = append(restored, todo...)
+		afterCrash(t, tr, src, h, todo)
+		if t.Failed() {
+			return
+		}
+	}
+	// Finally every snapshot, oldest data included.
+	if soak() {
+		for id, m := range h {
+			verifyRestore(t, tr, src, id, m)
+		}
+	}
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// RELIABILITY A5: kill -9 during restore, then restore again into the same
+// target: it succeeds and the result is identical.
+func TestA5KillDuringRestore(t *testing.T) {
+	iterations, size := 3, int64(48<<20)
+	if soak() {
+		iterations, size = 12, 100<<20
+	}
+	rng := rand.New(rand.NewPCG(0xa5, 1))
+	tr := newTestRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	makeSource(t, src, 5, size)
+	want := manifest(t, src)
+	id := tr.backup(t, src)
+
+	start := time.Now()
+	verifyRestore(t, tr, src, id, want)
+	full := time.Since(start)
+	t.Logf("full restore of %d MiB: %v", size>>20, full)
+
+	for i := 0; i < iterations; i++ {
+		target := t.TempDir()
+		cmd := tr.command(nil, "restore", "--json", id, "--target", target)
+		delay := time.Duration(rng.Int64N(int64(full)*8/10)) + full/20
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(delay)
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		var res cliResult
+		if err := waitResult(cmd.Wait(), &res); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("iteration %d: kill after %v: exit %d signal %v", i, delay, res.code, res.signal)
+		code, failed := tr.restore(t, id, target)
+		if code != 0 || len(failed) > 0 {
+			t.Fatalf("restore after kill: exit %d, not restored %q", code, failed)
+		}
+		compareManifests(t, "restore after kill", want, manifest(t, restoredAt(target, src)))
+		// Nothing but the snapshot's path in the target.
+		for p := range manifest(t, target) {
+			if rel := "/" + p; !strings.HasPrefix(src+"/", rel+"/") && !strings.HasPrefix(rel, src+"/") {
+				t.Errorf("restore left an extra entry %s", p)
+			}
+		}
+		if t.Failed() {
+			return
+		}
+	}
+}
