@@ -81,7 +81,7 @@ type Archiver struct {
 	// chunkers holds the chunkers for large files: one per blob worker is
 	// enough to keep every core busy, and each holds a 16 MiB buffer.
 	chunkers chan repo.Chunker
-	ctx   context.Context
+	ctx      context.Context
 
 	errMu    sync.Mutex
 	fatalErr error
