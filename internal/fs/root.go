@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -145,6 +146,9 @@ func splitRel(rel string) (dirs []string, name string, isRoot bool, err error) {
 	return parts[:len(parts)-1], parts[len(parts)-1], false, nil
 }
 
+// noOpenat2 is set when the kernel lacks openat2.
+var noOpenat2 atomic.Bool
+
 // parent is an open parent directory of an entry.
 type parent struct {
 	fd    int
@@ -173,6 +177,29 @@ func (r *Root) openParent(rel string) (*parent, error) {
 		return nil, fmt.Errorf("%q: operation not possible on the root itself", rel)
 	}
 	p := &parent{fd: r.fd, name: name}
+	if len(dirs) == 0 {
+		return p, nil
+	}
+	// One openat2 resolves the whole directory path inside the root and
+	// refuses symlinks, magic links and escapes (Linux 5.6+); older kernels
+	// take the component-by-component walk below.
+	if !noOpenat2.Load() {
+		fd, err := unix.Openat2(r.fd, strings.Join(dirs, "/"), &unix.OpenHow{
+			Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+		})
+		switch err {
+		case nil:
+			p.fd, p.owned = fd, true
+			return p, nil
+		case unix.ENOSYS, unix.EPERM:
+			noOpenat2.Store(true) // not available (or filtered by seccomp)
+		case unix.EAGAIN:
+			// A concurrent rename elsewhere; fall back to the walk.
+		default:
+			// Let the walk report which component is wrong.
+		}
+	}
 	for i, d := range dirs {
 		fd, err := unix.Openat(p.fd, d, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -265,10 +292,15 @@ func (r *Root) CreateFile(rel string) (*os.File, error) {
 		return nil, err
 	}
 	defer p.close()
-	if err := r.removeNonDir(p, rel); err != nil {
-		return nil, err
+	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := unix.Openat(p.fd, p.name, flags, 0o600)
+	if err == unix.EEXIST {
+		// Something is there already: remove it (never following a symlink) and retry.
+		if err := r.removeNonDir(p, rel); err != nil {
+			return nil, err
+		}
+		fd, err = unix.Openat(p.fd, p.name, flags, 0o600)
 	}
-	fd, err := unix.Openat(p.fd, p.name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, r.pathErr("create", rel, err)
 	}

@@ -1,10 +1,13 @@
 package fs
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"bunker/internal/snapshot"
 )
 
 // Remove deletes the non-directory entry at rel (a symlink is removed, never
@@ -34,4 +37,40 @@ func (r *Root) OpenFile(rel string) (*os.File, error) {
 		return nil, r.pathErr("open", rel, err)
 	}
 	return os.NewFile(uintptr(fd), filepath.Join(r.dir, rel)), nil
+}
+
+// SetFileMetadata applies n's metadata to a regular file this Root created
+// and that is still open for writing, through its descriptor: no path is
+// resolved again. Order as in SetMetadata: owner, mode, xattrs, times last.
+func (r *Root) SetFileMetadata(f *os.File, n *snapshot.Node, opts RestoreOptions) error {
+	fd := int(f.Fd())
+	if opts.Owner || os.Geteuid() == 0 {
+		if err := unix.Fchown(fd, int(n.UID), int(n.GID)); err != nil {
+			return &os.PathError{Op: "fchown", Path: f.Name(), Err: err}
+		}
+	}
+	if err := unix.Fchmod(fd, n.Mode&0o7777); err != nil {
+		return &os.PathError{Op: "fchmod", Path: f.Name(), Err: err}
+	}
+	var warnings []error
+	if !opts.NoXattrs {
+		for _, x := range n.Xattrs {
+			err := unix.Fsetxattr(fd, x.Name, x.Value, 0)
+			if err == nil {
+				continue
+			}
+			if isNotSupported(err) {
+				warnings = append(warnings, &Warning{Err: &os.PathError{Op: "setxattr " + x.Name, Path: f.Name(), Err: err}})
+				continue
+			}
+			return &os.PathError{Op: "setxattr " + x.Name, Path: f.Name(), Err: err}
+		}
+	}
+	ts := []unix.Timespec{timespec(n.AccessTime), timespec(n.ModTime)}
+	if err := unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH); err != nil {
+		if err := unix.Futimes(fd, []unix.Timeval{unix.NsecToTimeval(n.AccessTime.UnixNano()), unix.NsecToTimeval(n.ModTime.UnixNano())}); err != nil {
+			return &os.PathError{Op: "futimens", Path: f.Name(), Err: err}
+		}
+	}
+	return errors.Join(warnings...)
 }

@@ -138,7 +138,11 @@ func (tr *testRepo) run(t testing.TB, env []string, args ...string) cliResult {
 	cmd := tr.command(env, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
 	err := cmd.Run()
+	if testing.Verbose() {
+		t.Logf("bunker %s: %v", args[0], time.Since(start).Round(time.Millisecond))
+	}
 	res := cliResult{stdout: stdout.String(), stderr: stderr.String()}
 	if err := waitResult(err, &res); err != nil {
 		t.Fatalf("bunker %s: %v", strings.Join(args, " "), err)
@@ -175,7 +179,19 @@ func (tr *testRepo) mustRun(t testing.TB, want int, args ...string) cliResult {
 // backup runs `bunker backup --json` of src and returns the new snapshot's ID.
 func (tr *testRepo) backup(t testing.TB, src string, extra ...string) string {
 	t.Helper()
-	res := tr.mustRun(t, 0, append([]string{"backup", "--json", "--host", "reliability"}, append(extra, src)...)...)
+	args := append([]string{"backup", "--json", "--host", "reliability"}, append(extra, src)...)
+	res := tr.run(t, nil, args...)
+	for try := 0; try < 3 && res.code == 130 && res.signal == 0; try++ {
+		// Product bug (see TestC2PackUploadOutlivesArchiverRun): a pack
+		// upload still running when archiver.Run returns is cancelled, and
+		// the backup fails as "interrupted" without any signal. Retrying
+		// keeps the other scenarios meaningful; that test fails for it.
+		t.Logf("backup failed as interrupted without a signal (known product bug); retrying")
+		res = tr.run(t, nil, args...)
+	}
+	if res.code != 0 {
+		t.Fatalf("bunker %s: want exit 0, got %v", strings.Join(args, " "), res)
+	}
 	var sum struct {
 		SnapshotID string `json:"snapshot_id"`
 	}

@@ -378,15 +378,19 @@ func (r *Restorer) finishFile(f *fileState, file *os.File) {
 		}
 	}
 	err := file.Truncate(int64(f.node.Size))
-	if cerr := file.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
+		file.Close()
 		r.failFile(f, err)
 		return
 	}
-	if err := r.root.SetMetadata(f.rel, f.node, r.metaOpts); err != nil && !fs.IsWarning(err) {
-		r.report(f.rel, err)
+	// Metadata through the open descriptor: times last, after the data.
+	merr := r.root.SetFileMetadata(file, f.node, r.metaOpts)
+	if err := file.Close(); err != nil {
+		r.failFile(f, err)
+		return
+	}
+	if merr != nil && !fs.IsWarning(merr) {
+		r.report(f.rel, merr)
 	}
 	r.Stats.Files.Add(1)
 }

@@ -203,7 +203,8 @@ tree_listing() {
 
 # verify_restore TOOL: compare the restored tree with the (mutated) dataset.
 verify_restore() {
-	local tool=$1 root="" c want=$LOGS/data.listing got=$LOGS/$tool.restore.listing
+	local tool=$1 root="" c want=$LOGS/data.listing got
+	got=$LOGS/$tool.restore.listing
 	for c in "$RESTORE$DATA" "$RESTORE/$(basename "$DATA")" "$RESTORE"; do
 		if [[ -f $c/.complete ]]; then
 			root=$c

@@ -1,0 +1,519 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"math/rand"
+	"strings"
+	"testing"
+	"time"
+
+	"bunker/internal/backend"
+	"bunker/internal/backend/mem"
+	"bunker/internal/repo"
+	"bunker/internal/repo/chunker"
+	"bunker/internal/repo/crypto"
+	"bunker/internal/repo/pack"
+	"bunker/internal/snapshot"
+)
+
+var testOpts = Options{KDF: crypto.TestKDF}
+
+func newTestRepo(t testing.TB) (*mem.Backend, *Repository) {
+	t.Helper()
+	be := mem.New()
+	r, err := Create(context.Background(), be, []byte("pw"), testOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return be, r
+}
+
+func mustOpen(t testing.TB, be backend.Backend, pw string) *Repository {
+	t.Helper()
+	r, err := Open(context.Background(), be, []byte(pw), testOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func countFiles(t testing.TB, be backend.Backend, ft backend.FileType) int {
+	t.Helper()
+	n := 0
+	if err := be.List(context.Background(), ft, func(backend.FileInfo) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// replaceFile stores data under h in place of what is there.
+func replaceFile(t testing.TB, be backend.Backend, h backend.Handle, data []byte) {
+	t.Helper()
+	ctx := context.Background()
+	if err := be.Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if err := be.Save(ctx, h, data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCreateOpen(t *testing.T) {
+	ctx := context.Background()
+	be, r := newTestRepo(t)
+	defer r.Close()
+	cfg := r.Config()
+	if cfg.Version != FormatVersion || len(cfg.ChunkerKey) != 32 || cfg.Chunker != chunker.DefaultParams() || len(cfg.ID) != 64 {
+		t.Fatalf("config %+v", cfg)
+	}
+	r2 := mustOpen(t, be, "pw")
+	defer r2.Close()
+	if r2.KeyName() != r.KeyName() || r2.Config().ID != cfg.ID || !bytes.Equal(r2.Config().ChunkerKey, cfg.ChunkerKey) {
+		t.Fatal("reopened repository differs")
+	}
+	if r2.BlobID([]byte("x")) != r.BlobID([]byte("x")) {
+		t.Fatal("blob IDs differ between handles")
+	}
+	for _, pw := range []string{"pW", "", "pw ", "p"} {
+		if _, err := Open(ctx, be, []byte(pw), testOpts); !errors.Is(err, ErrWrongPassword) {
+			t.Errorf("password %q: %v, want ErrWrongPassword", pw, err)
+		}
+	}
+	if _, err := Create(ctx, be, []byte("pw"), testOpts); !errors.Is(err, ErrAlreadyExists) {
+		t.Errorf("Create twice: %v", err)
+	}
+	if _, err := Open(ctx, mem.New(), []byte("pw"), testOpts); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Open empty: %v", err)
+	}
+	if _, err := Create(ctx, mem.New(), nil, testOpts); err == nil {
+		t.Error("Create with an empty password")
+	}
+}
+
+func TestKeys(t *testing.T) {
+	ctx := context.Background()
+	be, r := newTestRepo(t)
+	defer r.Close()
+	second, err := r.AddKey(ctx, []byte("second"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.AddKey(ctx, nil); err == nil {
+		t.Fatal("AddKey with an empty password")
+	}
+	keys, err := r.ListKeys(ctx)
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("ListKeys = %v, %v", keys, err)
+	}
+	current := 0
+	for _, k := range keys {
+		if k.Current {
+			current++
+			if k.ID != r.KeyName() {
+				t.Fatalf("current key %s, handle opened with %s", k.ID, r.KeyName())
+			}
+		}
+		if k.Created.IsZero() {
+			t.Fatal("key without creation time")
+		}
+	}
+	if current != 1 {
+		t.Fatalf("%d current keys", current)
+	}
+	r2 := mustOpen(t, be, "second")
+	if r2.KeyName() != second || r2.BlobID([]byte("x")) != r.BlobID([]byte("x")) {
+		t.Fatal("second key opens other master keys")
+	}
+	r2.Close()
+	if _, err := r.RemoveKey(ctx, r.KeyName()); err == nil {
+		t.Fatal("removed the key in use")
+	}
+	if _, err := r.RemoveKey(ctx, r.KeyName()[:8]); err == nil {
+		t.Fatal("removed the key in use by prefix")
+	}
+	if _, err := r.RemoveKey(ctx, ""); err == nil {
+		t.Fatal("empty prefix accepted")
+	}
+	if _, err := r.RemoveKey(ctx, "zz"); err == nil {
+		t.Fatal("unknown key removed")
+	}
+	if got, err := r.RemoveKey(ctx, second[:10]); err != nil || got != second {
+		t.Fatalf("RemoveKey = %s, %v", got, err)
+	}
+	if _, err := Open(ctx, be, []byte("second"), testOpts); !errors.Is(err, ErrWrongPassword) {
+		t.Fatalf("removed key still opens: %v", err)
+	}
+	mustOpen(t, be, "pw").Close()
+}
+
+func TestDamagedKeySlotsAreSkipped(t *testing.T) {
+	ctx := context.Background()
+	be, r := newTestRepo(t)
+	defer r.Close()
+	// A slot with absurd parameters, sorted before the real one: it must be
+	// skipped without deriving (4 GiB, t=100 would take half an hour).
+	slot := keySlot{Version: 1, KDF: "argon2id", Params: crypto.KDFParams{Time: 100, Memory: 4 << 20, Threads: 1},
+		Salt: make([]byte, 32), Data: make([]byte, 100)}
+	absurd, _ := json.Marshal(slot)
+	for i, data := range [][]byte{absurd, []byte("{"), []byte(`{"kdf":"scrypt"}`), nil} {
+		name := strings.Repeat("0", 63) + string(rune('0'+i))
+		if err := be.Save(ctx, backend.Handle{Type: backend.KeyFile, Name: name}, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	r2 := mustOpen(t, be, "pw")
+	r2.Close()
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("Open took %v", d)
+	}
+	if _, err := Open(ctx, be, []byte("wrong"), testOpts); !errors.Is(err, ErrWrongPassword) {
+		t.Fatalf("wrong password: %v", err)
+	}
+}
+
+func TestParseKeySlot(t *testing.T) {
+	ctx := context.Background()
+	be, r := newTestRepo(t)
+	defer r.Close()
+	data, err := backend.LoadAll(ctx, be, backend.Handle{Type: backend.KeyFile, Name: r.KeyName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ParseKeySlot(data); err != nil {
+		t.Fatalf("real slot: %v", err)
+	}
+	mod := func(fn func(*keySlot)) []byte {
+		var ks keySlot
+		if err := json.Unmarshal(data, &ks); err != nil {
+			t.Fatal(err)
+		}
+		fn(&ks)
+		b, _ := json.Marshal(ks)
+		return b
+	}
+	bad := map[string][]byte{
+		"garbage":     []byte("garbage"),
+		"empty":       nil,
+		"kdf":         mod(func(ks *keySlot) { ks.KDF = "scrypt" }),
+		"no params":   mod(func(ks *keySlot) { ks.Params = crypto.KDFParams{} }),
+		"4 GiB":       mod(func(ks *keySlot) { ks.Params.Memory = 4 << 20 }),
+		"time 1e9":    mod(func(ks *keySlot) { ks.Params.Time = 1e9 }),
+		"short salt":  mod(func(ks *keySlot) { ks.Salt = ks.Salt[:15] }),
+		"memory -1":   []byte(`{"kdf":"argon2id","params":{"time":1,"memory":-1,"threads":1},"salt":"AAAAAAAAAAAAAAAAAAAAAA=="}`),
+		"threads 256": []byte(`{"kdf":"argon2id","params":{"time":1,"memory":64,"threads":256},"salt":"AAAAAAAAAAAAAAAAAAAAAA=="}`),
+	}
+	for name, b := range bad {
+		if err := ParseKeySlot(b); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+		h := backend.Handle{Type: backend.KeyFile, Name: "slot-" + strings.ReplaceAll(name, " ", "-")}
+		replaceFile(t, be, h, b)
+		if _, err := r.tryKey(ctx, h.Name, []byte("pw")); !errors.Is(err, ErrWrongPassword) {
+			t.Errorf("%s: tryKey = %v, want ErrWrongPassword", name, err)
+		}
+	}
+}
+
+func TestSaveBlobDedupAndFlush(t *testing.T) {
+	ctx := context.Background()
+	be, r := newTestRepo(t)
+	defer r.Close()
+	data := []byte("some blob data")
+	id, isNew, n, err := r.SaveBlob(ctx, repo.DataBlob, data, repo.ID{})
+	if err != nil || !isNew || n != len(data)+crypto.Overhead || id != r.BlobID(data) {
+		t.Fatalf("SaveBlob = %v, %v, %d, %v", id, isNew, n, err)
+	}
+	// Pending (not yet flushed) blobs dedup too.
+	if _, isNew, _, err := r.SaveBlob(ctx, repo.DataBlob, data, repo.ID{}); err != nil || isNew {
+		t.Fatalf("second SaveBlob before Flush: new=%v, %v", isNew, err)
+	}
+	// Same bytes as a tree blob are a different blob.
+	if _, isNew, _, err := r.SaveBlob(ctx, repo.TreeBlob, data, repo.ID{}); err != nil || !isNew {
+		t.Fatalf("tree blob with the same bytes: new=%v, %v", isNew, err)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := countFiles(t, be, backend.IndexFile); n != 1 {
+		t.Fatalf("%d index files after Flush", n)
+	}
+	if n := countFiles(t, be, backend.PackFile); n != 2 {
+		t.Fatalf("%d packs (data and tree blobs go to separate packs)", n)
+	}
+	if _, isNew, _, err := r.SaveBlob(ctx, repo.DataBlob, data, repo.ID{}); err != nil || isNew {
+		t.Fatalf("SaveBlob after Flush: new=%v, %v", isNew, err)
+	}
+	// Nothing new: no new index.
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := countFiles(t, be, backend.IndexFile); n != 1 {
+		t.Fatalf("%d index files after an empty Flush", n)
+	}
+}
+
+func TestLoadBlobRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	_, r := newTestRepo(t)
+	defer r.Close()
+	rnd := rand.New(rand.NewSource(1))
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		rnd.Read(b)
+		return b
+	}
+	cases := []struct {
+		name       string
+		data       []byte
+		compressed bool
+	}{
+		{"empty", nil, false},
+		{"tiny", []byte("x"), false},
+		{"64 bytes", bytes.Repeat([]byte{'a'}, 64), false}, // not worth compressing
+		{"compressible", bytes.Repeat([]byte("compressible text "), 5000), true},
+		{"compressible large", bytes.Repeat([]byte("0123456789abcdef"), 64<<10), true},
+		{"incompressible", random(100 << 10), false},
+		{"incompressible large", random(1 << 20), false},
+	}
+	for _, c := range cases {
+		if _, _, _, err := r.SaveBlob(ctx, repo.DataBlob, c.data, repo.ID{}); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		id := r.BlobID(c.data)
+		loc, ok := r.LookupBlob(repo.BlobHandle{ID: id, Type: repo.DataBlob})
+		if !ok {
+			t.Fatalf("%s: not indexed", c.name)
+		}
+		if loc.Compressed != c.compressed || loc.RawLength != uint32(len(c.data)) {
+			t.Errorf("%s: location %+v, want compressed=%v", c.name, loc, c.compressed)
+		}
+		if !c.compressed && loc.Length != uint32(len(c.data)+crypto.Overhead) {
+			t.Errorf("%s: stored %d bytes uncompressed", c.name, loc.Length)
+		}
+		got, err := r.LoadBlob(ctx, repo.DataBlob, id)
+		if err != nil || !bytes.Equal(got, c.data) {
+			t.Fatalf("%s: LoadBlob = %d bytes, %v", c.name, len(got), err)
+		}
+	}
+	if _, err := r.LoadBlob(ctx, repo.TreeBlob, r.BlobID(cases[1].data)); !errors.Is(err, ErrBlobNotFound) {
+		t.Fatalf("missing blob: %v", err)
+	}
+}
+
+func TestDecodeBlobRejects(t *testing.T) {
+	_, r := newTestRepo(t)
+	defer r.Close()
+	plain := bytes.Repeat([]byte("abc"), 100)
+	z := r.enc.EncodeAll(plain, nil)
+	sealedZ := r.Key().Seal(nil, z)
+	sealedP := r.Key().Seal(nil, plain)
+	good := pack.Blob{Type: repo.DataBlob, ID: r.BlobID(plain), RawLength: uint32(len(plain))}
+	gz := good
+	gz.Compressed = true
+	if got, err := r.DecodeBlob(good, sealedP, nil); err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("plain: %v", err)
+	}
+	if got, err := r.DecodeBlob(gz, sealedZ, []byte("pre")); err != nil || string(got) != "pre"+string(plain) {
+		t.Fatalf("compressed with dst: %v", err)
+	}
+	if got, err := r.DecodeBlob(good, sealedP, []byte("pre")); err != nil || string(got) != "pre"+string(plain) {
+		t.Fatalf("plain with dst: %v", err)
+	}
+	wrongLen, wrongID := good, good
+	wrongLen.RawLength++
+	wrongID.ID[0] ^= 1
+	tampered := bytes.Clone(sealedP)
+	tampered[20] ^= 1
+	for name, c := range map[string]struct {
+		b      pack.Blob
+		sealed []byte
+	}{
+		"raw length":                  {wrongLen, sealedP},
+		"id":                          {wrongID, sealedP},
+		"tampered":                    {good, tampered},
+		"empty":                       {good, nil},
+		"compressed flag on plain":    {gz, sealedP},
+		"compressed data as plain":    {good, sealedZ},
+		"other key":                   {good, mustKey(t).Seal(nil, plain)},
+		"zstd garbage":                {gz, r.Key().Seal(nil, []byte("\x28\xb5\x2f\xfd garbage"))},
+		"zstd bomb over the max size": {gz, r.Key().Seal(nil, r.enc.EncodeAll(make([]byte, pack.MaxBlobSize+1), nil))},
+	} {
+		if got, err := r.DecodeBlob(c.b, c.sealed, nil); !errors.Is(err, ErrCorrupt) || got != nil {
+			t.Errorf("%s: DecodeBlob = %d bytes, %v; want ErrCorrupt", name, len(got), err)
+		}
+	}
+}
+
+func mustKey(t testing.TB) *crypto.Key {
+	k, err := crypto.NewKey(crypto.NewMasterKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func TestUnpackedCorruption(t *testing.T) {
+	ctx := context.Background()
+	be, r := newTestRepo(t)
+	defer r.Close()
+	plain := []byte(`{"some":"metadata"}`)
+	id, err := r.SaveUnpacked(ctx, backend.SnapshotFile, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.LoadUnpacked(ctx, backend.SnapshotFile, id); err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("LoadUnpacked = %q, %v", got, err)
+	}
+	h := backend.Handle{Type: backend.SnapshotFile, Name: id.String()}
+	stored, _ := backend.LoadAll(ctx, be, h)
+	for i := range stored {
+		bad := bytes.Clone(stored)
+		bad[i] ^= 0x10
+		replaceFile(t, be, h, bad)
+		if _, err := r.LoadUnpacked(ctx, backend.SnapshotFile, id); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("byte %d flipped: %v, want ErrCorrupt", i, err)
+		}
+		// Renamed to match its new content: the hash passes, authentication does not.
+		nid := crypto.FileID(bad)
+		replaceFile(t, be, backend.Handle{Type: backend.SnapshotFile, Name: nid.String()}, bad)
+		if _, err := r.LoadUnpacked(ctx, backend.SnapshotFile, nid); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("byte %d flipped and renamed: %v, want ErrCorrupt", i, err)
+		}
+	}
+	if _, err := r.LoadUnpacked(ctx, backend.SnapshotFile, repo.ID{1}); !errors.Is(err, backend.ErrNotExist) {
+		t.Fatalf("missing: %v", err)
+	}
+}
+
+func TestReopenSeesBlobs(t *testing.T) {
+	ctx := context.Background()
+	be, r := newTestRepo(t)
+	var ids []repo.ID
+	for i := 0; i < 20; i++ {
+		data := bytes.Repeat([]byte{byte(i)}, 1000*i)
+		id, _, _, err := r.SaveBlob(ctx, repo.DataBlob, data, repo.ID{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	tree := (&snapshot.Tree{Nodes: []*snapshot.Node{{Name: "f", Type: snapshot.TypeFile, Content: ids}}}).Encode()
+	treeID, _, _, err := r.SaveBlob(ctx, repo.TreeBlob, tree, repo.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snID, err := r.SaveSnapshot(ctx, &snapshot.Snapshot{Time: time.Now(), Tree: treeID, Paths: []string{"/x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+
+	r2 := mustOpen(t, be, "pw")
+	defer r2.Close()
+	if r2.Index().Len() != 0 {
+		t.Fatal("index loaded before LoadIndex")
+	}
+	if err := r2.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r2.Index().Len() != 21 {
+		t.Fatalf("index has %d blobs", r2.Index().Len())
+	}
+	sns, err := r2.Snapshots(ctx)
+	if err != nil || len(sns) != 1 || sns[0].ID != snID || sns[0].Tree != treeID {
+		t.Fatalf("Snapshots = %v, %v", sns, err)
+	}
+	tb, err := r2.LoadBlob(ctx, repo.TreeBlob, treeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := snapshot.DecodeTree(tb)
+	if err != nil || len(tr.Nodes) != 1 || len(tr.Nodes[0].Content) != 20 {
+		t.Fatalf("tree: %v", err)
+	}
+	for i, id := range tr.Nodes[0].Content {
+		data, err := r2.LoadBlob(ctx, repo.DataBlob, id)
+		if err != nil || !bytes.Equal(data, bytes.Repeat([]byte{byte(i)}, 1000*i)) {
+			t.Fatalf("blob %d: %v", i, err)
+		}
+	}
+	// The pack headers agree with the index.
+	err = be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
+		pid, err := repo.ParseID(fi.Name)
+		if err != nil {
+			return err
+		}
+		blobs, err := r2.ReadPackHeader(ctx, pid, fi.Size)
+		if err != nil {
+			return err
+		}
+		for _, b := range blobs {
+			loc, ok := r2.LookupBlob(b.Handle())
+			if !ok || loc.Pack != pid || loc.Offset != b.Offset || loc.Length != b.Length {
+				t.Errorf("pack header entry %+v, index %+v", b, loc)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sealedConfig returns a config file holding plain sealed with r's key.
+func sealedConfig(r *Repository, plain []byte) []byte { return r.Key().Seal(nil, plain) }
+
+func TestConfigValidation(t *testing.T) {
+	ctx := context.Background()
+	be, r := newTestRepo(t)
+	defer r.Close()
+	good, _ := json.Marshal(r.Config())
+	cfgH := backend.Handle{Type: backend.ConfigFile}
+	mod := func(fn func(*Config)) []byte {
+		c := r.Config()
+		fn(&c)
+		b, _ := json.Marshal(c)
+		return b
+	}
+	replaceFile(t, be, cfgH, sealedConfig(r, good))
+	mustOpen(t, be, "pw").Close()
+	for name, plain := range map[string][]byte{
+		"garbage":       []byte("{"),
+		"null":          []byte("null"),
+		"empty object":  []byte("{}"),
+		"version 0":     mod(func(c *Config) { c.Version = 0 }),
+		"version 2":     mod(func(c *Config) { c.Version = 2 }),
+		"chunker zero":  mod(func(c *Config) { c.Chunker = chunker.Params{} }),
+		"chunker max":   mod(func(c *Config) { c.Chunker.Max = 1 << 40 }),
+		"chunker avg":   mod(func(c *Config) { c.Chunker.Avg = 3 << 19 }),
+		"key 31 bytes":  mod(func(c *Config) { c.ChunkerKey = c.ChunkerKey[:31] }),
+		"key 33 bytes":  mod(func(c *Config) { c.ChunkerKey = append(c.ChunkerKey, 0) }),
+		"no key":        mod(func(c *Config) { c.ChunkerKey = nil }),
+		"trailing data": append(bytes.Clone(good), 'x'),
+	} {
+		replaceFile(t, be, cfgH, sealedConfig(r, plain))
+		if r2, err := Open(ctx, be, []byte("pw"), testOpts); err == nil {
+			r2.Close()
+			t.Errorf("%s: config accepted", name)
+		}
+	}
+	// Not sealed, or sealed with another key.
+	for name, data := range map[string][]byte{"plain": good, "other key": mustKey(t).Seal(nil, good), "empty": {}} {
+		replaceFile(t, be, cfgH, data)
+		if _, err := Open(ctx, be, []byte("pw"), testOpts); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: %v, want ErrCorrupt", name, err)
+		}
+	}
+}
