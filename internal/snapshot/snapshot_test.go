@@ -22,9 +22,14 @@ func fullSnapshot() *Snapshot {
 	}
 }
 
-// sameSnapshot compares snapshots, times by instant.
+// sameSnapshot compares snapshots, times by instant, empty lists as nil.
 func sameSnapshot(a, b *Snapshot) bool {
 	ca, cb := *a, *b
+	for _, l := range []*[]string{&ca.Paths, &ca.Tags, &ca.Excludes, &cb.Paths, &cb.Tags, &cb.Excludes} {
+		if len(*l) == 0 {
+			*l = nil
+		}
+	}
 	if !ca.Time.Equal(cb.Time) {
 		return false
 	}

@@ -17,6 +17,9 @@ import (
 	"bunker/internal/repo/pack"
 )
 
+// packBufs hold whole pack ranges read for restore and check.
+var packBufs = sync.Pool{New: func() any { b := make([]byte, 0, DefaultPackSize+(1<<20)); return &b }}
+
 var sealPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20); return &b }}
 
 // SaveBlob stores a blob unless the repository already has it. It returns the
@@ -87,6 +90,9 @@ func (r *Repository) encodeBlob(data []byte) (*[]byte, bool, error) {
 	}
 	if err == nil && compressed {
 		dp := sealPool.Get().(*[]byte)
+		if cap(*dp) < len(data) {
+			*dp = make([]byte, 0, len(data))
+		}
 		var dec []byte
 		dec, err = r.dec.DecodeAll(opened, (*dp)[:0])
 		if err == nil && !bytes.Equal(dec, data) {
@@ -320,14 +326,23 @@ func (r *Repository) LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID) 
 // ErrBlobMismatch is wrapped by DecodeBlob when the content is not what its ID says.
 var ErrBlobMismatch = errors.New("blob content does not match its ID")
 
-// DecodeBlob opens, decompresses and verifies a sealed blob, appending its plaintext to dst.
+// DecodeBlob opens, decompresses and verifies a sealed blob, appending its
+// plaintext to dst. It decrypts in place: sealed is overwritten.
 func (r *Repository) DecodeBlob(b pack.Blob, sealed []byte, dst []byte) ([]byte, error) {
-	opened, err := r.key.Open(nil, sealed)
+	if len(sealed) < crypto.Overhead {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, crypto.ErrUnauthenticated)
+	}
+	opened, err := r.key.Open(sealed[crypto.NonceSize:crypto.NonceSize], sealed)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
 	plain := opened
 	if b.Compressed {
+		// With the decoder's cap limit, DecodeAll never grows dst: giving it
+		// exactly RawLength of room bounds what a hostile blob can allocate.
+		if cap(dst)-len(dst) < int(b.RawLength) {
+			dst = append(make([]byte, 0, len(dst)+int(b.RawLength)), dst...)
+		}
 		plain, err = r.dec.DecodeAll(opened, dst)
 		if err != nil {
 			return nil, fmt.Errorf("%w: decompress: %w", ErrCorrupt, err)
@@ -356,21 +371,32 @@ func (r *Repository) LoadPackRange(ctx context.Context, packID repo.ID, blobs []
 	last := blobs[len(blobs)-1]
 	end := int64(last.Offset) + int64(last.Length)
 	h := backend.Handle{Type: backend.PackFile, Name: packID.String()}
-	var buf []byte
+	bp := packBufs.Get().(*[]byte)
+	defer packBufs.Put(bp)
+	if int64(cap(*bp)) < end-start {
+		*bp = make([]byte, end-start)
+	}
+	buf := (*bp)[:end-start]
 	err := r.be.Load(ctx, h, int(end-start), start, func(rd io.Reader) error {
-		buf = make([]byte, end-start)
 		_, err := io.ReadFull(rd, buf)
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("pack %s: %w", packID.Short(), err)
 	}
-	var scratch []byte
+	sp := sealPool.Get().(*[]byte)
+	defer sealPool.Put(sp)
+	scratch := *sp
 	for _, b := range blobs {
 		o := int64(b.Offset) - start
-		plain, err := r.DecodeBlob(b, buf[o:o+int64(b.Length)], scratch[:0])
-		if err == nil {
+		var dst []byte // uncompressed blobs are decrypted in place
+		if b.Compressed {
+			dst = scratch[:0]
+		}
+		plain, err := r.DecodeBlob(b, buf[o:o+int64(b.Length)], dst)
+		if err == nil && b.Compressed {
 			scratch = plain
+			*sp = plain
 		}
 		if err := fn(b, plain, err); err != nil {
 			return err

@@ -26,18 +26,32 @@ import (
 func FuzzKeySlot(f *testing.F) {
 	ctx := context.Background()
 	be, r := newTestRepo(f)
-	valid, err := backend.LoadAll(ctx, be, backend.Handle{Type: backend.KeyFile, Name: r.KeyName()})
-	if err != nil {
+	// Seeds are made in the coordinating process and run in others: the slot
+	// must not depend on this process's random repository keys.
+	var master crypto.MasterKey
+	for i := range master.Encrypt {
+		master.Encrypt[i], master.MAC[i] = byte(i), byte(255-i)
+	}
+	makeSlot := func(p crypto.KDFParams) []byte {
+		ks := keySlot{Version: 1, KDF: "argon2id", Params: p, Salt: bytes.Repeat([]byte{7}, 32)}
+		if wrap, err := crypto.DeriveKey([]byte("pw"), ks.Salt, crypto.TestKDF); err == nil {
+			k, _ := crypto.NewKey(&crypto.MasterKey{Encrypt: wrap})
+			mk, _ := json.Marshal(&master)
+			ks.Data = k.Seal(nil, mk)
+		}
+		b, _ := json.Marshal(ks)
+		return b
+	}
+	valid := makeSlot(crypto.TestKDF)
+	if err := be.Save(ctx, backend.Handle{Type: backend.KeyFile, Name: "seed"}, valid); err != nil {
 		f.Fatal(err)
 	}
+	if m, err := r.tryKey(ctx, "seed", []byte("pw")); err != nil || *m != master {
+		f.Fatalf("seed slot does not open: %v", err)
+	}
 	f.Add(valid)
-	var ks keySlot
-	_ = json.Unmarshal(valid, &ks)
 	for _, p := range []crypto.KDFParams{{Time: 2, Memory: 8, Threads: 4}, {Time: 1, Memory: 4 << 20, Threads: 1}, {Time: 1e9, Memory: 64, Threads: 1}, {}} {
-		c := ks
-		c.Params = p
-		b, _ := json.Marshal(c)
-		f.Add(b)
+		f.Add(makeSlot(p))
 	}
 	f.Add([]byte(`{"kdf":"argon2id","params":{"time":1,"memory":64,"threads":1},"salt":"AAAAAAAAAAAAAAAAAAAAAA==","data":""}`))
 	f.Add([]byte(`{"kdf":"argon2id","params":{"time":4294967295,"memory":4294967295,"threads":255}}`))
@@ -72,8 +86,8 @@ func FuzzKeySlot(f *testing.F) {
 		if perr != nil && !errors.Is(err, ErrWrongPassword) {
 			t.Fatalf("ParseKeySlot refused (%v) but tryKey = %v", perr, err)
 		}
-		if err == nil && !bytes.Equal(data, valid) && (m == nil || *m != *r.master) {
-			t.Fatalf("a changed slot opened to other keys")
+		if err == nil && (m == nil || *m != master) {
+			t.Fatalf("a slot opened to other keys: %s", data)
 		}
 		if err != nil && !errors.Is(err, ErrWrongPassword) && !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("tryKey = %v", err)
@@ -187,7 +201,7 @@ func FuzzDecodeBlob(f *testing.F) {
 			wantOK = wantOK && (!compressed || bytes.Equal(want, payload))
 		}
 		for _, dst := range [][]byte{nil, []byte("dst")} {
-			got, err := r.DecodeBlob(b, sealed, bytes.Clone(dst))
+			got, err := r.DecodeBlob(b, bytes.Clone(sealed), bytes.Clone(dst)) // it decrypts in place
 			if err != nil {
 				if !errors.Is(err, ErrCorrupt) || got != nil {
 					t.Fatalf("DecodeBlob = %d bytes, %v", len(got), err)

@@ -10,18 +10,26 @@ import (
 // crypto.KDFParams.Validate and the salt is long enough for crypto.DeriveKey.
 // Open skips a slot that fails these checks without deriving anything.
 func ParseKeySlot(data []byte) error {
+	_, err := parseKeySlot(data)
+	return err
+}
+
+func parseKeySlot(data []byte) (*keySlot, error) {
 	var ks keySlot
 	if err := json.Unmarshal(data, &ks); err != nil {
-		return fmt.Errorf("key slot: %w", err)
+		return nil, fmt.Errorf("key slot: %w", err)
+	}
+	if ks.Version != 1 {
+		return nil, fmt.Errorf("key slot: unknown version %d", ks.Version)
 	}
 	if ks.KDF != "argon2id" {
-		return fmt.Errorf("key slot: unknown kdf %q", ks.KDF)
+		return nil, fmt.Errorf("key slot: unknown kdf %q", ks.KDF)
 	}
 	if err := ks.Params.Validate(); err != nil {
-		return fmt.Errorf("key slot: %w", err)
+		return nil, fmt.Errorf("key slot: %w", err)
 	}
 	if len(ks.Salt) < 16 {
-		return fmt.Errorf("key slot: salt of %d bytes", len(ks.Salt))
+		return nil, fmt.Errorf("key slot: salt of %d bytes", len(ks.Salt))
 	}
-	return nil
+	return &ks, nil
 }

@@ -150,7 +150,7 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithDecoderMaxMemory(pack.MaxBlobSize))
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithDecoderMaxMemory(pack.MaxBlobSize), zstd.WithDecodeAllCapLimit(true))
 	if err != nil {
 		return nil, err
 	}
@@ -273,8 +273,8 @@ func (r *Repository) tryKey(ctx context.Context, name string, password []byte) (
 	if err != nil {
 		return nil, fmt.Errorf("read key %s: %w", name, err)
 	}
-	var ks keySlot
-	if err := json.Unmarshal(data, &ks); err != nil || ks.KDF != "argon2id" || ks.Params.Validate() != nil {
+	ks, err := parseKeySlot(data)
+	if err != nil {
 		// A damaged slot must not lock the owner of another slot out.
 		return nil, ErrWrongPassword
 	}

@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 
 	"bunker/internal/backend"
 	"bunker/internal/backend/mem"
@@ -309,6 +312,7 @@ func TestLoadBlobRoundTrip(t *testing.T) {
 	}
 }
 
+// DecodeBlob decrypts in place (it overwrites sealed), so every call gets a copy.
 func TestDecodeBlobRejects(t *testing.T) {
 	_, r := newTestRepo(t)
 	defer r.Close()
@@ -319,13 +323,13 @@ func TestDecodeBlobRejects(t *testing.T) {
 	good := pack.Blob{Type: repo.DataBlob, ID: r.BlobID(plain), RawLength: uint32(len(plain))}
 	gz := good
 	gz.Compressed = true
-	if got, err := r.DecodeBlob(good, sealedP, nil); err != nil || !bytes.Equal(got, plain) {
+	if got, err := r.DecodeBlob(good, bytes.Clone(sealedP), nil); err != nil || !bytes.Equal(got, plain) {
 		t.Fatalf("plain: %v", err)
 	}
-	if got, err := r.DecodeBlob(gz, sealedZ, []byte("pre")); err != nil || string(got) != "pre"+string(plain) {
+	if got, err := r.DecodeBlob(gz, bytes.Clone(sealedZ), []byte("pre")); err != nil || string(got) != "pre"+string(plain) {
 		t.Fatalf("compressed with dst: %v", err)
 	}
-	if got, err := r.DecodeBlob(good, sealedP, []byte("pre")); err != nil || string(got) != "pre"+string(plain) {
+	if got, err := r.DecodeBlob(good, bytes.Clone(sealedP), []byte("pre")); err != nil || string(got) != "pre"+string(plain) {
 		t.Fatalf("plain with dst: %v", err)
 	}
 	wrongLen, wrongID := good, good
@@ -347,7 +351,7 @@ func TestDecodeBlobRejects(t *testing.T) {
 		"zstd garbage":                {gz, r.Key().Seal(nil, []byte("\x28\xb5\x2f\xfd garbage"))},
 		"zstd bomb over the max size": {gz, r.Key().Seal(nil, r.enc.EncodeAll(make([]byte, pack.MaxBlobSize+1), nil))},
 	} {
-		if got, err := r.DecodeBlob(c.b, c.sealed, nil); !errors.Is(err, ErrCorrupt) || got != nil {
+		if got, err := r.DecodeBlob(c.b, bytes.Clone(c.sealed), nil); !errors.Is(err, ErrCorrupt) || got != nil {
 			t.Errorf("%s: DecodeBlob = %d bytes, %v; want ErrCorrupt", name, len(got), err)
 		}
 	}
@@ -516,4 +520,46 @@ func TestConfigValidation(t *testing.T) {
 			t.Errorf("%s: %v, want ErrCorrupt", name, err)
 		}
 	}
+}
+
+// TestDecodeBlobBombBounded: a compressed payload without a declared size
+// that expands past MaxBlobSize is refused, and what decoding it allocates is
+// bounded by the decoder's limit, not by the expanded size. The bound is loose:
+// the zstd decoder grows its output by appending up to MaxBlobSize (about 360
+// MiB allocated in all, for a blob whose RawLength says 100 bytes); sizing the
+// output by RawLength would cut that to RawLength.
+func TestDecodeBlobBombBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("decompresses 64 MiB")
+	}
+	_, r := newTestRepo(t)
+	defer r.Close()
+	var z bytes.Buffer
+	w, err := zstd.NewWriter(&z, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zeros := make([]byte, 1<<20)
+	for i := 0; i < 4*pack.MaxBlobSize>>20; i++ { // 256 MiB of zeros, streamed: no content size in the frame
+		if _, err := w.Write(zeros); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sealed := r.Key().Seal(nil, z.Bytes())
+	b := pack.Blob{Type: repo.DataBlob, Compressed: true, Length: uint32(len(sealed)), RawLength: 100}
+	var m1, m2 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	got, err := r.DecodeBlob(b, sealed, nil)
+	runtime.ReadMemStats(&m2)
+	if !errors.Is(err, ErrCorrupt) || got != nil {
+		t.Fatalf("bomb: %d bytes, %v", len(got), err)
+	}
+	if d := m2.TotalAlloc - m1.TotalAlloc; d > 8*pack.MaxBlobSize {
+		t.Fatalf("decoding a %d-byte bomb allocated %d MiB", len(sealed), d>>20)
+	}
+	t.Logf("%d-byte bomb: %v; allocated %d MiB", len(sealed), err, (m2.TotalAlloc-m1.TotalAlloc)>>20)
 }
