@@ -411,7 +411,11 @@ func (a *Archiver) walkDir(ctx context.Context, path string, node *snapshot.Node
 }
 
 func readDirNames(path string) ([]string, error) {
-	f, err := os.Open(path)
+	// Like files, directories are read without changing their atime.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOATIME, 0)
+	if errors.Is(err, syscall.EPERM) {
+		f, err = os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECTORY, 0)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -32,7 +32,12 @@ func (r *Root) OpenFile(rel string) (*os.File, error) {
 		return nil, err
 	}
 	defer p.close()
-	fd, err := unix.Openat(p.fd, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	// O_NOATIME: reading back (restore --verify) must not change the atime
+	// that restore has just set. It needs ownership (or root); else retry without.
+	fd, err := unix.Openat(p.fd, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOATIME, 0)
+	if err == unix.EPERM {
+		fd, err = unix.Openat(p.fd, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
 	if err != nil {
 		return nil, r.pathErr("open", rel, err)
 	}
