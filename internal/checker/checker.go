@@ -74,9 +74,13 @@ type checker struct {
 	// packs as the index files describe them.
 	packs map[repo.ID][]pack.Blob
 	bad   map[repo.ID]repo.ID // damaged blob -> pack
+	quiet bool                // set while tracing damage: problems were reported already
 }
 
 func (c *checker) problem(kind, obj, format string, args ...any) {
+	if c.quiet {
+		return
+	}
 	c.mu.Lock()
 	c.res.Problems = append(c.res.Problems, Problem{Kind: kind, Object: obj, Msg: fmt.Sprintf(format, args...)})
 	c.mu.Unlock()
@@ -235,10 +239,19 @@ func (c *checker) walkTree(ctx context.Context, id repo.ID, dir string, seen map
 	for _, n := range tree.Nodes {
 		p := path.Join(dir, n.Name)
 		fn(p, n)
+		var size uint64
+		complete := true
 		for _, b := range n.Content {
-			if !idx.Has(repo.BlobHandle{ID: b, Type: repo.DataBlob}) {
+			loc, ok := idx.Lookup(repo.BlobHandle{ID: b, Type: repo.DataBlob})
+			if !ok {
 				c.problem("blob", b.String(), "data blob of %s is missing", p)
+				complete = false
+				continue
 			}
+			size += uint64(loc.RawLength)
+		}
+		if n.Type == snapshot.TypeFile && complete && size != n.Size {
+			c.problem("tree", id.String(), "%s: size %d recorded, content holds %d bytes", p, n.Size, size)
 		}
 		if n.Type == snapshot.TypeDir {
 			c.walkTree(ctx, n.Subtree, p, seen, fn)
@@ -357,6 +370,8 @@ func (c *checker) locateDamage(ctx context.Context, snaps []*snapshot.Snapshot) 
 	for b, p := range c.bad {
 		byBlob[b] = &Damage{Pack: p.String(), Blob: b.String()}
 	}
+	c.quiet = true
+	defer func() { c.quiet = false }()
 	for _, sn := range snaps {
 		hit := map[*Damage]bool{}
 		c.walkTree(ctx, sn.Tree, "/", map[repo.ID]bool{}, func(p string, n *snapshot.Node) {

@@ -87,10 +87,8 @@ func TestA1KillAtFailpoints(t *testing.T) {
 			rng := rand.New(rand.NewPCG(0xa1, uint64(i)))
 			tr := newTestRepo(t)
 			src := filepath.Join(t.TempDir(), "src")
-			makeSource(t, src, uint64(i), 20<<20)
 			h := history{}
-			m := manifest(t, src)
-			id0 := tr.backup(t, src)
+			id0, m := seedRepo(t, tr, src, uint64(i), 12<<20)
 			h[id0] = m
 
 			mutate(t, src, rng, 1, 6<<20)
@@ -119,20 +117,24 @@ func TestA1KillAtFailpoints(t *testing.T) {
 // RELIABILITY A1: kill -9 during backup at random (seeded) moments, several
 // times in a row on the same repository.
 func TestA1KillAtRandomMoments(t *testing.T) {
-	iterations, size, grow := 3, int64(48<<20), 6<<20
+	iterations, size, grow := 4, int64(48<<20), 6<<20
 	if soak() {
 		iterations, size, grow = 20, 100<<20, 12<<20
 	}
 	rng := rand.New(rand.NewPCG(0xa1, 0xdead))
 	tr := newTestRepo(t)
 	src := filepath.Join(t.TempDir(), "src")
-	makeSource(t, src, 42, size)
 	h := history{}
-	m := manifest(t, src)
+	id, m := seedRepo(t, tr, src, 42, size)
+	h[id] = m
+	// A complete run of what each iteration kills (read everything, store
+	// new data) sets the range of the kill delays.
+	mutate(t, src, rng, 0, grow)
+	m = manifest(t, src)
 	start := time.Now()
-	h[tr.backup(t, src)] = m
+	h[tr.backup(t, src, "--force")] = m
 	full := time.Since(start)
-	t.Logf("full backup of %d MiB: %v", size>>20, full)
+	t.Logf("backup --force of %d MiB with %d MiB new: %v", size>>20, grow>>20, full)
 
 	var restored []string
 	for i := 1; i <= iterations; i++ {
@@ -142,7 +144,10 @@ func TestA1KillAtRandomMoments(t *testing.T) {
 		// --force reads every file again, so the kill may land anywhere:
 		// opening, reading and chunking, uploading packs, index, snapshot.
 		cmd := tr.command(nil, "backup", "--force", "--json", "--host", "reliability", src)
-		delay := time.Duration(rng.Int64N(int64(full) * 12 / 10))
+		// Stratified: iteration i kills within the i-th slice of the run (and
+		// a little past its end), so the kills spread over all phases.
+		slice := int64(full) * 12 / 10 / int64(iterations)
+		delay := time.Duration(int64(i-1)*slice + rng.Int64N(slice))
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -205,19 +210,21 @@ func TestA5KillDuringRestore(t *testing.T) {
 	rng := rand.New(rand.NewPCG(0xa5, 1))
 	tr := newTestRepo(t)
 	src := filepath.Join(t.TempDir(), "src")
-	makeSource(t, src, 5, size)
-	want := manifest(t, src)
-	id := tr.backup(t, src)
+	id, want := seedRepo(t, tr, src, 5, size)
 
+	target := t.TempDir()
 	start := time.Now()
-	verifyRestore(t, tr, src, id, want)
+	if code, failed := tr.restore(t, id, target); code != 0 || len(failed) > 0 {
+		t.Fatalf("restore: exit %d, not restored %q", code, failed)
+	}
 	full := time.Since(start)
+	compareManifests(t, "restore", want, manifest(t, restoredAt(target, src)))
 	t.Logf("full restore of %d MiB: %v", size>>20, full)
 
 	for i := 0; i < iterations; i++ {
 		target := t.TempDir()
 		cmd := tr.command(nil, "restore", "--json", id, "--target", target)
-		delay := time.Duration(rng.Int64N(int64(full)*8/10)) + full/20
+		delay := time.Duration(rng.Int64N(int64(full)*8/10)) + full/10
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}

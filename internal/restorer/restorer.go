@@ -250,14 +250,26 @@ func (r *Restorer) planFile(rel string, n *snapshot.Node) {
 		r.inodes[key] = rel
 	}
 	fst := &fileState{rel: rel, node: n, remaining: len(n.Content)}
-	var off int64
-	for _, id := range n.Content {
+	locs := make([]repo.Location, len(n.Content))
+	var size uint64
+	for i, id := range n.Content {
 		loc, ok := r.repo.LookupBlob(repo.BlobHandle{ID: id, Type: repo.DataBlob})
 		if !ok {
-			fst.failed = true
 			r.report(rel, fmt.Errorf("data blob %s is missing from the repository", id.Short()))
 			return
 		}
+		locs[i] = loc
+		size += uint64(loc.RawLength)
+	}
+	// The recorded size must match the content: restoring would otherwise pad
+	// with zeros or cut the file without a word.
+	if size != n.Size {
+		r.report(rel, fmt.Errorf("snapshot records %d bytes but the content holds %d: not restored", n.Size, size))
+		return
+	}
+	var off int64
+	for i, id := range n.Content {
+		loc := locs[i]
 		byBlob := r.packs[loc.Pack]
 		if byBlob == nil {
 			byBlob = make(map[repo.ID]*blobTargets)

@@ -161,9 +161,12 @@ func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID,
 func (r *Repository) upload(ctx context.Context, w *pack.Writer) {
 	r.uploadSem <- struct{}{}
 	r.uploads.Add(1)
+	// The upload outlives the caller's context (the archiver cancels its own
+	// when it returns); Flush waits for it, and an interrupted process ends it.
+	uctx := context.WithoutCancel(ctx)
 	go func() {
 		defer func() { <-r.uploadSem; r.uploads.Done() }()
-		err := r.storePack(ctx, w)
+		err := r.storePack(uctx, w)
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		for _, b := range w.Blobs() {
@@ -188,9 +191,8 @@ func (r *Repository) storePack(ctx context.Context, w *pack.Writer) error {
 		return fmt.Errorf("store pack %s: %w", id.Short(), err)
 	}
 	// Never let the index refer to a pack that storage does not hold (RELIABILITY C5).
-	fi, err := r.be.Stat(ctx, h)
-	if err != nil || fi.Size != int64(len(data)) {
-		return fmt.Errorf("pack %s: %w", id.Short(), ErrUploadLost)
+	if err := r.confirmStored(ctx, h, len(data)); err != nil {
+		return err
 	}
 	Failpoint(FailpointPackStored)
 	blobs := append([]pack.Blob(nil), w.Blobs()...)
@@ -198,6 +200,22 @@ func (r *Repository) storePack(ctx context.Context, w *pack.Writer) error {
 	r.mu.Lock()
 	r.newPacks = append(r.newPacks, index.PackEntry{ID: id, Blobs: blobs})
 	r.mu.Unlock()
+	return nil
+}
+
+// confirmStored checks that storage holds a file of the expected size under h,
+// so that nothing ever refers to a file that an upload only claimed to store
+// (RELIABILITY C5).
+func (r *Repository) confirmStored(ctx context.Context, h backend.Handle, size int) error {
+	fi, err := r.be.Stat(ctx, h)
+	switch {
+	case errors.Is(err, backend.ErrNotExist):
+		return fmt.Errorf("%v: %w", h, ErrUploadLost)
+	case err != nil:
+		return fmt.Errorf("confirm %v: %w", h, err)
+	case fi.Size != int64(size):
+		return fmt.Errorf("%v: %w (%d bytes stored, %d sent)", h, ErrUploadLost, fi.Size, size)
+	}
 	return nil
 }
 

@@ -234,6 +234,11 @@ func Open(ctx context.Context, be backend.Backend, password []byte, opts Options
 		return nil, fmt.Errorf("list keys: %w", err)
 	}
 	sort.Strings(names)
+	// A slot counts only if its master keys also open this repository's
+	// config: a slot planted from another repository with the same password
+	// must not lock the owner out.
+	var plain []byte
+	var foreign error
 	for _, name := range names {
 		m, err := r.tryKey(ctx, name, password)
 		if errors.Is(err, ErrWrongPassword) {
@@ -242,18 +247,23 @@ func Open(ctx context.Context, be backend.Backend, password []byte, opts Options
 		if err != nil {
 			return nil, err
 		}
-		r.master, r.keyName = m, name
+		k, err := crypto.NewKey(m)
+		if err != nil {
+			return nil, err
+		}
+		p, err := k.Open(nil, cfgData)
+		if err != nil {
+			foreign = fmt.Errorf("config: %w: key %s opens with this password but not the config", ErrCorrupt, name[:8])
+			continue
+		}
+		r.master, r.keyName, r.key, plain = m, name, k, p
 		break
 	}
 	if r.master == nil {
+		if foreign != nil {
+			return nil, foreign
+		}
 		return nil, ErrWrongPassword
-	}
-	if r.key, err = crypto.NewKey(r.master); err != nil {
-		return nil, err
-	}
-	plain, err := r.key.Open(nil, cfgData)
-	if err != nil {
-		return nil, fmt.Errorf("config: %w: %w", ErrCorrupt, err)
 	}
 	if err := json.Unmarshal(plain, &r.cfg); err != nil {
 		return nil, fmt.Errorf("config: %w: %w", ErrCorrupt, err)
@@ -436,10 +446,11 @@ func (r *Repository) SaveUnpacked(ctx context.Context, t backend.FileType, plain
 		return repo.ID{}, fmt.Errorf("%w: %v", ErrVerify, t)
 	}
 	id := crypto.FileID(sealed)
-	if err := r.be.Save(ctx, backend.Handle{Type: t, Name: id.String()}, sealed); err != nil {
+	h := backend.Handle{Type: t, Name: id.String()}
+	if err := r.be.Save(ctx, h, sealed); err != nil {
 		return id, err
 	}
-	return id, nil
+	return id, r.confirmStored(ctx, h, len(sealed))
 }
 
 // LoadUnpacked loads a metadata object, checks it against its name and opens it.
