@@ -84,6 +84,9 @@ func newKeyCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if g.json {
+				return printJSON(c.OutOrStdout(), map[string]string{"removed": id})
+			}
 			g.msgf(c, "removed key %s\n", id[:8])
 			return nil
 		},
@@ -108,6 +111,9 @@ func newKeyCmd(g *globalOptions) *cobra.Command {
 			}
 			if err := r.RemoveKeyByID(ctx, old); err != nil {
 				return fmt.Errorf("new key %s added, but removing the old key %s failed: %w", id[:8], old[:8], err)
+			}
+			if g.json {
+				return printJSON(c.OutOrStdout(), map[string]string{"added": id, "removed": old})
 			}
 			g.msgf(c, "password changed: key %s replaces %s\n", id[:8], old[:8])
 			return nil

@@ -11,6 +11,7 @@
 set -euo pipefail
 
 script_start=$(date +%s)
+load_start=$(cut -d ' ' -f 1-3 /proc/loadavg)
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$script_dir/../.." && pwd)
 
@@ -326,6 +327,7 @@ elapsed=$(($(date +%s) - script_start))
 {
 	echo "Bunker backup benchmark -- $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 	echo "host:      $(nproc) CPUs ($cpu), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr), $fstype at $BENCH_DIR"
+	echo "load avg:  $load_start at start, $(cut -d ' ' -f 1-3 /proc/loadavg) at end (other work on the machine skews the times)"
 	echo "versions:  $(printf '%s; ' "${versions[@]}" | sed 's/; $//')"
 	echo "dataset:   $data_files files, $data_bytes bytes ($(awk -v b="$data_bytes" 'BEGIN {printf "%.2f GiB", b/1073741824}')), seed $BENCH_SEED:"
 	echo "           Go source tree + 400 MiB random + its shifted copy + 400 MiB log + 384 MiB VM image + 24k small files"
