@@ -31,6 +31,9 @@ const (
 	MaxHeaderSize = 16 << 20
 	// MaxBlobSize bounds a stored blob; chunks are at most 8 MiB raw.
 	MaxBlobSize = 64 << 20
+	// MaxChunkSealed is the stored size of the largest chunk (8 MiB) stored
+	// uncompressed, with the sealing overhead.
+	MaxChunkSealed = 8<<20 + crypto.Overhead
 )
 
 // ErrInvalid is returned for a pack whose structure is wrong.
@@ -48,6 +51,20 @@ type Writer struct {
 // NewWriter returns a writer with room for sizeHint bytes.
 func NewWriter(sizeHint int) *Writer {
 	return &Writer{buf: make([]byte, 0, sizeHint)}
+}
+
+// NewWriterBuffer returns a writer that assembles the pack in buf's storage
+// (its length is ignored), so callers can reuse pack buffers.
+func NewWriterBuffer(buf []byte) *Writer {
+	return &Writer{buf: buf[:0]}
+}
+
+// Buffer returns the writer's storage for reuse; the writer must not be used
+// afterwards.
+func (w *Writer) Buffer() []byte {
+	b := w.buf
+	w.buf = nil
+	return b
 }
 
 // Add appends a sealed blob.

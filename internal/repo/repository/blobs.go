@@ -142,7 +142,7 @@ func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID,
 	r.mu.Lock()
 	w := r.packers[t]
 	if w == nil {
-		w = pack.NewWriter(r.opts.PackSize + (1 << 20))
+		w = pack.NewWriterBuffer(r.packBuffer())
 		r.packers[t] = w
 	}
 	w.Add(t, id, sealed, rawLen, compressed)
@@ -155,6 +155,19 @@ func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID,
 	if full != nil {
 		r.upload(ctx, full)
 	}
+}
+
+// packBuffer returns storage for a new pack, reusing that of stored packs:
+// a backup goes through hundreds of 16 MiB packs and would otherwise leave all
+// of them to the garbage collector. The caller holds r.mu.
+func (r *Repository) packBuffer() []byte {
+	if n := len(r.freePacks); n > 0 {
+		b := r.freePacks[n-1]
+		r.freePacks = r.freePacks[:n-1]
+		return b
+	}
+	// Room for a full pack, one more maximal blob and the header.
+	return make([]byte, 0, r.opts.PackSize+pack.MaxChunkSealed+(1<<20))
 }
 
 // upload stores a finished pack in the background, bounded by opts.Uploads.
@@ -172,6 +185,7 @@ func (r *Repository) upload(ctx context.Context, w *pack.Writer) {
 		for _, b := range w.Blobs() {
 			delete(r.pending, b.Handle())
 		}
+		r.freePacks = append(r.freePacks, w.Buffer())
 		if err != nil && r.uploadErr == nil {
 			r.uploadErr = err
 		}

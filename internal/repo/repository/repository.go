@@ -117,6 +117,7 @@ type Repository struct {
 	uploadErr error
 	uploads   sync.WaitGroup
 	uploadSem chan struct{}
+	freePacks [][]byte // storage of stored packs, for reuse
 
 	// testCorrupt, when set, changes sealed blobs before verification (RELIABILITY B6).
 	testCorrupt func(sealed []byte)
