@@ -181,6 +181,7 @@ func (g *globalOptions) openRepo(ctx context.Context, withIndex bool) (*reposito
 			be.Close()
 			return nil, err
 		}
+		setMemoryLimit(r.Index().Len())
 	}
 	return r, nil
 }

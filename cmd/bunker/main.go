@@ -9,9 +9,11 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -92,6 +94,7 @@ func exitCode(err error) int {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	stopProfile := startProfile()
+	setMemoryLimit(0)
 	root := newRootCmd()
 	err := root.ExecuteContext(ctx)
 	interrupted := ctx.Err() != nil
@@ -111,6 +114,22 @@ func main() {
 	}
 }
 
+// baseMemoryLimit is the Go heap bunker aims to stay under, beyond its
+// index: the pipelines need a few buffers per core (chunker, pack data,
+// compression scratch), and a soft limit makes the garbage collector return
+// to them rather than let the heap double (GOGC) on a machine it shares with
+// the services it backs up. GOMEMLIMIT, if set, wins.
+const baseMemoryLimit = 64 << 20
+
+// setMemoryLimit sets the soft memory limit for an index of indexBlobs
+// entries (about 100 bytes each in memory, kept twice while loading).
+func setMemoryLimit(indexBlobs int) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	debug.SetMemoryLimit(baseMemoryLimit + int64(indexBlobs)*200)
+}
+
 // startProfile writes a CPU profile to $BUNKER_CPUPROFILE and a heap profile
 // to $BUNKER_MEMPROFILE, for `go tool pprof`.
 func startProfile() func() {
@@ -119,6 +138,15 @@ func startProfile() func() {
 		if f, err := os.Create(p); err == nil && pprof.StartCPUProfile(f) == nil {
 			cpu = f
 		}
+	}
+	// BUNKER_MEMPROFILE_AFTER=5s takes the heap profile during the run instead.
+	if d, err := time.ParseDuration(os.Getenv("BUNKER_MEMPROFILE_AFTER")); err == nil {
+		time.AfterFunc(d, func() {
+			if f, err := os.Create(os.Getenv("BUNKER_MEMPROFILE")); err == nil {
+				_ = pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+		})
 	}
 	return func() {
 		if cpu != nil {

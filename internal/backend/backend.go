@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 )
 
 // FileType is the kind of a repository file; each kind lives in its own namespace.
@@ -128,4 +129,19 @@ func LoadAll(ctx context.Context, be Backend, h Handle) ([]byte, error) {
 		return err
 	})
 	return out, err
+}
+
+// TempFiler is an optional extension of a Backend whose files live on a local
+// file system. A pack can then be written straight into a temporary file of
+// the repository and committed by a rename, instead of being assembled in
+// memory: a backup then holds no pack in memory at all.
+type TempFiler interface {
+	// TempFile creates an empty temporary file that List never shows.
+	TempFile() (*os.File, error)
+	// SaveTempFile makes the complete file f the file h, with the guarantees
+	// of Save (atomic, durable, never replacing: ErrExists). f is closed and
+	// its temporary name removed, whatever the outcome.
+	SaveTempFile(ctx context.Context, h Handle, f *os.File) error
+	// DiscardTempFile closes and removes a temporary file.
+	DiscardTempFile(f *os.File)
 }

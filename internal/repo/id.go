@@ -106,4 +106,7 @@ type Chunker interface {
 	Next() ([]byte, error)
 	// Reset starts over on a new stream.
 	Reset(rd io.Reader)
+	// OnRefill sets a function that runs before the chunker overwrites its
+	// buffer: chunks returned since the previous refill stay valid until then.
+	OnRefill(fn func())
 }

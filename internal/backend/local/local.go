@@ -181,8 +181,6 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) error
 
 func (b *Backend) save(ctx context.Context, h backend.Handle, data []byte) (err error) {
 	dir := b.dirOf(h)
-	final := b.path(h)
-
 	f, err := os.CreateTemp(dir, tmpPref+"*")
 	if errors.Is(err, fs.ErrNotExist) && h.Type == backend.PackFile {
 		// A pack subdirectory outside 00..ff, or removed by hand.
@@ -212,6 +210,28 @@ func (b *Backend) save(ctx context.Context, h backend.Handle, data []byte) (err 
 	if _, err := write(f, data); err != nil {
 		return mapErr(err)
 	}
+	tmpLive = false
+	ff := f
+	f = nil
+	return b.commit(ctx, h, ff)
+}
+
+// commit makes the complete temporary file f the file h: it syncs and closes
+// f, links it under h's final name without replacing anything, and syncs the
+// directory. On any failure the temporary file is removed.
+func (b *Backend) commit(ctx context.Context, h backend.Handle, f *os.File) (err error) {
+	dir := b.dirOf(h)
+	final := b.path(h)
+	tmp := f.Name()
+	tmpLive := true
+	defer func() {
+		if f != nil {
+			_ = f.Close()
+		}
+		if tmpLive {
+			_ = os.Remove(tmp)
+		}
+	}()
 	if err := f.Chmod(fileMode); err != nil {
 		return mapErr(err)
 	}
@@ -237,7 +257,15 @@ func (b *Backend) save(ctx context.Context, h backend.Handle, data []byte) (err 
 	if link == nil {
 		link = linkNoReplace
 	}
-	if err := link(tmp, final); err != nil {
+	err = link(tmp, final)
+	if errors.Is(err, fs.ErrNotExist) && h.Type == backend.PackFile {
+		// The pack subdirectory is missing (removed by hand, or a temporary
+		// file made in data/ itself): make it and try once more.
+		if err = b.mkdirSynced(dir); err == nil {
+			err = link(tmp, final)
+		}
+	}
+	if err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return backend.ErrExists
 		}
@@ -252,6 +280,38 @@ func (b *Backend) save(ctx context.Context, h backend.Handle, data []byte) (err 
 		return mapErr(err)
 	}
 	return nil
+}
+
+// TempFile creates a temporary file for a pack whose name is not known yet,
+// in the repository's own data directory (so that committing it is a rename).
+// List never shows it. Commit it with SaveTempFile or drop it with
+// DiscardTempFile.
+func (b *Backend) TempFile() (*os.File, error) {
+	f, err := os.CreateTemp(filepath.Join(b.dir, dataDir), tmpPref+"*")
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	return f, nil
+}
+
+// SaveTempFile stores the complete temporary file f (from TempFile) as h,
+// with the guarantees of Save; f is closed, and its temporary name is gone
+// afterwards whatever the outcome.
+func (b *Backend) SaveTempFile(ctx context.Context, h backend.Handle, f *os.File) error {
+	if err := checkHandle(h); err != nil {
+		b.DiscardTempFile(f)
+		return fmt.Errorf("save %v: %w", h, err)
+	}
+	if err := b.commit(ctx, h, f); err != nil {
+		return fmt.Errorf("save %v: %w", h, err)
+	}
+	return nil
+}
+
+// DiscardTempFile closes and removes a temporary file from TempFile.
+func (b *Backend) DiscardTempFile(f *os.File) {
+	_ = f.Close()
+	_ = os.Remove(f.Name())
 }
 
 // mkdirSynced creates dir (a pack subdirectory) and makes its entry durable.

@@ -199,7 +199,10 @@ type Chunker struct {
 	maskL uint64
 
 	buf  []byte
-	r, w int   // unconsumed data is buf[r:w]
+	r, w int // unconsumed data is buf[r:w]
+	// beforeFill, if set, runs before the buffer is refilled, which
+	// overwrites the chunks returned so far.
+	beforeFill func()
 	eof  bool  // rd returned io.EOF
 	err  error // sticky error
 }
@@ -228,6 +231,11 @@ func (c *Chunker) Reset(rd io.Reader) {
 	c.err = nil
 }
 
+// OnRefill sets a function that runs before the buffer is refilled. Until
+// then every chunk returned since the last refill stays valid, so a caller can
+// hand chunks to other goroutines without copying and wait for them here.
+func (c *Chunker) OnRefill(fn func()) { c.beforeFill = fn }
+
 // maxEmptyReads is how many successive 0, nil reads fill tolerates before
 // giving up with io.ErrNoProgress (like bufio).
 const maxEmptyReads = 100
@@ -237,6 +245,9 @@ const maxEmptyReads = 100
 // than Max bytes unconsumed, so afterwards at least Max bytes are buffered
 // unless the stream has ended.
 func (c *Chunker) fill() error {
+	if c.beforeFill != nil {
+		c.beforeFill()
+	}
 	if c.buf == nil {
 		c.buf = make([]byte, 2*c.p.Max)
 	}

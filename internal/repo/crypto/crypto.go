@@ -12,6 +12,7 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"errors"
+	"hash"
 	"sync"
 
 	"github.com/zeebo/blake3"
@@ -128,3 +129,6 @@ func growCap(b []byte, n int) []byte {
 	copy(nb, b)
 	return nb
 }
+
+// NewFileHasher returns a hash computing FileID incrementally.
+func NewFileHasher() hash.Hash { return blake3.New() }

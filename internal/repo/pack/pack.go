@@ -13,6 +13,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
+	"os"
 	"math"
 
 	"bunker/internal/repo"
@@ -42,9 +44,14 @@ var ErrInvalid = errors.New("invalid pack")
 // Blob describes one blob in a pack.
 type Blob = repo.PackedBlob
 
-// Writer assembles one pack in memory. It is not safe for concurrent use.
+// Writer assembles one pack, in memory or straight into a file. It is not
+// safe for concurrent use.
 type Writer struct {
 	buf   []byte
+	file  *os.File
+	hash  hash.Hash // file mode: the FileID of what was written so far
+	size  int
+	err   error // file mode: the first write error
 	blobs []Blob
 }
 
@@ -59,6 +66,11 @@ func NewWriterBuffer(buf []byte) *Writer {
 	return &Writer{buf: buf[:0]}
 }
 
+// NewFileWriter returns a writer that appends the pack to the empty file f.
+func NewFileWriter(f *os.File) *Writer {
+	return &Writer{file: f, hash: crypto.NewFileHasher()}
+}
+
 // Buffer returns the writer's storage for reuse; the writer must not be used
 // afterwards.
 func (w *Writer) Buffer() []byte {
@@ -67,17 +79,31 @@ func (w *Writer) Buffer() []byte {
 	return b
 }
 
-// Add appends a sealed blob.
+// File returns the file of a file writer.
+func (w *Writer) File() *os.File { return w.file }
+
+func (w *Writer) write(b []byte) {
+	if w.file == nil {
+		w.buf = append(w.buf, b...)
+	} else if w.err == nil {
+		_, w.err = w.file.Write(b)
+		w.hash.Write(b)
+	}
+	w.size += len(b)
+}
+
+// Add appends a sealed blob. In file mode a write error is kept and returned
+// by FinishFile.
 func (w *Writer) Add(t repo.BlobType, id repo.ID, sealed []byte, rawLen int, compressed bool) {
 	w.blobs = append(w.blobs, Blob{
 		Type: t, ID: id, Compressed: compressed,
-		Offset: uint32(len(w.buf)), Length: uint32(len(sealed)), RawLength: uint32(rawLen),
+		Offset: uint32(w.size), Length: uint32(len(sealed)), RawLength: uint32(rawLen),
 	})
-	w.buf = append(w.buf, sealed...)
+	w.write(sealed)
 }
 
 // Size is the current size of the blobs.
-func (w *Writer) Size() int { return len(w.buf) }
+func (w *Writer) Size() int { return w.size }
 
 // Count is the number of blobs.
 func (w *Writer) Count() int { return len(w.blobs) }
@@ -85,8 +111,7 @@ func (w *Writer) Count() int { return len(w.blobs) }
 // Blobs returns the blobs added so far.
 func (w *Writer) Blobs() []Blob { return w.blobs }
 
-// Finish appends the sealed header and returns the whole pack.
-func (w *Writer) Finish(k *crypto.Key) []byte {
+func (w *Writer) trailer(k *crypto.Key) []byte {
 	hdr := make([]byte, 0, len(magic)+len(w.blobs)*entrySize)
 	hdr = append(hdr, magic...)
 	for _, b := range w.blobs {
@@ -99,10 +124,23 @@ func (w *Writer) Finish(k *crypto.Key) []byte {
 		hdr = binary.LittleEndian.AppendUint32(hdr, b.RawLength)
 		hdr = append(hdr, b.ID[:]...)
 	}
-	start := len(w.buf)
-	w.buf = k.Seal(w.buf, hdr)
-	w.buf = binary.LittleEndian.AppendUint32(w.buf, uint32(len(w.buf)-start))
+	sealed := k.Seal(nil, hdr)
+	return binary.LittleEndian.AppendUint32(sealed, uint32(len(sealed)))
+}
+
+// Finish appends the sealed header and returns the whole pack (memory mode).
+func (w *Writer) Finish(k *crypto.Key) []byte {
+	w.write(w.trailer(k))
 	return w.buf
+}
+
+// FinishFile appends the sealed header to the file and returns the pack's ID
+// and size (file mode).
+func (w *Writer) FinishFile(k *crypto.Key) (repo.ID, int, error) {
+	w.write(w.trailer(k))
+	var id repo.ID
+	w.hash.Sum(id[:0])
+	return id, w.size, w.err
 }
 
 // HeaderLength returns the length of the sealed header from a pack's last four bytes.

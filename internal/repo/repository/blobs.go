@@ -55,8 +55,14 @@ func (r *Repository) SaveBlob(ctx context.Context, t repo.BlobType, data []byte,
 		return id, false, 0, fmt.Errorf("blob %s: %w", id.Short(), err)
 	}
 	n := len(*sealed)
-	r.addToPack(ctx, t, id, *sealed, len(data), compressed)
+	err = r.addToPack(ctx, t, id, *sealed, len(data), compressed)
 	sealPool.Put(sealed)
+	if err != nil {
+		r.mu.Lock()
+		delete(r.pending, h)
+		r.mu.Unlock()
+		return id, false, 0, err
+	}
 	return id, true, n, nil
 }
 
@@ -138,11 +144,20 @@ func (r *Repository) worthCompressing(data []byte) bool {
 	return n < 2*sampleSize-2*sampleSize/16
 }
 
-func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID, sealed []byte, rawLen int, compressed bool) {
+func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID, sealed []byte, rawLen int, compressed bool) error {
 	r.mu.Lock()
 	w := r.packers[t]
 	if w == nil {
-		w = pack.NewWriterBuffer(r.packBuffer())
+		if tf, ok := r.be.(backend.TempFiler); ok {
+			f, err := tf.TempFile()
+			if err != nil {
+				r.mu.Unlock()
+				return fmt.Errorf("create pack: %w", err)
+			}
+			w = pack.NewFileWriter(f)
+		} else {
+			w = pack.NewWriterBuffer(r.packBuffer())
+		}
 		r.packers[t] = w
 	}
 	w.Add(t, id, sealed, rawLen, compressed)
@@ -155,6 +170,7 @@ func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID,
 	if full != nil {
 		r.upload(ctx, full)
 	}
+	return nil
 }
 
 // packBuffer returns storage for a new pack, reusing that of stored packs:
@@ -185,7 +201,9 @@ func (r *Repository) upload(ctx context.Context, w *pack.Writer) {
 		for _, b := range w.Blobs() {
 			delete(r.pending, b.Handle())
 		}
-		r.freePacks = append(r.freePacks, w.Buffer())
+		if w.File() == nil {
+			r.freePacks = append(r.freePacks, w.Buffer())
+		}
 		if err != nil && r.uploadErr == nil {
 			r.uploadErr = err
 		}
@@ -193,10 +211,27 @@ func (r *Repository) upload(ctx context.Context, w *pack.Writer) {
 }
 
 func (r *Repository) storePack(ctx context.Context, w *pack.Writer) error {
-	data := w.Finish(r.key)
-	id := crypto.FileID(data)
-	h := backend.Handle{Type: backend.PackFile, Name: id.String()}
-	err := r.be.Save(ctx, h, data)
+	var (
+		id   repo.ID
+		size int
+		h    backend.Handle
+		err  error
+	)
+	if f := w.File(); f != nil {
+		tf := r.be.(backend.TempFiler)
+		id, size, err = w.FinishFile(r.key)
+		if err != nil {
+			tf.DiscardTempFile(f)
+			return fmt.Errorf("write pack: %w", err)
+		}
+		h = backend.Handle{Type: backend.PackFile, Name: id.String()}
+		err = tf.SaveTempFile(ctx, h, f)
+	} else {
+		data := w.Finish(r.key)
+		id, size = crypto.FileID(data), len(data)
+		h = backend.Handle{Type: backend.PackFile, Name: id.String()}
+		err = r.be.Save(ctx, h, data)
+	}
 	if errors.Is(err, backend.ErrExists) {
 		// Same name means same bytes: the pack is already stored.
 		err = nil
@@ -205,7 +240,7 @@ func (r *Repository) storePack(ctx context.Context, w *pack.Writer) error {
 		return fmt.Errorf("store pack %s: %w", id.Short(), err)
 	}
 	// Never let the index refer to a pack that storage does not hold (RELIABILITY C5).
-	if err := r.confirmStored(ctx, h, len(data)); err != nil {
+	if err := r.confirmStored(ctx, h, size); err != nil {
 		return err
 	}
 	Failpoint(FailpointPackStored)

@@ -143,7 +143,8 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 	case CompressionMax:
 		level = zstd.SpeedBestCompression
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithZeroFrames(true))
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithZeroFrames(true),
+		zstd.WithWindowSize(encoderWindow), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return nil, err
 	}
@@ -545,3 +546,8 @@ func (r *Repository) RemoveKeyByID(ctx context.Context, id string) error {
 // verified, to prove that corruption after compression is caught (RELIABILITY
 // B6). For tests only.
 func (r *Repository) SetTestCorrupt(fn func(sealed []byte)) { r.testCorrupt = fn }
+
+// encoderWindow bounds the zstd match window. Blobs average 1 MiB, so a
+// larger window finds little more, while the encoder's history buffers (one
+// per concurrent encoding) grow with it: 8 MiB windows cost 32 MiB of heap.
+const encoderWindow = 2 << 20
