@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"path"
 	"runtime"
 	"sort"
@@ -281,7 +280,7 @@ func (c *checker) readData(ctx context.Context, stored map[repo.ID]int64, opts O
 	g.SetLimit(runtime.GOMAXPROCS(0) + 1)
 	for _, id := range ids {
 		g.Go(func() error {
-			c.readPack(gctx, id)
+			c.readPack(gctx, id, stored[id])
 			mu.Lock()
 			done++
 			if opts.Progress != nil {
@@ -303,48 +302,35 @@ func (c *checker) markBad(pid repo.ID, blobs []pack.Blob) {
 	c.mu.Unlock()
 }
 
-func (c *checker) readPack(ctx context.Context, id repo.ID) {
-	h := backend.Handle{Type: backend.PackFile, Name: id.String()}
-	var data []byte
-	err := c.repo.Backend().Load(ctx, h, 0, 0, func(rd io.Reader) error {
-		var err error
-		data, err = io.ReadAll(rd)
-		return err
+func (c *checker) readPack(ctx context.Context, id repo.ID, size int64) {
+	want := append([]pack.Blob(nil), c.packs[id]...)
+	sort.Slice(want, func(i, j int) bool { return want[i].Offset < want[j].Offset })
+	// Each listed blob is decoded as the pack streams past; the whole pack is
+	// hashed on the way and its own header compared with the index at the end.
+	res, err := c.repo.ReadPack(ctx, id, size, want, func(b pack.Blob, _ []byte, err error) error {
+		if err != nil {
+			c.problem("blob", b.ID.String(), "in pack %s: %v", id.Short(), err)
+			c.markBad(id, []pack.Blob{b})
+		}
+		return nil
 	})
-	want := c.packs[id]
 	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
 		c.problem("pack", id.String(), "read: %v", err)
 		c.markBad(id, want)
 		return
 	}
-	if crypto.FileID(data) != id {
+	if res.Hash != id {
 		c.problem("pack", id.String(), "content does not match its name (the file was changed or damaged)")
 	}
-	// Decode each blob the index lists, and compare the pack's own header.
-	for _, b := range want {
-		end := int64(b.Offset) + int64(b.Length)
-		if end > int64(len(data)) {
-			c.problem("blob", b.ID.String(), "in pack %s: past the end of the pack", id.Short())
-			c.markBad(id, []pack.Blob{b})
-			continue
-		}
-		if _, err := c.repo.DecodeBlob(b, data[b.Offset:end], nil); err != nil {
-			c.problem("blob", b.ID.String(), "in pack %s: %v", id.Short(), err)
-			c.markBad(id, []pack.Blob{b})
-		}
+	herr := res.HeaderErr
+	if herr == nil && !sameBlobs(res.Header, want) {
+		herr = errors.New("the pack header and the index disagree")
 	}
-	if len(data) >= 4 {
-		n, err := pack.HeaderLength(data[len(data)-4:], int64(len(data)))
-		if err == nil {
-			var hdr []pack.Blob
-			hdr, err = pack.DecodeHeader(c.repo.Key(), data[len(data)-4-n:len(data)-4], int64(len(data)))
-			if err == nil && !sameBlobs(hdr, want) {
-				err = errors.New("the pack header and the index disagree")
-			}
-		}
-		if err != nil {
-			c.problem("pack", id.String(), "header: %v", err)
-		}
+	if herr != nil {
+		c.problem("pack", id.String(), "header: %v", herr)
 	}
 }
 

@@ -1,6 +1,7 @@
 package repository
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -16,9 +17,6 @@ import (
 	"bunker/internal/repo/index"
 	"bunker/internal/repo/pack"
 )
-
-// packBufs hold whole pack ranges read for restore and check.
-var packBufs = sync.Pool{New: func() any { b := make([]byte, 0, DefaultPackSize+(1<<20)); return &b }}
 
 var sealPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20); return &b }}
 
@@ -426,50 +424,190 @@ func (r *Repository) DecodeBlob(b pack.Blob, sealed []byte, dst []byte) ([]byte,
 	return plain, nil
 }
 
-// LoadPackRange reads the stored bytes that span the given blobs of one pack
-// (sorted by offset) in a single read, and calls fn for each blob with its
-// plaintext or the error that stopped it from decoding. fn runs on the caller's
+// maxGap is the largest run of unneeded bytes between two wanted blobs that
+// LoadPackRange reads through rather than starting a new request.
+const maxGap = 1 << 20
+
+// LoadPackRange reads the given blobs of one pack (sorted by offset) and calls
+// fn for each with its plaintext or the error that stopped it from decoding.
+// Blobs close together are read in one request, streamed blob by blob, so
+// memory stays at one blob whatever the pack size. fn runs on the caller's
 // goroutine; the plaintext is valid only during fn.
 func (r *Repository) LoadPackRange(ctx context.Context, packID repo.ID, blobs []pack.Blob, fn func(b pack.Blob, plain []byte, err error) error) error {
-	if len(blobs) == 0 {
-		return nil
+	for len(blobs) > 0 {
+		n := 1
+		for n < len(blobs) && int64(blobs[n].Offset)-(int64(blobs[n-1].Offset)+int64(blobs[n-1].Length)) <= maxGap {
+			n++
+		}
+		if err := r.loadRun(ctx, packID, blobs[:n], fn); err != nil {
+			return err
+		}
+		blobs = blobs[n:]
 	}
+	return nil
+}
+
+// blobBufs hold one sealed blob, and decompressed plaintext, while streaming packs.
+var blobBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2<<20); return &b }}
+
+func (r *Repository) loadRun(ctx context.Context, packID repo.ID, blobs []pack.Blob, fn func(b pack.Blob, plain []byte, err error) error) error {
 	start := int64(blobs[0].Offset)
 	last := blobs[len(blobs)-1]
 	end := int64(last.Offset) + int64(last.Length)
 	h := backend.Handle{Type: backend.PackFile, Name: packID.String()}
-	bp := packBufs.Get().(*[]byte)
-	defer packBufs.Put(bp)
-	if int64(cap(*bp)) < end-start {
-		*bp = make([]byte, end-start)
-	}
-	buf := (*bp)[:end-start]
+	sp := blobBufs.Get().(*[]byte)
+	dp := blobBufs.Get().(*[]byte)
+	defer blobBufs.Put(sp)
+	defer blobBufs.Put(dp)
 	err := r.be.Load(ctx, h, int(end-start), start, func(rd io.Reader) error {
-		_, err := io.ReadFull(rd, buf)
-		return err
+		pos := start
+		for _, b := range blobs {
+			if gap := int64(b.Offset) - pos; gap > 0 {
+				if _, err := io.CopyN(io.Discard, rd, gap); err != nil {
+					return err
+				}
+			}
+			if cap(*sp) < int(b.Length) {
+				*sp = make([]byte, b.Length)
+			}
+			sealed := (*sp)[:b.Length]
+			if _, err := io.ReadFull(rd, sealed); err != nil {
+				return err
+			}
+			pos = int64(b.Offset) + int64(b.Length)
+			var dst []byte // uncompressed blobs are decrypted in place
+			if b.Compressed {
+				dst = (*dp)[:0]
+			}
+			plain, err := r.DecodeBlob(b, sealed, dst)
+			if err == nil && b.Compressed {
+				*dp = plain
+			}
+			if err := fn(b, plain, err); err != nil {
+				return callbackError{err}
+			}
+		}
+		return nil
 	})
+	var ce callbackError
+	if errors.As(err, &ce) {
+		return ce.err
+	}
 	if err != nil {
 		return fmt.Errorf("pack %s: %w", packID.Short(), err)
 	}
-	sp := sealPool.Get().(*[]byte)
-	defer sealPool.Put(sp)
-	scratch := *sp
-	for _, b := range blobs {
-		o := int64(b.Offset) - start
-		var dst []byte // uncompressed blobs are decrypted in place
-		if b.Compressed {
-			dst = scratch[:0]
+	return nil
+}
+
+// callbackError carries a caller's error through a backend Load.
+type callbackError struct{ err error }
+
+func (e callbackError) Error() string { return e.err.Error() }
+
+// PackStream describes a whole pack read by ReadPack.
+type PackStream struct {
+	// Hash is the FileID of all bytes read; it equals the pack ID if intact.
+	Hash repo.ID
+	// Size is the number of bytes read.
+	Size int64
+	// Header lists the blobs of the pack's own header, or HeaderErr says why not.
+	Header    []pack.Blob
+	HeaderErr error
+}
+
+// ReadPack reads a whole pack once, in order: it hashes every byte, decodes
+// each of the given blobs (sorted by offset, as the index places them) and
+// calls fn for it, and finally decodes the pack's own header. Memory stays at
+// one blob. An error from fn stops the read and is returned.
+func (r *Repository) ReadPack(ctx context.Context, packID repo.ID, size int64, blobs []pack.Blob, fn func(b pack.Blob, plain []byte, err error) error) (*PackStream, error) {
+	h := backend.Handle{Type: backend.PackFile, Name: packID.String()}
+	sp := blobBufs.Get().(*[]byte)
+	dp := blobBufs.Get().(*[]byte)
+	defer blobBufs.Put(sp)
+	defer blobBufs.Put(dp)
+	res := &PackStream{}
+	hasher := crypto.NewFileHasher()
+	err := r.be.Load(ctx, h, 0, 0, func(rd io.Reader) error {
+		cr := &countingReader{r: io.TeeReader(bufio.NewReaderSize(rd, 1<<20), hasher)}
+		for _, b := range blobs {
+			if gap := int64(b.Offset) - cr.n; gap > 0 {
+				if _, err := io.CopyN(io.Discard, cr, gap); err != nil {
+					return err
+				}
+			} else if gap < 0 {
+				if err := fn(b, nil, fmt.Errorf("%w: blob overlaps the previous one", ErrCorrupt)); err != nil {
+					return callbackError{err}
+				}
+				continue
+			}
+			if cap(*sp) < int(b.Length) {
+				*sp = make([]byte, b.Length)
+			}
+			sealed := (*sp)[:b.Length]
+			if _, err := io.ReadFull(cr, sealed); err != nil {
+				if err == io.EOF || err == io.ErrUnexpectedEOF {
+					if err := fn(b, nil, fmt.Errorf("%w: past the end of the pack", ErrCorrupt)); err != nil {
+						return callbackError{err}
+					}
+					continue
+				}
+				return err
+			}
+			var dst []byte
+			if b.Compressed {
+				dst = (*dp)[:0]
+			}
+			plain, err := r.DecodeBlob(b, sealed, dst)
+			if err == nil && b.Compressed {
+				*dp = plain
+			}
+			if err := fn(b, plain, err); err != nil {
+				return callbackError{err}
+			}
 		}
-		plain, err := r.DecodeBlob(b, buf[o:o+int64(b.Length)], dst)
-		if err == nil && b.Compressed {
-			scratch = plain
-			*sp = plain
-		}
-		if err := fn(b, plain, err); err != nil {
+		// The rest: whatever lies after the last listed blob, then the header.
+		rest, err := io.ReadAll(io.LimitReader(cr, pack.MaxHeaderSize+4+int64(pack.MaxBlobSize)))
+		if err != nil {
 			return err
 		}
+		if _, err := io.Copy(io.Discard, cr); err != nil {
+			return err
+		}
+		res.Size = cr.n
+		if len(rest) < 4 {
+			res.HeaderErr = fmt.Errorf("%w: no header", pack.ErrInvalid)
+			return nil
+		}
+		n, herr := pack.HeaderLength(rest[len(rest)-4:], res.Size)
+		if herr == nil && n+4 > len(rest) {
+			herr = fmt.Errorf("%w: header overlaps the blobs", pack.ErrInvalid)
+		}
+		if herr == nil {
+			res.Header, herr = pack.DecodeHeader(r.key, rest[len(rest)-4-n:len(rest)-4], res.Size)
+		}
+		res.HeaderErr = herr
+		return nil
+	})
+	var ce callbackError
+	if errors.As(err, &ce) {
+		return nil, ce.err
 	}
-	return nil
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", packID.Short(), err)
+	}
+	hasher.Sum(res.Hash[:0])
+	return res, nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // ReadPackHeader reads and decodes a pack's own header (for check and index rebuilds).
