@@ -70,6 +70,37 @@ type Root struct {
 	mu     sync.RWMutex // guards fd against Close
 	fd     int          // directory fd of the root, -1 after Close
 	closed bool
+
+	// dirs caches descriptors of directories below the root, opened once
+	// with the same no-symlink resolution: a restore creates thousands of
+	// entries per directory. A cached descriptor keeps naming the directory
+	// that was checked, even if its path is changed meanwhile.
+	dirMu sync.Mutex
+	dirs  map[string]int
+}
+
+const maxCachedDirs = 4096
+
+func (r *Root) cachedDir(key string) (int, bool) {
+	r.dirMu.Lock()
+	defer r.dirMu.Unlock()
+	fd, ok := r.dirs[key]
+	return fd, ok
+}
+
+// cacheDir keeps fd for key unless the cache is full or has one already; it
+// reports whether it took ownership of fd.
+func (r *Root) cacheDir(key string, fd int) bool {
+	r.dirMu.Lock()
+	defer r.dirMu.Unlock()
+	if _, ok := r.dirs[key]; ok || len(r.dirs) >= maxCachedDirs {
+		return false
+	}
+	if r.dirs == nil {
+		r.dirs = make(map[string]int)
+	}
+	r.dirs[key] = fd
+	return true
 }
 
 // OpenRoot opens dir as a restore target, creating it (mode 0700, with
@@ -117,6 +148,12 @@ func (r *Root) Close() error {
 		return os.ErrClosed
 	}
 	r.closed = true
+	r.dirMu.Lock()
+	for _, fd := range r.dirs {
+		unix.Close(fd)
+	}
+	r.dirs = nil
+	r.dirMu.Unlock()
 	err := unix.Close(r.fd)
 	r.fd = -1
 	if err2 := r.root.Close(); err == nil {
@@ -180,11 +217,25 @@ func (r *Root) openParent(rel string) (*parent, error) {
 	if len(dirs) == 0 {
 		return p, nil
 	}
+	key := strings.Join(dirs, "/")
+	if fd, ok := r.cachedDir(key); ok {
+		p.fd = fd
+		return p, nil
+	}
+	p, err = r.resolveParent(p, key, dirs, rel)
+	if err == nil && p.owned && r.cacheDir(key, p.fd) {
+		p.owned = false // the cache owns it now
+	}
+	return p, err
+}
+
+// resolveParent opens the directory dirs (joined: key) below the root.
+func (r *Root) resolveParent(p *parent, key string, dirs []string, rel string) (*parent, error) {
 	// One openat2 resolves the whole directory path inside the root and
 	// refuses symlinks, magic links and escapes (Linux 5.6+); older kernels
 	// take the component-by-component walk below.
 	if !noOpenat2.Load() {
-		fd, err := unix.Openat2(r.fd, strings.Join(dirs, "/"), &unix.OpenHow{
+		fd, err := unix.Openat2(r.fd, key, &unix.OpenHow{
 			Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
 			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 		})

@@ -37,7 +37,8 @@ type Options struct {
 	Excludes []string
 	// Verify re-reads every restored file and checks it against the snapshot.
 	Verify bool
-	// Workers is the number of packs processed at once; zero means 2 per CPU.
+	// Workers is the number of packs processed at once; zero means one per
+	// CPU (decoding is CPU-bound; more workers only contend for directories).
 	Workers int
 	// Owner restores owners even when not running as root.
 	Owner bool
@@ -69,6 +70,7 @@ type fileState struct {
 	mu        sync.Mutex
 	f         *os.File
 	remaining int
+	written   int64 // end of the data written so far
 	failed    bool
 }
 
@@ -103,7 +105,7 @@ type dirEntry struct {
 // New returns a restorer.
 func New(r Repository, opts Options) *Restorer {
 	if opts.Workers <= 0 {
-		opts.Workers = 2 * runtime.GOMAXPROCS(0)
+		opts.Workers = runtime.GOMAXPROCS(0)
 	}
 	return &Restorer{repo: r, opts: opts, packs: make(map[repo.ID]map[repo.ID]*blobTargets),
 		inodes: make(map[[2]uint64]string), metaOpts: fs.RestoreOptions{Owner: opts.Owner}}
@@ -359,6 +361,7 @@ func (r *Restorer) writeBlob(t target, plain []byte, blobErr error) {
 			r.failFile(f, err)
 			return
 		}
+		f.written = max(f.written, t.offset+int64(len(plain)))
 	}
 	r.Stats.Bytes.Add(uint64(len(plain)))
 	f.remaining--
@@ -389,11 +392,13 @@ func (r *Restorer) finishFile(f *fileState, file *os.File) {
 			return
 		}
 	}
-	err := file.Truncate(int64(f.node.Size))
-	if err != nil {
-		file.Close()
-		r.failFile(f, err)
-		return
+	// The size is set explicitly only where the file ends in a hole.
+	if f.written != int64(f.node.Size) {
+		if err := file.Truncate(int64(f.node.Size)); err != nil {
+			file.Close()
+			r.failFile(f, err)
+			return
+		}
 	}
 	// Metadata through the open descriptor: times last, after the data.
 	merr := r.root.SetFileMetadata(file, f.node, r.metaOpts)
