@@ -82,6 +82,8 @@ type Archiver struct {
 	// 1 GB/s, several times faster than the blob workers it feeds, so one is
 	// enough to keep every core busy; each holds a 16 MiB buffer.
 	chunkers chan repo.Chunker
+	// walkSem bounds the goroutines walking directories besides the caller's.
+	walkSem chan struct{}
 	ctx      context.Context
 
 	errMu    sync.Mutex
@@ -162,6 +164,7 @@ func (a *Archiver) Run(ctx context.Context, paths []string) (repo.ID, []string, 
 	}
 	a.files = make(chan *fileJob, 256)
 	a.blobs = make(chan *blobJob, a.opts.BlobWorkers)
+	a.walkSem = make(chan struct{}, runtime.GOMAXPROCS(0))
 	a.chunkers = make(chan repo.Chunker, 1)
 	a.chunkers <- nil // created on first use
 	var fileWG, blobWG sync.WaitGroup
@@ -353,7 +356,22 @@ func (a *Archiver) saveEntry(ctx context.Context, path string, pnode *snapshot.N
 			// A mount point: keep the directory, not what is mounted on it.
 			return a.finishTree(ctx, path, node, nil, ptree)
 		}
-		return a.walkDir(ctx, path, node, ptree, dev)
+		// Walk the subdirectory in another goroutine while a slot is free:
+		// reading directories and lstat-ing entries is latency-bound, and an
+		// unchanged re-backup is nothing but that.
+		select {
+		case a.walkSem <- struct{}{}:
+			f := &future{done: make(chan struct{})}
+			go func() {
+				inner := a.walkDir(ctx, path, node, ptree, dev)
+				<-a.walkSem
+				f.node = inner.wait()
+				close(f.done)
+			}()
+			return f
+		default:
+			return a.walkDir(ctx, path, node, ptree, dev)
+		}
 	case snapshot.TypeFile:
 		a.Stats.FilesProcessed.Add(1)
 		a.Stats.BytesProcessed.Add(node.Size)
