@@ -1,0 +1,34 @@
+// Package archiver backs up file system paths into a repository.
+//
+// # Pipeline
+//
+// A backup overlaps four kinds of work so that both cores stay busy:
+//
+//   - Walkers read directories and lstat their entries. The caller's
+//     goroutine walks, and up to one more walker per CPU takes whole
+//     subdirectories while a slot is free. Each entry becomes a future: a file
+//     whose size, mtime, ctime and inode match the parent snapshot's node is
+//     resolved at once with the old content list and never opened.
+//   - File workers (two per CPU, to overlap system calls) open changed files
+//     with O_NOATIME and check that the inode is still the one walked. A file
+//     smaller than the minimum chunk is read whole into one buffer; a larger
+//     one goes through the repository's chunker (one at a time: chunking runs
+//     several times faster than the stages after it), and each chunk is
+//     handed to the blob workers without a copy. The chunker's OnRefill hook
+//     waits for the chunks already handed out before it reuses its buffer.
+//   - Blob workers (one per CPU) call Repository.SaveBlob: hash, dedup,
+//     compress, seal, verify, pack.
+//   - The repository stores full packs in the background.
+//
+// A directory's tree blob is saved by a goroutine that waits for the futures of
+// its entries, in name order, so the tree is the same whichever worker
+// finished first. The root tree completes last.
+//
+// # Errors
+//
+// An entry that cannot be read is reported through Options.Error and left out
+// of its tree; the snapshot is then marked incomplete. Errors of the
+// repository (storage, verification) are fatal: the walk stops, workers drain,
+// and Run returns the first such error. No snapshot is written by this
+// package; the caller writes it after Repository.Flush.
+package archiver
