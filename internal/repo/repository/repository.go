@@ -144,7 +144,7 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 		level = zstd.SpeedBestCompression
 	}
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithZeroFrames(true),
-		zstd.WithWindowSize(encoderWindow), zstd.WithLowerEncoderMem(true), zstd.WithEncoderCRC(false))
+		zstd.WithWindowSize(encoderWindow), zstd.WithEncoderCRC(false))
 	if err != nil {
 		return nil, err
 	}
