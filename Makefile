@@ -3,7 +3,7 @@
 GO        ?= go
 BIN       := bin/bunker
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-STATICCHECK_VERSION := 2025.1.1
+STATICCHECK_VERSION := v0.8.2
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 FUZZTIME  ?= 5s
 

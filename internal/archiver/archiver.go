@@ -84,7 +84,7 @@ type Archiver struct {
 	chunkers chan repo.Chunker
 	// walkSem bounds the goroutines walking directories besides the caller's.
 	walkSem chan struct{}
-	ctx      context.Context
+	ctx     context.Context
 
 	errMu    sync.Mutex
 	fatalErr error

@@ -166,16 +166,6 @@ func waitResult(err error, res *cliResult) error {
 	return err
 }
 
-// mustRun runs the CLI and fails the test unless it exits with want.
-func (tr *testRepo) mustRun(t testing.TB, want int, args ...string) cliResult {
-	t.Helper()
-	res := tr.run(t, nil, args...)
-	if res.code != want {
-		t.Fatalf("bunker %s: want exit %d, got %v", strings.Join(args, " "), want, res)
-	}
-	return res
-}
-
 // backup runs `bunker backup --json` of src and returns the new snapshot's ID.
 func (tr *testRepo) backup(t testing.TB, src string, extra ...string) string {
 	t.Helper()

@@ -88,13 +88,12 @@ type Restorer struct {
 	root  *fs.Root
 	Stats Stats
 
-	files     []*fileState
-	packs     map[repo.ID]map[repo.ID]*blobTargets
-	links     []link
-	dirs      []dirEntry
-	inodes    map[[2]uint64]string
-	metaOpts  fs.RestoreOptions
-	cancelled atomic.Bool
+	files    []*fileState
+	packs    map[repo.ID]map[repo.ID]*blobTargets
+	links    []link
+	dirs     []dirEntry
+	inodes   map[[2]uint64]string
+	metaOpts fs.RestoreOptions
 }
 
 type dirEntry struct {

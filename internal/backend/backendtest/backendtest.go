@@ -525,7 +525,7 @@ func testConcurrent(t *testing.T, be backend.Backend) {
 				// Listing while others write must not fail.
 				if i%4 == 0 {
 					if err := be.List(ctx, backend.PackFile, func(backend.FileInfo) error { return nil }); err != nil {
-						errc <- fmt.Errorf("List: %w", err)
+						errc <- fmt.Errorf("list: %w", err)
 					}
 				}
 				// Remove every third file again, concurrently with the rest.

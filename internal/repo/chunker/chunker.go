@@ -203,8 +203,8 @@ type Chunker struct {
 	// beforeFill, if set, runs before the buffer is refilled, which
 	// overwrites the chunks returned so far.
 	beforeFill func()
-	eof  bool  // rd returned io.EOF
-	err  error // sticky error
+	eof        bool  // rd returned io.EOF
+	err        error // sticky error
 }
 
 // New returns a chunker splitting rd with parameters p and gear table t.

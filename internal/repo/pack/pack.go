@@ -14,8 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"os"
 	"math"
+	"os"
 
 	"bunker/internal/repo"
 	"bunker/internal/repo/crypto"
