@@ -1142,3 +1142,34 @@ func TestExitCodes(t *testing.T) {
 		t.Errorf("--help does not include the exit codes:\n%s", help)
 	}
 }
+
+// TestOneFileSystem: with --one-file-system the mount point itself is kept (an
+// empty directory), what is mounted on it is not; without it, both are.
+func TestOneFileSystem(t *testing.T) {
+	t.Parallel()
+	e := newFastRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "top.txt"), "on the root file system\n")
+	mnt := filepath.Join(src, "mnt")
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v): needs root and mount rights", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(mnt, 0) })
+	writeFile(t, filepath.Join(mnt, "inner.txt"), "on another file system\n")
+
+	e.backupJSON("--one-file-system", src)
+	lines := e.ok("ls", "latest", src)
+	if !strings.Contains(lines, src+"/mnt\n") || !strings.Contains(lines, src+"/top.txt\n") {
+		t.Errorf("--one-file-system: mount point or file missing:\n%s", lines)
+	}
+	if strings.Contains(lines, "inner.txt") {
+		t.Errorf("--one-file-system crossed into the mounted file system:\n%s", lines)
+	}
+	e.backupJSON("--force", src)
+	if lines := e.ok("ls", "latest", src); !strings.Contains(lines, src+"/mnt/inner.txt\n") {
+		t.Errorf("without --one-file-system the mounted files are missing:\n%s", lines)
+	}
+}

@@ -94,6 +94,7 @@ type Restorer struct {
 	dirs     []dirEntry
 	inodes   map[[2]uint64]string
 	metaOpts fs.RestoreOptions
+	reportMu sync.Mutex
 }
 
 type dirEntry struct {
@@ -110,9 +111,13 @@ func New(r Repository, opts Options) *Restorer {
 		inodes: make(map[[2]uint64]string), metaOpts: fs.RestoreOptions{Owner: opts.Owner}}
 }
 
+// report counts and passes on an error; calls are serialized, so the
+// callback need not be safe for concurrent use.
 func (r *Restorer) report(rel string, err error) {
 	r.Stats.Errors.Add(1)
 	if r.opts.Error != nil {
+		r.reportMu.Lock()
+		defer r.reportMu.Unlock()
 		r.opts.Error("/"+rel, err)
 	}
 }
