@@ -6,6 +6,7 @@
 #   BENCH_DIR        work dir (default: <repo>/.bench)
 #   BUNKER_BIN       bunker binary (default: <repo>/bin/bunker)
 #   BENCH_TOOLS      tools to run (default: "bunker restic borg")
+#   BENCH_REPEAT     runs of each first backup, restore and cp floor; the fastest is kept (default 2)
 #   BENCH_SKIP_DATA  1 = reuse the existing dataset, never generate it
 #   BENCH_SEED       dataset seed (default: 1)
 set -euo pipefail
@@ -21,6 +22,8 @@ BENCH_DIR=$(abspath "${BENCH_DIR:-$repo_root/.bench}")
 BUNKER_BIN=$(abspath "${BUNKER_BIN:-$repo_root/bin/bunker}")
 BENCH_TOOLS=${BENCH_TOOLS:-"bunker restic borg"}
 BENCH_SKIP_DATA=${BENCH_SKIP_DATA:-0}
+# REPEAT: first backups, restores and the cp floor run this many times, best kept.
+REPEAT=${BENCH_REPEAT:-2}
 BENCH_SEED=${BENCH_SEED:-1}
 
 ALL_TOOLS=(bunker restic borg)
@@ -113,8 +116,12 @@ measure() {
 	read -r secs rss < <(tail -n 1 "$tf" 2>/dev/null || echo "0 0") || true
 	# borg exits 1 for warnings (the backup/extract itself is complete).
 	if [[ $rc -eq 0 || ($tool == borg && $rc -eq 1) ]]; then
-		T[$tool.$key]=$secs
-		RSS[$tool.$key]=$rss
+		# Repeated measurements keep the fastest time and the largest RSS.
+		local prev=${T[$tool.$key]:-}
+		if [[ -z $prev || $prev == FAIL ]] || awk -v a="$secs" -v b="$prev" 'BEGIN {exit !(a < b)}'; then
+			T[$tool.$key]=$secs
+		fi
+		if ((rss > ${RSS[$tool.$key]:-0})); then RSS[$tool.$key]=$rss; fi
 		if ((rss > ${PEAK[$tool]:-0})); then PEAK[$tool]=$rss; fi
 		say "$tool $key: ${secs}s, $((rss / 1024)) MiB max RSS"
 		return 0
@@ -258,6 +265,14 @@ for t in "${TOOLS[@]}"; do
 		continue
 	fi
 	run_action "$t" backup 1 || true
+	# Shared machines drift: repeat the long first backup from scratch and
+	# keep the fastest run, for every tool alike.
+	for ((rep = 2; rep <= REPEAT; rep++)); do
+		rm -rf "$(repo_dir "$t")" "$BENCH_DIR/cache/$t"
+		mkdir -p "$BENCH_DIR/cache/$t"
+		run_action "$t" init >/dev/null || true
+		run_action "$t" backup 1 || true
+	done
 	run_action "$t" backup 2 || true
 done
 
@@ -274,9 +289,11 @@ say "mutating the dataset"
 
 # The restore floor: a plain copy of the (mutated) dataset on the same disk,
 # measured under the same conditions as the restores below.
-rm -rf "$CPDIR"
-settle
-measure cp copy cp -a "$DATA" "$CPDIR" || true
+for ((rep = 1; rep <= REPEAT; rep++)); do
+	rm -rf "$CPDIR"
+	settle
+	measure cp copy cp -a "$DATA" "$CPDIR" || true
+done
 rm -rf "$CPDIR"
 
 for t in "${TOOLS[@]}"; do
@@ -287,6 +304,12 @@ for t in "${TOOLS[@]}"; do
 	mkdir -p "$RESTORE"
 	settle
 	if run_action "$t" restore; then verify_restore "$t"; else VERIFY[$t]=FAIL; fi
+	for ((rep = 2; rep <= REPEAT; rep++)); do
+		rm -rf "$RESTORE"
+		mkdir -p "$RESTORE"
+		settle
+		run_action "$t" restore || VERIFY[$t]=FAIL
+	done
 	rm -rf "$RESTORE"
 	run_action "$t" check || true
 	SIZE[$t]=$(du -sb "$(repo_dir "$t")" | cut -f 1)
@@ -344,7 +367,8 @@ elapsed=$(($(date +%s) - script_start))
 	echo "           Go source tree + 400 MiB random + its shifted copy + 400 MiB log + 384 MiB VM image + 24k small files"
 	echo "           mutation: 20 source files modified, 3 deleted, 5 added, 1 MiB appended to the log"
 	echo "settings:  bunker defaults; $restic_notes; borg: repokey-blake2, default compression (lz4)"
-	echo "method:    /usr/bin/time '%e %M' per command, sync before each; the dataset is read warm from the"
+	echo "method:    /usr/bin/time '%e %M' per command, sync before each; first backups, restores and cp: best of $REPEAT;"
+	echo "           the dataset is read warm from the"
 	echo "           page cache for all tools equally; repos, restores and the cp copy are on the same disk"
 	echo "restore floor (cp -a of the dataset, same disk): $(cell_time cp copy) s"
 	echo
