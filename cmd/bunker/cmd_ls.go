@@ -68,15 +68,11 @@ func newLsCmd(g *globalOptions) *cobra.Command {
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
-			r, err := g.openRepo(ctx, true)
+			r, sn, err := g.openSnapshot(ctx, args[0], f)
 			if err != nil {
 				return err
 			}
 			defer closeRepo(r)
-			sn, err := findSnapshot(ctx, r, args[0], f)
-			if err != nil {
-				return err
-			}
 			start := "/"
 			if len(args) == 2 {
 				start = path.Clean("/" + args[1])

@@ -35,6 +35,21 @@ func (f snapshotFilter) match(sn *snapshot.Snapshot) bool {
 	return true
 }
 
+// openSnapshot opens the repository with its index and resolves a snapshot;
+// the caller closes the repository with closeRepo.
+func (g *globalOptions) openSnapshot(ctx context.Context, arg string, f snapshotFilter) (*repository.Repository, *snapshot.Snapshot, error) {
+	r, err := g.openRepo(ctx, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	sn, err := findSnapshot(ctx, r, arg, f)
+	if err != nil {
+		closeRepo(r)
+		return nil, nil, err
+	}
+	return r, sn, nil
+}
+
 // findSnapshot resolves "latest" or an ID prefix.
 func findSnapshot(ctx context.Context, r *repository.Repository, arg string, f snapshotFilter) (*snapshot.Snapshot, error) {
 	snaps, err := r.Snapshots(ctx)

@@ -5,8 +5,10 @@ package backend
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // FileType is the kind of a repository file; each kind lives in its own namespace.
@@ -144,4 +146,35 @@ type TempFiler interface {
 	SaveTempFile(ctx context.Context, h Handle, f *os.File) error
 	// DiscardTempFile closes and removes a temporary file.
 	DiscardTempFile(f *os.File)
+}
+
+// ErrInvalidHandle is returned for a handle that cannot name a file.
+var ErrInvalidHandle = errors.New("invalid handle")
+
+// CheckHandle reports whether h can name a file. Backends map names to path
+// components or object keys, so a name must not be empty, contain a separator
+// or NUL, or start with a dot (which would hide it, or reach ".."); pack names
+// have at least two characters (local storage fans packs out by the first two)
+// and the config has no name.
+func CheckHandle(h Handle) error {
+	if h.Type == ConfigFile {
+		if h.Name != "" {
+			return fmt.Errorf("%w: config handle with name %q", ErrInvalidHandle, h.Name)
+		}
+		return nil
+	}
+	if h.Type < ConfigFile || h.Type > LockFile {
+		return fmt.Errorf("%w: unknown file type %d", ErrInvalidHandle, int(h.Type))
+	}
+	switch {
+	case h.Name == "":
+		return fmt.Errorf("%w: empty %v name", ErrInvalidHandle, h.Type)
+	case strings.ContainsAny(h.Name, "/\\\x00"):
+		return fmt.Errorf("%w: name %q contains a path separator or NUL", ErrInvalidHandle, h.Name)
+	case strings.HasPrefix(h.Name, "."):
+		return fmt.Errorf("%w: name %q starts with a dot", ErrInvalidHandle, h.Name)
+	case h.Type == PackFile && len(h.Name) < 2:
+		return fmt.Errorf("%w: pack name %q shorter than 2 characters", ErrInvalidHandle, h.Name)
+	}
+	return nil
 }

@@ -24,7 +24,7 @@ const (
 )
 
 // ErrInvalidHandle is returned (wrapped) for a handle that cannot name a file.
-var ErrInvalidHandle = errors.New("invalid handle")
+var ErrInvalidHandle = backend.ErrInvalidHandle
 
 var typeDirs = map[backend.FileType]string{
 	backend.KeyFile:      "keys",
@@ -120,31 +120,8 @@ func (b *Backend) Properties() backend.Properties {
 // Close does nothing: the backend holds no open files between calls.
 func (b *Backend) Close() error { return nil }
 
-// checkHandle reports whether h can name a file. Names become path
-// components, so they must not be empty, contain a separator, or start with
-// a dot (which would hide them, or reach "..").
-func checkHandle(h backend.Handle) error {
-	if h.Type == backend.ConfigFile {
-		if h.Name != "" {
-			return fmt.Errorf("%w: config handle with name %q", ErrInvalidHandle, h.Name)
-		}
-		return nil
-	}
-	if _, ok := typeDirs[h.Type]; !ok {
-		return fmt.Errorf("%w: unknown file type %d", ErrInvalidHandle, int(h.Type))
-	}
-	switch {
-	case h.Name == "":
-		return fmt.Errorf("%w: empty %v name", ErrInvalidHandle, h.Type)
-	case strings.ContainsAny(h.Name, "/\\\x00"):
-		return fmt.Errorf("%w: name %q contains a path separator or NUL", ErrInvalidHandle, h.Name)
-	case strings.HasPrefix(h.Name, "."):
-		return fmt.Errorf("%w: name %q starts with a dot", ErrInvalidHandle, h.Name)
-	case h.Type == backend.PackFile && len(h.Name) < 2:
-		return fmt.Errorf("%w: pack name %q shorter than 2 characters", ErrInvalidHandle, h.Name)
-	}
-	return nil
-}
+// checkHandle applies the rules every backend shares.
+func checkHandle(h backend.Handle) error { return backend.CheckHandle(h) }
 
 // dirOf is the directory that holds h.
 func (b *Backend) dirOf(h backend.Handle) string {

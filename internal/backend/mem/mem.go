@@ -3,17 +3,15 @@ package mem
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 
 	"bunker/internal/backend"
 )
 
 // ErrInvalidHandle is returned (wrapped) for a handle that cannot name a file.
-var ErrInvalidHandle = errors.New("invalid handle")
+var ErrInvalidHandle = backend.ErrInvalidHandle
 
 // Backend stores files in a map. It is safe for concurrent use.
 type Backend struct {
@@ -28,31 +26,8 @@ func New() *Backend {
 	return &Backend{files: make(map[backend.Handle][]byte)}
 }
 
-// checkHandle applies the same rules as the local backend, whose names are
-// path components: non-empty, no separator, no leading dot, packs at least
-// two characters long, and the config without a name.
-func checkHandle(h backend.Handle) error {
-	if h.Type == backend.ConfigFile {
-		if h.Name != "" {
-			return fmt.Errorf("%w: config handle with name %q", ErrInvalidHandle, h.Name)
-		}
-		return nil
-	}
-	if !validType(h.Type) {
-		return fmt.Errorf("%w: unknown file type %d", ErrInvalidHandle, int(h.Type))
-	}
-	switch {
-	case h.Name == "":
-		return fmt.Errorf("%w: empty %v name", ErrInvalidHandle, h.Type)
-	case strings.ContainsAny(h.Name, "/\\\x00"):
-		return fmt.Errorf("%w: name %q contains a path separator or NUL", ErrInvalidHandle, h.Name)
-	case strings.HasPrefix(h.Name, "."):
-		return fmt.Errorf("%w: name %q starts with a dot", ErrInvalidHandle, h.Name)
-	case h.Type == backend.PackFile && len(h.Name) < 2:
-		return fmt.Errorf("%w: pack name %q shorter than 2 characters", ErrInvalidHandle, h.Name)
-	}
-	return nil
-}
+// checkHandle applies the rules every backend shares.
+func checkHandle(h backend.Handle) error { return backend.CheckHandle(h) }
 
 func validType(t backend.FileType) bool {
 	for _, v := range backend.AllTypes {
