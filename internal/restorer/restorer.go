@@ -88,13 +88,14 @@ type Restorer struct {
 	root  *fs.Root
 	Stats Stats
 
-	files    []*fileState
-	packs    map[repo.ID]map[repo.ID]*blobTargets
-	links    []link
-	dirs     []dirEntry
-	inodes   map[[2]uint64]string
-	metaOpts fs.RestoreOptions
-	reportMu sync.Mutex
+	files     []*fileState
+	packs     map[repo.ID]map[repo.ID]*blobTargets
+	packOrder []repo.ID // packs in the order the walk first needed them
+	links     []link
+	dirs      []dirEntry
+	inodes    map[[2]uint64]string
+	metaOpts  fs.RestoreOptions
+	reportMu  sync.Mutex
 }
 
 type dirEntry struct {
@@ -280,6 +281,7 @@ func (r *Restorer) planFile(rel string, n *snapshot.Node) {
 		if byBlob == nil {
 			byBlob = make(map[repo.ID]*blobTargets)
 			r.packs[loc.Pack] = byBlob
+			r.packOrder = append(r.packOrder, loc.Pack)
 		}
 		bt := byBlob[id]
 		if bt == nil {
@@ -301,11 +303,10 @@ func (r *Restorer) writeContent(ctx context.Context) error {
 			r.finishFile(f, nil)
 		}
 	}
-	ids := make([]repo.ID, 0, len(r.packs))
-	for id := range r.packs {
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
+	// Packs in the order the tree first needs them: a backup stores files in
+	// tree order, so this creates files directory by directory, as a copy
+	// would, which keeps the file system's metadata updates local.
+	ids := r.packOrder
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.opts.Workers)
 	for _, pid := range ids {
