@@ -475,9 +475,11 @@ func backupInProcess(ctx context.Context, t testing.TB, r *repository.Repository
 	arch := archiver.New(r, archiver.Options{Error: func(p string, err error) { t.Logf("backup: %s: %v", p, err) }})
 	tree, targets, err := arch.Run(ctx, paths)
 	if err != nil {
+		r.Abort()
 		return nil, err
 	}
 	if n := arch.Stats.Errors.Load(); n > 0 {
+		r.Abort()
 		return nil, fmt.Errorf("backup incomplete: %d entries not read", n)
 	}
 	if err := r.Flush(ctx); err != nil {

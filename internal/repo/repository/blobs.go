@@ -250,6 +250,23 @@ func (r *Repository) storePack(ctx context.Context, w *pack.Writer) error {
 	return nil
 }
 
+// Abort ends a write that will not be committed (a failed backup): it drops
+// the open packs, removing their temporary files, and waits for the uploads
+// in flight. No index is written: what was uploaded stays unreferenced until
+// prune removes it. The repository must not be written afterwards.
+func (r *Repository) Abort() {
+	r.mu.Lock()
+	open := r.packers
+	r.packers = make(map[repo.BlobType]*pack.Writer)
+	r.mu.Unlock()
+	for _, w := range open {
+		if f := w.File(); f != nil {
+			r.be.(backend.TempFiler).DiscardTempFile(f)
+		}
+	}
+	r.uploads.Wait()
+}
+
 // confirmStored checks that storage holds a file of the expected size under h,
 // so that nothing ever refers to a file that an upload only claimed to store
 // (RELIABILITY C5).

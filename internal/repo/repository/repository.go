@@ -424,6 +424,7 @@ func (r *Repository) BlobID(data []byte) repo.ID { return r.key.BlobID(data) }
 
 // Close releases the handle's resources.
 func (r *Repository) Close() error {
+	r.Abort() // nothing left open after a Flush; after a failure, clean up
 	r.enc.Close()
 	r.fastEnc.Close()
 	r.dec.Close()
