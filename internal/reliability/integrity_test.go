@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"sync/atomic"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"bunker/internal/backend"
