@@ -19,7 +19,8 @@ run backup "$demo/data"
 echo "one more line" >> "$demo/data/README.md"
 run backup "$demo/data"
 run snapshots
-run diff "$("$bunker" snapshots --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')" latest
+first=$("$bunker" snapshots --json | grep -o '"id":"[0-9a-f]*"' | head -n 1 | cut -d'"' -f4)
+run diff "$first" latest
 run restore latest --target "$demo/restored" --verify
 echo; echo "\$ diff -r data restored/...data"
 diff -r "$demo/data" "$demo/restored$demo/data" && echo "identical"
