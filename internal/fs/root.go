@@ -304,58 +304,51 @@ func (r *Root) Mkdir(rel string) error {
 	if rel == "." {
 		return nil
 	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	p, err := r.openParent(rel)
-	if err != nil {
-		return err
-	}
-	defer p.close()
-	for attempt := 0; ; attempt++ {
-		err := unix.Mkdirat(p.fd, p.name, 0o700)
-		if err == nil {
-			return nil
+	return r.inParent(rel, func(p *parent) error {
+		for attempt := 0; ; attempt++ {
+			err := unix.Mkdirat(p.fd, p.name, 0o700)
+			if err == nil {
+				return nil
+			}
+			if err != unix.EEXIST || attempt > 0 {
+				return r.pathErr("mkdir", rel, err)
+			}
+			st, err := lstatAt(p.fd, p.name)
+			if err != nil {
+				return r.pathErr("lstat", rel, err)
+			}
+			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				return nil
+			}
+			if err := unix.Unlinkat(p.fd, p.name, 0); err != nil && err != unix.ENOENT {
+				return r.pathErr("unlink", rel, err)
+			}
 		}
-		if err != unix.EEXIST || attempt > 0 {
-			return r.pathErr("mkdir", rel, err)
-		}
-		st, err := lstatAt(p.fd, p.name)
-		if err != nil {
-			return r.pathErr("lstat", rel, err)
-		}
-		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-			return nil
-		}
-		if err := unix.Unlinkat(p.fd, p.name, 0); err != nil && err != unix.ENOENT {
-			return r.pathErr("unlink", rel, err)
-		}
-	}
+	})
 }
 
 // CreateFile creates a new, empty regular file rel with mode 0600 and opens
 // it for writing. An existing non-directory entry is removed first (a symlink
 // is removed, never followed); an existing directory is an error.
 func (r *Root) CreateFile(rel string) (*os.File, error) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	p, err := r.openParent(rel)
-	if err != nil {
-		return nil, err
-	}
-	defer p.close()
-	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	fd, err := unix.Openat(p.fd, p.name, flags, 0o600)
-	if err == unix.EEXIST {
-		// Something is there already: remove it (never following a symlink) and retry.
-		if err := r.removeNonDir(p, rel); err != nil {
-			return nil, err
+	var f *os.File
+	err := r.inParent(rel, func(p *parent) error {
+		const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		fd, err := unix.Openat(p.fd, p.name, flags, 0o600)
+		if err == unix.EEXIST {
+			// Something is there already: remove it (never following a symlink) and retry.
+			if err := r.removeNonDir(p, rel); err != nil {
+				return err
+			}
+			fd, err = unix.Openat(p.fd, p.name, flags, 0o600)
 		}
-		fd, err = unix.Openat(p.fd, p.name, flags, 0o600)
-	}
-	if err != nil {
-		return nil, r.pathErr("create", rel, err)
-	}
-	return os.NewFile(uintptr(fd), filepath.Join(r.dir, rel)), nil
+		if err != nil {
+			return r.pathErr("create", rel, err)
+		}
+		f = os.NewFile(uintptr(fd), filepath.Join(r.dir, rel))
+		return nil
+	})
+	return f, err
 }
 
 // Symlink creates the symlink rel pointing to target, which is stored
@@ -364,20 +357,15 @@ func (r *Root) Symlink(rel, target string) error {
 	if target == "" || strings.IndexByte(target, 0) >= 0 {
 		return r.pathErr("symlink", rel, fmt.Errorf("invalid link target %q", target))
 	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	p, err := r.openParent(rel)
-	if err != nil {
-		return err
-	}
-	defer p.close()
-	if err := r.removeNonDir(p, rel); err != nil {
-		return err
-	}
-	if err := unix.Symlinkat(target, p.fd, p.name); err != nil {
-		return r.pathErr("symlink", rel, err)
-	}
-	return nil
+	return r.inParent(rel, func(p *parent) error {
+		if err := r.removeNonDir(p, rel); err != nil {
+			return err
+		}
+		if err := unix.Symlinkat(target, p.fd, p.name); err != nil {
+			return r.pathErr("symlink", rel, err)
+		}
+		return nil
+	})
 }
 
 // Mknod creates a fifo, character or block device at rel with the permission
@@ -401,23 +389,18 @@ func (r *Root) Mknod(rel string, typ snapshot.NodeType, mode uint32, rdev uint64
 	if ft != unix.S_IFIFO && os.Geteuid() != 0 {
 		return r.pathErr("mknod", rel, fmt.Errorf("creating a %v requires root: %w", typ, os.ErrPermission))
 	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	p, err := r.openParent(rel)
-	if err != nil {
-		return err
-	}
-	defer p.close()
-	if err := r.removeNonDir(p, rel); err != nil {
-		return err
-	}
-	if ft == unix.S_IFIFO {
-		rdev = 0
-	}
-	if err := unix.Mknodat(p.fd, p.name, ft|(mode&0o777), int(rdev)); err != nil {
-		return r.pathErr("mknod", rel, err)
-	}
-	return nil
+	return r.inParent(rel, func(p *parent) error {
+		if err := r.removeNonDir(p, rel); err != nil {
+			return err
+		}
+		if ft == unix.S_IFIFO {
+			rdev = 0
+		}
+		if err := unix.Mknodat(p.fd, p.name, ft|(mode&0o777), int(rdev)); err != nil {
+			return r.pathErr("mknod", rel, err)
+		}
+		return nil
+	})
 }
 
 // Link creates newRel as a hard link to the existing entry oldRel (a symlink

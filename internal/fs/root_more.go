@@ -13,35 +13,28 @@ import (
 // Remove deletes the non-directory entry at rel (a symlink is removed, never
 // followed). A missing entry is not an error.
 func (r *Root) Remove(rel string) error {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	p, err := r.openParent(rel)
-	if err != nil {
-		return err
-	}
-	defer p.close()
-	return r.removeNonDir(p, rel)
+	return r.inParent(rel, func(p *parent) error {
+		return r.removeNonDir(p, rel)
+	})
 }
 
 // OpenFile opens the regular file at rel for reading, never following a symlink.
 func (r *Root) OpenFile(rel string) (*os.File, error) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	p, err := r.openParent(rel)
-	if err != nil {
-		return nil, err
-	}
-	defer p.close()
-	// O_NOATIME: reading back (restore --verify) must not change the atime
-	// that restore has just set. It needs ownership (or root); else retry without.
-	fd, err := unix.Openat(p.fd, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOATIME, 0)
-	if err == unix.EPERM {
-		fd, err = unix.Openat(p.fd, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	}
-	if err != nil {
-		return nil, r.pathErr("open", rel, err)
-	}
-	return os.NewFile(uintptr(fd), filepath.Join(r.dir, rel)), nil
+	var f *os.File
+	err := r.inParent(rel, func(p *parent) error {
+		// O_NOATIME: reading back (restore --verify) must not change the atime
+		// that restore has just set. It needs ownership (or root); else retry without.
+		fd, err := unix.Openat(p.fd, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOATIME, 0)
+		if err == unix.EPERM {
+			fd, err = unix.Openat(p.fd, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		}
+		if err != nil {
+			return r.pathErr("open", rel, err)
+		}
+		f = os.NewFile(uintptr(fd), filepath.Join(r.dir, rel))
+		return nil
+	})
+	return f, err
 }
 
 // SetFileMetadata applies n's metadata to a regular file this Root created
@@ -82,4 +75,17 @@ func (r *Root) SetFileMetadata(f *os.File, n *snapshot.Node, opts RestoreOptions
 		}
 	}
 	return errors.Join(warnings...)
+}
+
+// inParent runs fn with the open parent directory of rel, holding the root
+// open meanwhile: every operation on one entry goes through here.
+func (r *Root) inParent(rel string, fn func(p *parent) error) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	p, err := r.openParent(rel)
+	if err != nil {
+		return err
+	}
+	defer p.close()
+	return fn(p)
 }
