@@ -113,16 +113,11 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 	if host == "" {
 		host, _ = os.Hostname()
 	}
-	r, err := g.openRepo(ctx, true)
+	r, lock, release, err := g.openRepoLocked(ctx, true)
 	if err != nil {
 		return err
 	}
-	defer closeRepo(r)
-	lock, err := r.Lock(ctx, false)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = lock.Unlock(ctx) }()
+	defer release()
 
 	var errMu sync.Mutex
 	var readErrors []string

@@ -49,16 +49,11 @@ func newCheckCmd(g *globalOptions) *cobra.Command {
 				}
 				opts.SubsetN, opts.SubsetM = n, m
 			}
-			r, err := g.openRepo(ctx, false)
+			r, _, release, err := g.openRepoLocked(ctx, false)
 			if err != nil {
 				return err
 			}
-			defer closeRepo(r)
-			lock, err := r.Lock(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer func() { _ = lock.Unlock(ctx) }()
+			defer release()
 			stop := ui.StartProgress(c.ErrOrStderr(), !g.quiet && !g.json && isTerminal(os.Stderr), func() string { return "checking" })
 			var progress struct{ done, total int }
 			opts.Progress = func(done, total int) { progress.done, progress.total = done, total }

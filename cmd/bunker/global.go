@@ -186,6 +186,21 @@ func (g *globalOptions) openRepo(ctx context.Context, withIndex bool) (*reposito
 	return r, nil
 }
 
+// openRepoLocked opens the repository and takes a shared lock on it; release
+// unlocks and closes.
+func (g *globalOptions) openRepoLocked(ctx context.Context, withIndex bool) (r *repository.Repository, lock *repository.Lock, release func(), err error) {
+	r, err = g.openRepo(ctx, withIndex)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	lock, err = r.Lock(ctx, false)
+	if err != nil {
+		closeRepo(r)
+		return nil, nil, nil, err
+	}
+	return r, lock, func() { _ = lock.Unlock(ctx); closeRepo(r) }, nil
+}
+
 func closeRepo(r *repository.Repository) {
 	r.Close()
 	r.Backend().Close()
