@@ -114,7 +114,6 @@ func (c *checker) checkIndex(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	superseded := map[repo.ID]bool{}
 	files := map[repo.ID]*index.File{}
 	for _, id := range ids {
 		f, err := c.repo.LoadIndexFile(ctx, id)
@@ -126,19 +125,11 @@ func (c *checker) checkIndex(ctx context.Context) error {
 			continue
 		}
 		files[id] = f
-		for _, s := range f.Supersedes {
-			superseded[s] = true
-		}
 	}
 	idx := c.repo.Index()
-	for id, f := range files {
-		if superseded[id] {
-			continue
-		}
-		for _, p := range f.Packs {
-			c.packs[p.ID] = append(c.packs[p.ID], p.Blobs...)
-			idx.AddPack(p.ID, p.Blobs)
-		}
+	for _, p := range index.Live(files) {
+		c.packs[p.ID] = append(c.packs[p.ID], p.Blobs...)
+		idx.AddPack(p.ID, p.Blobs)
 	}
 	return nil
 }

@@ -252,3 +252,22 @@ func Decode(b []byte) (*File, error) {
 	}
 	return f, nil
 }
+
+// Live returns the packs listed by the index files that no other of them
+// supersedes: what the repository's index is. files maps each file's ID to
+// its content; files that could not be read are simply absent.
+func Live(files map[repo.ID]*File) []PackEntry {
+	superseded := make(map[repo.ID]bool)
+	for _, f := range files {
+		for _, s := range f.Supersedes {
+			superseded[s] = true
+		}
+	}
+	var out []PackEntry
+	for id, f := range files {
+		if !superseded[id] {
+			out = append(out, f.Packs...)
+		}
+	}
+	return out
+}

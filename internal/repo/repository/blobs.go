@@ -364,19 +364,12 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	superseded := make(map[repo.ID]bool)
-	for _, f := range files {
-		for _, s := range f.Supersedes {
-			superseded[s] = true
-		}
+	byID := make(map[repo.ID]*index.File, len(ids))
+	for i, id := range ids {
+		byID[id] = files[i]
 	}
-	for i, f := range files {
-		if superseded[ids[i]] {
-			continue
-		}
-		for _, p := range f.Packs {
-			r.idx.AddPack(p.ID, p.Blobs)
-		}
+	for _, p := range index.Live(byID) {
+		r.idx.AddPack(p.ID, p.Blobs)
 	}
 	return nil
 }
