@@ -399,9 +399,6 @@ func (r *Repository) Config() Config { return r.cfg }
 // Backend returns the underlying backend.
 func (r *Repository) Backend() backend.Backend { return r.be }
 
-// ChunkerTable returns the secret gear table of this repository.
-func (r *Repository) ChunkerTable() *chunker.Table { return r.table }
-
 // NewChunker returns a chunker with this repository's secret parameters.
 func (r *Repository) NewChunker(rd io.Reader) repo.Chunker {
 	return chunker.New(rd, r.cfg.Chunker, r.table)
@@ -409,9 +406,6 @@ func (r *Repository) NewChunker(rd io.Reader) repo.Chunker {
 
 // MinChunk is the smallest chunk cut before the end of a stream.
 func (r *Repository) MinChunk() int { return r.cfg.Chunker.Min }
-
-// ChunkerParams returns the chunk size parameters.
-func (r *Repository) ChunkerParams() chunker.Params { return r.cfg.Chunker }
 
 // Index returns the in-memory index.
 func (r *Repository) Index() *index.Index { return r.idx }
