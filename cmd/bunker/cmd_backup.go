@@ -113,7 +113,7 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 	if host == "" {
 		host, _ = os.Hostname()
 	}
-	r, lock, release, err := g.openRepoLocked(ctx, true)
+	r, lock, release, err := g.openRepoLocked(ctx, true, false)
 	if err != nil {
 		return err
 	}
@@ -180,12 +180,9 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 	sum.Start, sum.End = start, time.Now()
 	sn.Tree = tree
 	sn.Summary = &sum
-	if err := lock.Err(); err != nil {
-		return fmt.Errorf("lost the repository lock, snapshot not saved: %w", err)
-	}
-	id, err := r.SaveSnapshot(ctx, sn)
+	id, err := r.CommitSnapshot(ctx, lock, sn)
 	if err != nil {
-		return fmt.Errorf("save snapshot: %w", err)
+		return err
 	}
 	repository.Failpoint(repository.FailpointSnapshotStored)
 	if g.json {

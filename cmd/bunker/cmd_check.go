@@ -49,7 +49,7 @@ func newCheckCmd(g *globalOptions) *cobra.Command {
 				}
 				opts.SubsetN, opts.SubsetM = n, m
 			}
-			r, _, release, err := g.openRepoLocked(ctx, false)
+			r, _, release, err := g.openRepoLocked(ctx, false, false)
 			if err != nil {
 				return err
 			}

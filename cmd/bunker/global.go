@@ -186,14 +186,15 @@ func (g *globalOptions) openRepo(ctx context.Context, withIndex bool) (*reposito
 	return r, nil
 }
 
-// openRepoLocked opens the repository and takes a shared lock on it; release
+// openRepoLocked opens the repository and takes a lock on it: shared for
+// commands that add or read, exclusive for those that delete. release
 // unlocks and closes.
-func (g *globalOptions) openRepoLocked(ctx context.Context, withIndex bool) (r *repository.Repository, lock *repository.Lock, release func(), err error) {
+func (g *globalOptions) openRepoLocked(ctx context.Context, withIndex, exclusive bool) (r *repository.Repository, lock *repository.Lock, release func(), err error) {
 	r, err = g.openRepo(ctx, withIndex)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	lock, err = r.Lock(ctx, false)
+	lock, err = r.Lock(ctx, exclusive)
 	if err != nil {
 		closeRepo(r)
 		return nil, nil, nil, err

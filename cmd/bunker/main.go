@@ -20,6 +20,7 @@ import (
 	"bunker/internal/archiver"
 	"bunker/internal/backend"
 	"bunker/internal/repo/crypto"
+	"bunker/internal/pruner"
 	"bunker/internal/repo/repository"
 	"bunker/internal/restorer"
 )
@@ -44,7 +45,7 @@ const exitCodesHelp = `Exit codes:
   3    done, but incomplete: some files could not be read (backup) or restored (restore)
   4    the repository is damaged: check found problems, or data failed verification
   10   the repository does not exist
-  11   the repository is locked by another process
+  11   the repository is locked by another process, or this process lost its lock
   12   wrong password (no key slot matches)
   130  interrupted (SIGINT/SIGTERM)`
 
@@ -75,11 +76,11 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, errIncomplete), errors.Is(err, restorer.ErrIncomplete):
 		return exitIncomplete
-	case errors.Is(err, errDamaged), errors.Is(err, repository.ErrCorrupt), errors.Is(err, crypto.ErrUnauthenticated), errors.Is(err, repository.ErrVerify):
+	case errors.Is(err, errDamaged), errors.Is(err, pruner.ErrNeedsRepair), errors.Is(err, repository.ErrCorrupt), errors.Is(err, crypto.ErrUnauthenticated), errors.Is(err, repository.ErrVerify):
 		return exitDamaged
 	case errors.Is(err, repository.ErrNotFound):
 		return exitNoRepo
-	case errors.Is(err, repository.ErrLocked):
+	case errors.Is(err, repository.ErrLocked), errors.Is(err, repository.ErrLockLost):
 		return exitLocked
 	case errors.Is(err, repository.ErrWrongPassword):
 		return exitWrongPass
@@ -95,6 +96,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	stopProfile := startProfile()
 	setMemoryLimit(0)
+	if err := testLockTiming(); err != nil {
+		fmt.Fprintf(os.Stderr, "bunker: %v\n", err)
+		os.Exit(exitUsage)
+	}
 	root := newRootCmd()
 	err := root.ExecuteContext(ctx)
 	interrupted := ctx.Err() != nil
@@ -192,6 +197,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newInitCmd(g), newBackupCmd(g), newSnapshotsCmd(g), newLsCmd(g), newDiffCmd(g),
 		newStatsCmd(g), newRestoreCmd(g), newDumpCmd(g), newCheckCmd(g), newKeyCmd(g),
+		newForgetCmd(g), newPruneCmd(g), newUnlockCmd(g), newRepairCmd(g), newConfigCmd(g),
 		&cobra.Command{Use: "exit-codes", Short: "List the exit codes", Run: func(c *cobra.Command, _ []string) {
 			fmt.Fprintln(c.OutOrStdout(), exitCodesHelp)
 		}},
@@ -213,4 +219,22 @@ func wrapArgs(v cobra.PositionalArgs) cobra.PositionalArgs {
 		}
 		return nil
 	}
+}
+
+// testLockTiming applies BUNKER_TEST_LOCK_TIMING ("refresh/stale", e.g.
+// "1s/4s"): crash and concurrency tests shorten the lock timing with it so
+// that stale and lost locks happen in seconds. Not for production use.
+func testLockTiming() error {
+	v := os.Getenv("BUNKER_TEST_LOCK_TIMING")
+	if v == "" {
+		return nil
+	}
+	a, b, _ := strings.Cut(v, "/")
+	refresh, err1 := time.ParseDuration(a)
+	stale, err2 := time.ParseDuration(b)
+	if err1 != nil || err2 != nil || refresh <= 0 || stale <= refresh {
+		return fmt.Errorf("BUNKER_TEST_LOCK_TIMING %q: want refresh/stale durations, refresh < stale", v)
+	}
+	repository.LockRefresh, repository.LockStale = refresh, stale
+	return nil
 }

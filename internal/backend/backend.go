@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 )
 
 // FileType is the kind of a repository file; each kind lives in its own namespace.
@@ -22,10 +23,12 @@ const (
 	IndexFile
 	SnapshotFile
 	LockFile
+	// SettingsFile holds the repository's changeable settings (min-retention).
+	SettingsFile
 )
 
 // AllTypes lists every file type, for callers that walk a whole repository.
-var AllTypes = []FileType{ConfigFile, KeyFile, PackFile, IndexFile, SnapshotFile, LockFile}
+var AllTypes = []FileType{ConfigFile, KeyFile, PackFile, IndexFile, SnapshotFile, LockFile, SettingsFile}
 
 func (t FileType) String() string {
 	switch t {
@@ -41,6 +44,8 @@ func (t FileType) String() string {
 		return "snapshot"
 	case LockFile:
 		return "lock"
+	case SettingsFile:
+		return "settings"
 	}
 	return "unknown"
 }
@@ -62,6 +67,10 @@ func (h Handle) String() string {
 type FileInfo struct {
 	Name string
 	Size int64
+	// ModTime is when the storage stored the file, by the storage's clock.
+	// Prune compares it with the time of a file it just wrote, never with
+	// the local clock.
+	ModTime time.Time
 }
 
 // Sentinel errors. Implementations wrap them so that errors.Is works.
@@ -163,7 +172,7 @@ func CheckHandle(h Handle) error {
 		}
 		return nil
 	}
-	if h.Type < ConfigFile || h.Type > LockFile {
+	if h.Type < ConfigFile || h.Type > SettingsFile {
 		return fmt.Errorf("%w: unknown file type %d", ErrInvalidHandle, int(h.Type))
 	}
 	switch {

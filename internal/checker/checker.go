@@ -13,7 +13,6 @@ import (
 
 	"bunker/internal/backend"
 	"bunker/internal/repo"
-	"bunker/internal/repo/crypto"
 	"bunker/internal/repo/index"
 	"bunker/internal/repo/pack"
 	"bunker/internal/repo/repository"
@@ -134,17 +133,6 @@ func (c *checker) checkIndex(ctx context.Context) error {
 	return nil
 }
 
-// expectedSize is the size of a pack holding exactly these blobs.
-func expectedSize(blobs []pack.Blob) int64 {
-	var end int64
-	for _, b := range blobs {
-		if e := int64(b.Offset) + int64(b.Length); e > end {
-			end = e
-		}
-	}
-	return end + crypto.Overhead + 4 + int64(len(blobs))*(2+8+repo.IDSize) + 4
-}
-
 func (c *checker) checkPacks(ctx context.Context) (map[repo.ID]int64, error) {
 	stored := map[repo.ID]int64{}
 	err := c.repo.Backend().List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
@@ -169,7 +157,7 @@ func (c *checker) checkPacks(ctx context.Context) (map[repo.ID]int64, error) {
 			}
 			continue
 		}
-		if want := expectedSize(blobs); size != want {
+		if want := pack.ExpectedSize(blobs); size != want {
 			c.problem("pack", id.String(), "size %d, but the index implies %d (truncated or extended)", size, want)
 			for _, b := range blobs {
 				c.bad[b.ID] = id

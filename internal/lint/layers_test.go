@@ -38,6 +38,8 @@ var rules = []rule{
 	{"internal/archiver", []string{"internal/repo", "internal/snapshot", "internal/fs"}},
 	{"internal/restorer", []string{"internal/repo", "internal/snapshot", "internal/fs"}},
 	{"internal/checker", []string{"internal/repo/...", "internal/snapshot", "internal/backend"}},
+	{"internal/pruner", []string{"internal/repo/...", "internal/snapshot", "internal/backend"}},
+	{"internal/repair", []string{"internal/repo/...", "internal/snapshot", "internal/backend"}},
 	{"internal/ui", []string{}},
 }
 
@@ -58,7 +60,7 @@ func allowedImport(pkg, imp string) (bool, string) {
 		return true, "" // own subpackages (tests helpers and the like)
 	}
 	for _, fi := range formatInternals {
-		if (imp == fi || strings.HasPrefix(imp, fi+"/")) && !strings.HasPrefix(pkg, "internal/repo") && pkg != "internal/checker" {
+		if (imp == fi || strings.HasPrefix(imp, fi+"/")) && !strings.HasPrefix(pkg, "internal/repo") && pkg != "internal/checker" && pkg != "internal/pruner" && pkg != "internal/repair" {
 			return false, "format internals are imported only by internal/repo/..."
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
 
 	"bunker/internal/backend"
 )
@@ -27,6 +28,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend) {
 		{"LoadPartialRead", testLoadPartialRead},
 		{"LoadFnError", testLoadFnError},
 		{"Stat", testStat},
+		{"ModTime", testModTime},
 		{"NoOverwrite", testNoOverwrite},
 		{"Missing", testMissing},
 		{"Remove", testRemove},
@@ -361,7 +363,7 @@ func testList(t *testing.T, be backend.Backend) {
 		add(pack(i*7), i%13)
 	}
 	add(backend.Handle{Type: backend.PackFile, Name: "zz-not-hex"}, 5)
-	for i, ft := range []backend.FileType{backend.KeyFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile} {
+	for i, ft := range []backend.FileType{backend.KeyFile, backend.IndexFile, backend.SnapshotFile, backend.LockFile, backend.SettingsFile} {
 		for j := 0; j < 5+i; j++ {
 			add(backend.Handle{Type: ft, Name: fmt.Sprintf("%v-%d", ft, j)}, 10*j+i)
 		}
@@ -589,5 +591,37 @@ func testConcurrentSameName(t *testing.T, be backend.Backend) {
 	}
 	if got := mustLoad(t, be, h); !bytes.Equal(got, randBytes(uint64(winner), 4096+winner)) {
 		t.Errorf("stored content is not the winner's")
+	}
+}
+
+// testModTime: Stat and List report when the storage stored a file, close to
+// now (the clocks are the same here), and agree with each other.
+func testModTime(t *testing.T, be backend.Backend) {
+	ctx := context.Background()
+	h := backend.Handle{Type: backend.IndexFile, Name: "modtime"}
+	before := time.Now().Add(-5 * time.Second)
+	if err := be.Save(ctx, h, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	after := time.Now().Add(5 * time.Second)
+	fi, err := be.Stat(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.ModTime.Before(before) || fi.ModTime.After(after) {
+		t.Errorf("Stat ModTime %v, want between %v and %v", fi.ModTime, before, after)
+	}
+	var listed time.Time
+	err = be.List(ctx, backend.IndexFile, func(l backend.FileInfo) error {
+		if l.Name == h.Name {
+			listed = l.ModTime
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !listed.Equal(fi.ModTime) {
+		t.Errorf("List ModTime %v, Stat ModTime %v", listed, fi.ModTime)
 	}
 }

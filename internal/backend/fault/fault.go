@@ -77,6 +77,11 @@ type Rules struct {
 	BeforeStat   func(h backend.Handle) error
 	BeforeRemove func(h backend.Handle) error
 	BeforeList   func(t backend.FileType) error
+
+	// HideInList leaves the files it returns true for out of List, as a
+	// storage whose listings lag behind its writes does (RELIABILITY C3).
+	// Load and Stat still see them.
+	HideInList func(t backend.FileType, fi backend.FileInfo) bool
 }
 
 // Backend is a fault-injecting decorator of another Backend. It is safe for
@@ -253,5 +258,14 @@ func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.
 			return err
 		}
 	}
-	return b.inner.List(ctx, t, fn)
+	hide := b.hooks().HideInList
+	if hide == nil {
+		return b.inner.List(ctx, t, fn)
+	}
+	return b.inner.List(ctx, t, func(fi backend.FileInfo) error {
+		if hide(t, fi) {
+			return nil
+		}
+		return fn(fi)
+	})
 }

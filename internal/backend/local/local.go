@@ -32,6 +32,7 @@ var typeDirs = map[backend.FileType]string{
 	backend.IndexFile:    "index",
 	backend.SnapshotFile: "snapshots",
 	backend.LockFile:     "locks",
+	backend.SettingsFile: "settings",
 }
 
 // Backend is a repository in a local directory. It is safe for concurrent use.
@@ -105,6 +106,12 @@ func Open(ctx context.Context, dir string) (*Backend, error) {
 	}
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("open %s: config is not a regular file", dir)
+	}
+	// Repositories made before a file type existed lack its directory.
+	// Making it is harmless; on a read-only repository it fails, and so
+	// would any write.
+	for _, d := range typeDirs {
+		_ = os.Mkdir(filepath.Join(dir, d), dirMode)
 	}
 	return &Backend{dir: dir}, nil
 }
@@ -344,7 +351,7 @@ func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo,
 	if err != nil {
 		return backend.FileInfo{}, fmt.Errorf("stat %v: %w", h, mapErr(err))
 	}
-	return backend.FileInfo{Name: h.Name, Size: fi.Size()}, nil
+	return backend.FileInfo{Name: h.Name, Size: fi.Size(), ModTime: fi.ModTime()}, nil
 }
 
 // Remove deletes h. The read-only mode of stored files does not matter:
@@ -388,7 +395,7 @@ func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.
 		case err != nil:
 			err = mapErr(err)
 		case fi.Mode().IsRegular():
-			err = call(backend.FileInfo{Name: "", Size: fi.Size()})
+			err = call(backend.FileInfo{Name: "", Size: fi.Size(), ModTime: fi.ModTime()})
 		}
 	case backend.PackFile:
 		err = b.listDir(ctx, filepath.Join(b.dir, dataDir), func(sub os.DirEntry) error {
@@ -432,7 +439,7 @@ func (b *Backend) listFiles(ctx context.Context, dir string, fn func(backend.Fil
 		if err != nil {
 			return mapErr(err)
 		}
-		return fn(backend.FileInfo{Name: e.Name(), Size: fi.Size()})
+		return fn(backend.FileInfo{Name: e.Name(), Size: fi.Size(), ModTime: fi.ModTime()})
 	})
 }
 

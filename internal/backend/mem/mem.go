@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"bunker/internal/backend"
 )
@@ -16,14 +17,19 @@ var ErrInvalidHandle = backend.ErrInvalidHandle
 // Backend stores files in a map. It is safe for concurrent use.
 type Backend struct {
 	mu    sync.RWMutex
-	files map[backend.Handle][]byte
+	files map[backend.Handle]file
+}
+
+type file struct {
+	data []byte
+	mod  time.Time
 }
 
 var _ backend.Backend = (*Backend)(nil)
 
 // New returns an empty in-memory backend.
 func New() *Backend {
-	return &Backend{files: make(map[backend.Handle][]byte)}
+	return &Backend{files: make(map[backend.Handle]file)}
 }
 
 // checkHandle applies the rules every backend shares.
@@ -66,7 +72,7 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) error
 	if _, ok := b.files[h]; ok {
 		return fmt.Errorf("save %v: %w", h, backend.ErrExists)
 	}
-	b.files[h] = buf
+	b.files[h] = file{data: buf, mod: time.Now()}
 	return nil
 }
 
@@ -82,7 +88,8 @@ func (b *Backend) Load(ctx context.Context, h backend.Handle, length int, offset
 		return fmt.Errorf("load %v: %w", h, err)
 	}
 	b.mu.RLock()
-	data, ok := b.files[h]
+	f, ok := b.files[h]
+	data := f.data
 	if !ok {
 		b.mu.RUnlock()
 		return fmt.Errorf("load %v: %w", h, backend.ErrNotExist)
@@ -111,12 +118,12 @@ func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo,
 		return backend.FileInfo{}, fmt.Errorf("stat %v: %w", h, err)
 	}
 	b.mu.RLock()
-	data, ok := b.files[h]
+	f, ok := b.files[h]
 	b.mu.RUnlock()
 	if !ok {
 		return backend.FileInfo{}, fmt.Errorf("stat %v: %w", h, backend.ErrNotExist)
 	}
-	return backend.FileInfo{Name: h.Name, Size: int64(len(data))}, nil
+	return backend.FileInfo{Name: h.Name, Size: int64(len(f.data)), ModTime: f.mod}, nil
 }
 
 // Remove deletes h.
@@ -147,9 +154,9 @@ func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.
 	}
 	var infos []backend.FileInfo
 	b.mu.RLock()
-	for h, data := range b.files {
+	for h, f := range b.files {
 		if h.Type == t {
-			infos = append(infos, backend.FileInfo{Name: h.Name, Size: int64(len(data))})
+			infos = append(infos, backend.FileInfo{Name: h.Name, Size: int64(len(f.data)), ModTime: f.mod})
 		}
 	}
 	b.mu.RUnlock()

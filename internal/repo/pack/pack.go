@@ -206,3 +206,14 @@ func ParseHeader(hdr []byte, dataEnd int64) ([]Blob, error) {
 	}
 	return blobs, nil
 }
+
+// ExpectedSize is the size of a pack holding exactly these blobs.
+func ExpectedSize(blobs []Blob) int64 {
+	var end int64
+	for _, b := range blobs {
+		if e := int64(b.Offset) + int64(b.Length); e > end {
+			end = e
+		}
+	}
+	return end + crypto.Overhead + 4 + int64(len(blobs))*(2+8+repo.IDSize) + 4
+}

@@ -283,10 +283,9 @@ func (r *Repository) confirmStored(ctx context.Context, h backend.Handle, size i
 	return nil
 }
 
-// Flush stores all open packs, waits for every upload, and writes an index file
-// for the packs stored since the last Flush. Only after Flush returns nil may a
-// snapshot refer to the blobs saved before it.
-func (r *Repository) Flush(ctx context.Context) error {
+// FlushPacks stores all open packs, waits for every upload, and returns the
+// packs stored since the last flush, without writing an index for them.
+func (r *Repository) FlushPacks(ctx context.Context) ([]index.PackEntry, error) {
 	r.mu.Lock()
 	var open []*pack.Writer
 	for t, w := range r.packers {
@@ -304,14 +303,20 @@ func (r *Repository) Flush(ctx context.Context) error {
 	err := r.uploadErr
 	packs := r.newPacks
 	r.newPacks = nil
+	r.written = append(r.written, packs...)
 	r.mu.Unlock()
-	if err != nil {
+	return packs, err
+}
+
+// Flush stores all open packs, waits for every upload, and writes an index file
+// for the packs stored since the last Flush. Only after Flush returns nil may a
+// snapshot refer to the blobs saved before it.
+func (r *Repository) Flush(ctx context.Context) error {
+	packs, err := r.FlushPacks(ctx)
+	if err != nil || len(packs) == 0 {
 		return err
 	}
-	if len(packs) == 0 {
-		return nil
-	}
-	if err := r.SaveIndex(ctx, &index.File{Packs: packs}); err != nil {
+	if _, err := r.SaveIndex(ctx, &index.File{Packs: packs}); err != nil {
 		return err
 	}
 	Failpoint(FailpointIndexStored)
@@ -319,12 +324,16 @@ func (r *Repository) Flush(ctx context.Context) error {
 }
 
 // SaveIndex compresses, seals and stores an index file.
-func (r *Repository) SaveIndex(ctx context.Context, f *index.File) error {
+func (r *Repository) SaveIndex(ctx context.Context, f *index.File) (repo.ID, error) {
 	plain := r.enc.EncodeAll(f.Encode(), nil)
-	if _, err := r.SaveUnpacked(ctx, backend.IndexFile, plain); err != nil {
-		return fmt.Errorf("save index: %w", err)
+	id, err := r.SaveUnpacked(ctx, backend.IndexFile, plain)
+	if err != nil {
+		return id, fmt.Errorf("save index: %w", err)
 	}
-	return nil
+	r.mu.Lock()
+	r.indexFiles[id] = true
+	r.mu.Unlock()
+	return id, nil
 }
 
 // LoadIndexFile loads and decodes one index file.
@@ -365,9 +374,12 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 		return err
 	}
 	byID := make(map[repo.ID]*index.File, len(ids))
+	r.mu.Lock()
 	for i, id := range ids {
 		byID[id] = files[i]
+		r.indexFiles[id] = true
 	}
+	r.mu.Unlock()
 	for _, p := range index.Live(byID) {
 		r.idx.AddPack(p.ID, p.Blobs)
 	}

@@ -17,9 +17,17 @@ import (
 // ErrLocked is returned when a lock conflicts with one another process holds.
 var ErrLocked = errors.New("repository is locked")
 
-// Lock timing: a lock is refreshed every LockRefresh and counts as stale when
-// it was not refreshed for LockStale.
-const (
+// ErrLockLost is returned by a lock holder that can no longer prove it holds
+// its lock: the lock file was removed, or it was not refreshed in time (the
+// process was stopped, the storage was unreachable), so that another process
+// may have treated it as stale. The holder must not commit anything.
+var ErrLockLost = errors.New("lost the repository lock")
+
+// Lock timing: a lock is refreshed every LockRefresh and counts as stale for
+// others when it was not refreshed for LockStale. Its holder stops trusting
+// it earlier, after LockStale/2 without a refresh. They are variables only so
+// that tests can shorten them.
+var (
 	LockRefresh = 5 * time.Minute
 	LockStale   = 30 * time.Minute
 )
@@ -53,6 +61,7 @@ type Lock struct {
 	info   LockInfo
 	mu     sync.Mutex
 	id     repo.ID
+	lastOK time.Time // when the current lock file was written (monotonic)
 	stop   chan struct{}
 	done   chan struct{}
 	failed error
@@ -81,17 +90,30 @@ func (r *Repository) Lock(ctx context.Context, exclusive bool) (*Lock, error) {
 }
 
 func (l *Lock) write(ctx context.Context) error {
+	start := time.Now()
+	l.info.Time = start.UTC()
 	b, _ := json.Marshal(l.info)
 	id, err := l.r.SaveUnpacked(ctx, backend.LockFile, b)
 	if err != nil {
 		return fmt.Errorf("write lock: %w", err)
 	}
 	l.mu.Lock()
-	l.id = id
+	l.id, l.lastOK = id, start
 	l.mu.Unlock()
 	return nil
 }
 
+func (l *Lock) fail(err error) {
+	l.mu.Lock()
+	if l.failed == nil {
+		l.failed = err
+	}
+	l.mu.Unlock()
+}
+
+// refresh rewrites the lock file every LockRefresh. Before each rewrite it
+// makes sure the lock is still its own: present, and refreshed recently
+// enough that nobody could have judged it stale. Once lost, a lock stays lost.
 func (l *Lock) refresh(ctx context.Context) {
 	defer close(l.done)
 	t := time.NewTicker(LockRefresh)
@@ -101,23 +123,59 @@ func (l *Lock) refresh(ctx context.Context) {
 		case <-l.stop:
 			return
 		case <-t.C:
+			if err := l.verify(ctx); err != nil {
+				if errors.Is(err, ErrLockLost) {
+					l.fail(err)
+					return
+				}
+				continue // storage trouble: try again at the next tick
+			}
 			l.mu.Lock()
 			old := l.id
 			l.mu.Unlock()
-			l.info.Time = time.Now().UTC()
 			if err := l.write(ctx); err != nil {
-				l.mu.Lock()
-				l.failed = err
-				l.mu.Unlock()
-				continue
+				continue // verify at the next tick says whether it is lost
 			}
 			_ = l.r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: old.String()})
 		}
 	}
 }
 
-// Err reports whether refreshing the lock failed; a holder must not commit
-// (write a snapshot or delete anything) after that.
+// verify checks that the lock file is present and was refreshed less than
+// LockStale/2 ago.
+func (l *Lock) verify(ctx context.Context) error {
+	l.mu.Lock()
+	id, last, failed := l.id, l.lastOK, l.failed
+	l.mu.Unlock()
+	if failed != nil {
+		return failed
+	}
+	if age := time.Since(last); age > LockStale/2 {
+		return fmt.Errorf("%w: not refreshed for %s (the process was stopped or the storage unreachable), so others may treat it as stale",
+			ErrLockLost, age.Round(time.Second))
+	}
+	_, err := l.r.be.Stat(ctx, backend.Handle{Type: backend.LockFile, Name: id.String()})
+	if errors.Is(err, backend.ErrNotExist) {
+		return fmt.Errorf("%w: lock file %s was removed by someone else", ErrLockLost, id.Short())
+	}
+	if err != nil {
+		return fmt.Errorf("check lock: %w", err)
+	}
+	return nil
+}
+
+// Check is called right before each commit (a snapshot, an index that
+// supersedes others, a deletion): it returns an error wrapping ErrLockLost
+// when the lock can no longer be trusted, and the holder must then stop.
+func (l *Lock) Check(ctx context.Context) error {
+	err := l.verify(ctx)
+	if errors.Is(err, ErrLockLost) {
+		l.fail(err)
+	}
+	return err
+}
+
+// Err reports whether the lock was found lost by the background refresh.
 func (l *Lock) Err() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -131,7 +189,51 @@ func (l *Lock) Unlock(ctx context.Context) error {
 	l.mu.Lock()
 	id := l.id
 	l.mu.Unlock()
-	return l.r.be.Remove(context.WithoutCancel(ctx), backend.Handle{Type: backend.LockFile, Name: id.String()})
+	err := l.r.be.Remove(context.WithoutCancel(ctx), backend.Handle{Type: backend.LockFile, Name: id.String()})
+	if errors.Is(err, backend.ErrNotExist) {
+		return nil // removed by someone else; Check already said so
+	}
+	return err
+}
+
+// LockEntry describes one stored lock, for `bunker unlock` and listings.
+type LockEntry struct {
+	ID    repo.ID
+	Info  LockInfo
+	Stale bool
+	Err   error // the lock file could not be read
+}
+
+// Locks lists the stored locks.
+func (r *Repository) Locks(ctx context.Context) ([]LockEntry, error) {
+	ids, err := r.List(ctx, backend.LockFile)
+	if err != nil {
+		return nil, fmt.Errorf("list locks: %w", err)
+	}
+	now := time.Now()
+	var out []LockEntry
+	for _, id := range ids {
+		e := LockEntry{ID: id}
+		plain, err := r.LoadUnpacked(ctx, backend.LockFile, id)
+		if errors.Is(err, backend.ErrNotExist) {
+			continue
+		}
+		if err == nil {
+			err = json.Unmarshal(plain, &e.Info)
+		}
+		if err != nil {
+			e.Err = err
+		} else {
+			e.Stale = e.Info.Stale(now)
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// RemoveLock deletes one lock file.
+func (r *Repository) RemoveLock(ctx context.Context, id repo.ID) error {
+	return r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: id.String()})
 }
 
 func (r *Repository) checkLocks(ctx context.Context, exclusive bool, own repo.ID) error {

@@ -118,6 +118,10 @@ type Repository struct {
 	uploads   sync.WaitGroup
 	uploadSem chan struct{}
 	freePacks [][]byte // storage of stored packs, for reuse
+	// indexFiles are the index files LoadIndex read or SaveIndex wrote;
+	// written are the packs this handle stored.
+	indexFiles map[repo.ID]bool
+	written    []index.PackEntry
 
 	// testCorrupt, when set, changes sealed blobs before verification (RELIABILITY B6).
 	testCorrupt func(sealed []byte)
@@ -163,8 +167,9 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 	return &Repository{
 		be: be, opts: opts, idx: index.New(), enc: enc, fastEnc: fastEnc, dec: dec, metaDc: metaDc,
 		packers:   make(map[repo.BlobType]*pack.Writer),
-		pending:   make(map[repo.BlobHandle]struct{}),
-		uploadSem: make(chan struct{}, opts.Uploads),
+		pending:    make(map[repo.BlobHandle]struct{}),
+		uploadSem:  make(chan struct{}, opts.Uploads),
+		indexFiles: make(map[repo.ID]bool),
 	}, nil
 }
 

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"bunker/internal/repair"
+)
+
+func newRepairCmd(g *globalOptions) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "repair",
+		Short: "Rebuild the index from the packs, or rewrite snapshots around lost data",
+	}
+	var dryRun, forget bool
+	idx := &cobra.Command{
+		Use:   "index",
+		Short: "Rebuild the index from the packs' own headers (takes the exclusive lock)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			ctx := c.Context()
+			r, _, release, err := g.openRepoLocked(ctx, false, true)
+			if err != nil {
+				return err
+			}
+			defer release()
+			res, err := repair.RebuildIndex(ctx, r, dryRun)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(c.OutOrStdout(), res)
+			}
+			w := c.OutOrStdout()
+			for _, p := range res.Damaged {
+				fmt.Fprintf(w, "pack %s: header unreadable, left out of the index\n", p)
+			}
+			verb := "indexed"
+			if dryRun {
+				verb = "would index"
+			}
+			fmt.Fprintf(w, "%s %d blobs in %d packs, replacing %d index files\n", verb, res.Blobs, res.Packs, res.Superseded)
+			if res.LostBlobs > 0 {
+				fmt.Fprintf(w, "%d blobs the old index named are in no readable pack: run `bunker repair snapshots` to find what they belonged to\n", res.LostBlobs)
+			}
+			return nil
+		},
+	}
+	idx.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "report only; write nothing")
+	snaps := &cobra.Command{
+		Use:   "snapshots",
+		Short: "Rewrite snapshots that refer to lost data, leaving out what is lost (takes the exclusive lock)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			ctx := c.Context()
+			r, _, release, err := g.openRepoLocked(ctx, true, true)
+			if err != nil {
+				return err
+			}
+			defer release()
+			res, err := repair.Snapshots(ctx, r, dryRun, forget)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				if res == nil {
+					res = []repair.SnapshotResult{}
+				}
+				return printJSON(c.OutOrStdout(), res)
+			}
+			w := c.OutOrStdout()
+			for _, s := range res {
+				switch {
+				case s.RootLost:
+					fmt.Fprintf(w, "snapshot %s: its root tree is lost; nothing of it can be restored\n", s.ID[:8])
+				case s.New != "":
+					fmt.Fprintf(w, "snapshot %s: rewritten as %s without %d lost entries:\n", s.ID[:8], s.New[:8], len(s.Lost))
+				default:
+					fmt.Fprintf(w, "snapshot %s: %d lost entries:\n", s.ID[:8], len(s.Lost))
+				}
+				if !s.RootLost {
+					for _, l := range s.Lost {
+						fmt.Fprintf(w, "  lost %s\n", quote(l))
+					}
+				}
+				if s.Removed {
+					fmt.Fprintf(w, "  removed the original snapshot %s\n", s.ID[:8])
+				}
+			}
+			if len(res) == 0 {
+				g.msgf(c, "no snapshot refers to lost data\n")
+			} else if !forget && !dryRun {
+				g.msgf(c, "the damaged originals are kept; remove them with `bunker forget ID` or run again with --forget\n")
+			}
+			return nil
+		},
+	}
+	snaps.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "report only; write nothing")
+	snaps.Flags().BoolVar(&forget, "forget", false, "remove each damaged original once its repaired copy is stored")
+	c.AddCommand(idx, snaps)
+	return c
+}

@@ -1,0 +1,264 @@
+// Package repair rebuilds a damaged repository's index from its packs and
+// rewrites snapshots that refer to lost data so that they restore what is
+// left, naming exactly what was lost.
+package repair
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"sort"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"bunker/internal/backend"
+	"bunker/internal/repo"
+	"bunker/internal/repo/index"
+	"bunker/internal/repo/repository"
+	"bunker/internal/snapshot"
+)
+
+// IndexResult is what RebuildIndex found and did.
+type IndexResult struct {
+	Packs      int      `json:"packs"`
+	Blobs      int      `json:"blobs"`
+	Damaged    []string `json:"damaged_packs,omitempty"` // packs whose header does not decode: not indexed
+	LostBlobs  int      `json:"lost_blobs"`              // blobs the old index named that no readable pack holds
+	Superseded int      `json:"superseded_index_files"`
+	NewIndex   string   `json:"new_index,omitempty"`
+}
+
+// RebuildIndex reads the header of every pack and writes one index file that
+// names them all and supersedes every existing index file, which it then
+// removes. A pack whose header cannot be read is reported and left out. Run
+// it under the exclusive lock; with dryRun it writes and removes nothing.
+func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool) (*IndexResult, error) {
+	var infos []backend.FileInfo
+	err := r.Backend().List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
+		if _, err := repo.ParseID(fi.Name); err == nil {
+			infos = append(infos, fi)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list packs: %w", err)
+	}
+	sort.Slice(infos, func(i, j int) bool { return infos[i].Name < infos[j].Name })
+	entries := make([]*index.PackEntry, len(infos))
+	res := &IndexResult{}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, fi := range infos {
+		g.Go(func() error {
+			id, _ := repo.ParseID(fi.Name)
+			blobs, err := r.ReadPackHeader(gctx, id, fi.Size)
+			if gctx.Err() != nil {
+				return gctx.Err()
+			}
+			if err != nil {
+				mu.Lock()
+				res.Damaged = append(res.Damaged, id.String())
+				mu.Unlock()
+				return nil
+			}
+			entries[i] = &index.PackEntry{ID: id, Blobs: blobs}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	slices.Sort(res.Damaged)
+	f := &index.File{}
+	now := index.New()
+	for _, e := range entries {
+		if e != nil {
+			f.Packs = append(f.Packs, *e)
+			now.AddPack(e.ID, e.Blobs)
+			res.Packs++
+			res.Blobs += len(e.Blobs)
+		}
+	}
+
+	old, err := r.List(ctx, backend.IndexFile)
+	if err != nil {
+		return nil, fmt.Errorf("list index: %w", err)
+	}
+	res.Superseded = len(old)
+	lost := map[repo.BlobHandle]bool{}
+	for _, id := range old {
+		of, err := r.LoadIndexFile(ctx, id)
+		if err != nil {
+			continue // a damaged index file is what this repairs
+		}
+		for _, p := range of.Packs {
+			for _, b := range p.Blobs {
+				if !now.Has(b.Handle()) {
+					lost[b.Handle()] = true
+				}
+			}
+		}
+	}
+	res.LostBlobs = len(lost)
+	if dryRun {
+		return res, nil
+	}
+	f.Supersedes = old
+	id, err := r.SaveIndex(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	res.NewIndex = id.String()
+	for _, o := range old {
+		if err := r.Backend().Remove(ctx, backend.Handle{Type: backend.IndexFile, Name: o.String()}); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			return res, fmt.Errorf("remove superseded index %s: %w", o.Short(), err)
+		}
+	}
+	return res, nil
+}
+
+// SnapshotResult describes the repair of one snapshot.
+type SnapshotResult struct {
+	ID       string   `json:"id"`
+	Lost     []string `json:"lost"`              // paths removed from the snapshot
+	RootLost bool     `json:"root_lost"`         // nothing of it can be restored
+	New      string   `json:"new_id,omitempty"`  // the rewritten snapshot
+	Removed  bool     `json:"removed,omitempty"` // the original was removed (--forget)
+}
+
+// RepairedTag marks snapshots written by RepairSnapshots.
+const RepairedTag = "repaired"
+
+// Snapshots rewrites every snapshot that refers to data the index does not
+// hold: files with a missing data blob and directories whose tree is missing
+// or damaged are left out, every other entry is kept as it was. The new
+// snapshot keeps the original's time, host and paths and gets the tag
+// "repaired". With forget the original is removed once the new one is
+// stored (and a snapshot whose root tree is lost is removed). With dryRun
+// nothing is written. Run it after RebuildIndex, under the exclusive lock,
+// with the index loaded.
+func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget bool) ([]SnapshotResult, error) {
+	snaps, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rw := &rewriter{r: r, dryRun: dryRun, done: map[repo.ID]treeResult{}}
+	var out []SnapshotResult
+	for _, sn := range snaps {
+		res := SnapshotResult{ID: sn.ID.String()}
+		newTree, lost, err := rw.tree(ctx, sn.Tree, "/")
+		if err != nil {
+			return out, err
+		}
+		switch {
+		case lost == nil && newTree == sn.Tree:
+			continue // whole
+		case newTree.IsNull():
+			res.RootLost = true
+			res.Lost = []string{"/"}
+		default:
+			res.Lost = lost
+		}
+		if !dryRun && !res.RootLost {
+			if err := r.Flush(ctx); err != nil {
+				return out, err
+			}
+			ns := *sn
+			ns.Tree = newTree
+			ns.Tags = append(slices.Clone(sn.Tags), RepairedTag)
+			ns.Summary = nil
+			id, err := r.SaveSnapshot(ctx, &ns)
+			if err != nil {
+				return out, err
+			}
+			res.New = id.String()
+		}
+		if !dryRun && forget {
+			if err := r.Backend().Remove(ctx, backend.Handle{Type: backend.SnapshotFile, Name: sn.ID.String()}); err != nil {
+				return out, fmt.Errorf("remove snapshot %s: %w", sn.ID.Short(), err)
+			}
+			res.Removed = true
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+type treeResult struct {
+	id   repo.ID
+	lost []string // relative to the tree
+}
+
+type rewriter struct {
+	r      *repository.Repository
+	dryRun bool
+	done   map[repo.ID]treeResult
+}
+
+// tree returns the ID of the tree id with everything lost left out (the zero
+// ID if the tree itself is lost) and the lost paths below dir.
+func (w *rewriter) tree(ctx context.Context, id repo.ID, dir string) (repo.ID, []string, error) {
+	if tr, ok := w.done[id]; ok {
+		lost := make([]string, len(tr.lost))
+		for i, l := range tr.lost {
+			lost[i] = path.Join(dir, l)
+		}
+		return tr.id, lost, nil
+	}
+	data, err := w.r.LoadBlob(ctx, repo.TreeBlob, id)
+	var t *snapshot.Tree
+	if err == nil {
+		t, err = snapshot.DecodeTree(data)
+	}
+	if ctx.Err() != nil {
+		return repo.ID{}, nil, ctx.Err()
+	}
+	if err != nil {
+		w.done[id] = treeResult{}
+		return repo.ID{}, nil, nil
+	}
+	var rel []string
+	nt := &snapshot.Tree{}
+	for _, n := range t.Nodes {
+		switch {
+		case n.Type == snapshot.TypeDir:
+			sub, lost, err := w.tree(ctx, n.Subtree, n.Name)
+			if err != nil {
+				return repo.ID{}, nil, err
+			}
+			if sub.IsNull() {
+				rel = append(rel, n.Name+"/")
+				continue
+			}
+			rel = append(rel, lost...)
+			if sub != n.Subtree {
+				c := *n
+				c.Subtree = sub
+				n = &c
+			}
+		case slices.ContainsFunc(n.Content, func(c repo.ID) bool { return !w.r.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: c}) }):
+			rel = append(rel, n.Name)
+			continue
+		}
+		nt.Nodes = append(nt.Nodes, n)
+	}
+	newID := id
+	if len(rel) > 0 || len(nt.Nodes) != len(t.Nodes) {
+		enc := nt.Encode()
+		if w.dryRun {
+			newID = w.r.BlobID(enc)
+		} else if newID, _, _, err = w.r.SaveBlob(ctx, repo.TreeBlob, enc, repo.ID{}); err != nil {
+			return repo.ID{}, nil, err
+		}
+	}
+	w.done[id] = treeResult{id: newID, lost: rel}
+	lost := make([]string, len(rel))
+	for i, l := range rel {
+		lost[i] = path.Join(dir, l)
+	}
+	return newID, lost, nil
+}
