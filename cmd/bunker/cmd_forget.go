@@ -304,4 +304,3 @@ func countKept(groups []forgetGroup) int {
 	}
 	return n
 }
-

@@ -19,8 +19,8 @@ import (
 
 	"bunker/internal/archiver"
 	"bunker/internal/backend"
-	"bunker/internal/repo/crypto"
 	"bunker/internal/pruner"
+	"bunker/internal/repo/crypto"
 	"bunker/internal/repo/repository"
 	"bunker/internal/restorer"
 )

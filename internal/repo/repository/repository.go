@@ -166,7 +166,7 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 	}
 	return &Repository{
 		be: be, opts: opts, idx: index.New(), enc: enc, fastEnc: fastEnc, dec: dec, metaDc: metaDc,
-		packers:   make(map[repo.BlobType]*pack.Writer),
+		packers:    make(map[repo.BlobType]*pack.Writer),
 		pending:    make(map[repo.BlobHandle]struct{}),
 		uploadSem:  make(chan struct{}, opts.Uploads),
 		indexFiles: make(map[repo.ID]bool),
