@@ -34,7 +34,11 @@ var (
 
 // LockInfo is the stored content of a lock file.
 type LockInfo struct {
-	Time      time.Time `json:"time"`
+	Time time.Time `json:"time"`
+	// Created is when the holder first took the lock; refreshes keep it.
+	// Of two processes that take conflicting locks at the same moment, the
+	// one with the earlier Created keeps its lock.
+	Created   time.Time `json:"created"`
 	Exclusive bool      `json:"exclusive"`
 	Hostname  string    `json:"hostname"`
 	Username  string    `json:"username,omitempty"`
@@ -72,16 +76,18 @@ type Lock struct {
 // conflicts with a live exclusive one.
 func (r *Repository) Lock(ctx context.Context, exclusive bool) (*Lock, error) {
 	host, _ := os.Hostname()
-	info := LockInfo{Time: time.Now().UTC(), Exclusive: exclusive, Hostname: host, PID: os.Getpid()}
-	if err := r.checkLocks(ctx, exclusive, repo.ID{}); err != nil {
+	now := time.Now().UTC()
+	info := LockInfo{Time: now, Created: now, Exclusive: exclusive, Hostname: host, PID: os.Getpid()}
+	if err := r.checkLocks(ctx, exclusive, repo.ID{}, nil); err != nil {
 		return nil, err
 	}
 	l := &Lock{r: r, info: info, stop: make(chan struct{}), done: make(chan struct{})}
 	if err := l.write(ctx); err != nil {
 		return nil, err
 	}
-	// Check again after writing: of two processes racing, at least one sees the other.
-	if err := r.checkLocks(ctx, exclusive, l.id); err != nil {
+	// Check again after writing: of two processes racing, each sees the
+	// other, and only the one whose lock was created later gives way.
+	if err := r.checkLocks(ctx, exclusive, l.id, &l.info); err != nil {
 		_ = r.be.Remove(context.WithoutCancel(ctx), backend.Handle{Type: backend.LockFile, Name: l.id.String()})
 		return nil, err
 	}
@@ -236,7 +242,11 @@ func (r *Repository) RemoveLock(ctx context.Context, id repo.ID) error {
 	return r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: id.String()})
 }
 
-func (r *Repository) checkLocks(ctx context.Context, exclusive bool, own repo.ID) error {
+// checkLocks fails with ErrLocked if a live lock conflicts with a lock of
+// the given kind. After our own lock is written (own set), only conflicting
+// locks that precede ours count: a racer that wrote its lock after ours
+// gives way to us.
+func (r *Repository) checkLocks(ctx context.Context, exclusive bool, own repo.ID, ours *LockInfo) error {
 	ids, err := r.List(ctx, backend.LockFile)
 	if err != nil {
 		return fmt.Errorf("list locks: %w", err)
@@ -260,6 +270,9 @@ func (r *Repository) checkLocks(ctx context.Context, exclusive bool, own repo.ID
 		if li.Stale(now) {
 			continue
 		}
+		if ours != nil && !precedes(li, id, *ours, own) {
+			continue
+		}
 		if exclusive || li.Exclusive {
 			kind := "a shared"
 			if li.Exclusive {
@@ -270,4 +283,13 @@ func (r *Repository) checkLocks(ctx context.Context, exclusive bool, own repo.ID
 		}
 	}
 	return nil
+}
+
+// precedes orders locks by creation time, then by file name: a total order
+// that every process computes the same way from the stored files.
+func precedes(a LockInfo, aID repo.ID, b LockInfo, bID repo.ID) bool {
+	if !a.Created.Equal(b.Created) {
+		return a.Created.Before(b.Created)
+	}
+	return aID.String() < bID.String()
 }
