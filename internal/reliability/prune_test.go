@@ -609,4 +609,3 @@ func TestD4LockRemovedByHand(t *testing.T) {
 		verifyRestore(t, tr, src, ids[len(ids)-1], h[ids[len(ids)-1]])
 	})
 }
-
