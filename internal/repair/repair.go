@@ -155,7 +155,7 @@ func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget boo
 			return out, err
 		}
 		switch {
-		case lost == nil && newTree == sn.Tree:
+		case len(lost) == 0 && newTree == sn.Tree:
 			continue // whole
 		case newTree.IsNull():
 			res.RootLost = true
