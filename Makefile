@@ -7,7 +7,7 @@ STATICCHECK_VERSION := v0.8.2
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 FUZZTIME  ?= 20000x
 
-.PHONY: all build test test-short lint fuzz bench soak demo clean
+.PHONY: all build test test-short lint fuzz bench bench-prune soak demo clean
 
 all: build
 
@@ -48,6 +48,10 @@ soak:
 
 bench: build
 	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/run.sh
+	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/prune.sh
+
+bench-prune: build
+	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/prune.sh
 
 demo: build
 	bash scripts/demo.sh

@@ -77,6 +77,7 @@ func runPrune(c *cobra.Command, g *globalOptions, r *repository.Repository, lock
 	opts.Lock = lock
 	status := ""
 	opts.Progress = func(s string) { status = s }
+	opts.IndexLoaded = func(blobs int) { setMemoryLimit(2 * blobs) } // about 400 bytes per blob: the plan and the next index
 	stop := ui.StartProgress(c.ErrOrStderr(), !g.quiet && !g.json && isTerminal(os.Stderr), func() string { return status })
 	defer stop()
 	now, err := lock.StorageTime(ctx)

@@ -190,7 +190,7 @@ func (g *globalOptions) openRepo(ctx context.Context, withIndex bool) (*reposito
 // commands that add or read, exclusive for those that delete. release
 // unlocks and closes.
 func (g *globalOptions) openRepoLocked(ctx context.Context, withIndex, exclusive bool) (r *repository.Repository, lock *repository.Lock, release func(), err error) {
-	r, err = g.openRepo(ctx, withIndex)
+	r, err = g.openRepo(ctx, false)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -199,7 +199,17 @@ func (g *globalOptions) openRepoLocked(ctx context.Context, withIndex, exclusive
 		closeRepo(r)
 		return nil, nil, nil, err
 	}
-	return r, lock, func() { _ = lock.Unlock(ctx); closeRepo(r) }, nil
+	release = func() { _ = lock.Unlock(ctx); closeRepo(r) }
+	// The index is read under the lock: a prune that holds the exclusive
+	// lock rewrites it.
+	if withIndex {
+		if err := r.LoadIndex(ctx); err != nil {
+			release()
+			return nil, nil, nil, err
+		}
+		setMemoryLimit(r.Index().Len())
+	}
+	return r, lock, release, nil
 }
 
 func closeRepo(r *repository.Repository) {

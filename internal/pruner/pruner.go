@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sort"
 	"time"
@@ -64,6 +65,9 @@ type Options struct {
 	Lock *repository.Lock
 	// Progress, if set, receives short status lines.
 	Progress func(string)
+	// IndexLoaded, if set, is told how many blobs the index holds once it
+	// is loaded (the CLI sizes its memory limit by it).
+	IndexLoaded func(blobs int)
 	// Forgotten snapshots count as removed: `forget --dry-run --prune`
 	// plans the prune that would follow the forget.
 	Forgotten map[repo.ID]bool
@@ -126,7 +130,7 @@ type Plan struct {
 	kept       []index.PackEntry
 	doomed     map[repo.ID]index.PackEntry // Delete and Repack, by ID
 	copyBlobs  map[repo.ID][]pack.Blob     // used blobs of Repack packs
-	full       *index.Index
+	trees      *index.Index                // where every tree blob is: the walks need no more
 }
 
 // Nothing reports whether the plan changes nothing.
@@ -175,7 +179,7 @@ func MakePlan(ctx context.Context, r *repository.Repository, opts Options, now t
 	if err != nil {
 		return nil, err
 	}
-	p.full = index.New()
+	p.trees = index.New()
 	indexed := make(map[repo.ID]index.PackEntry, len(live))
 	for _, e := range live {
 		if old, ok := indexed[e.ID]; ok {
@@ -186,13 +190,18 @@ func MakePlan(ctx context.Context, r *repository.Repository, opts Options, now t
 		}
 		indexed[e.ID] = e
 	}
+	nblobs := 0
 	for _, e := range indexed {
-		p.full.AddPack(e.ID, e.Blobs)
+		addTrees(p.trees, e)
+		nblobs += len(e.Blobs)
+	}
+	if opts.IndexLoaded != nil {
+		opts.IndexLoaded(nblobs)
 	}
 	if err := checkPacksStored(ctx, r, indexed, listed); err != nil {
 		return nil, err
 	}
-	r.SetIndex(p.full)
+	r.SetIndex(p.trees)
 
 	progress("reading snapshots")
 	snaps, err := r.Snapshots(ctx)
@@ -248,6 +257,17 @@ func MakePlan(ctx context.Context, r *repository.Repository, opts Options, now t
 		default:
 			p.kept = append(p.kept, e)
 		}
+	}
+
+	missing := 0
+	for _, claimed := range used {
+		if !claimed {
+			missing++
+		}
+	}
+	if missing > 0 {
+		return nil, fmt.Errorf("%w: snapshots refer to %d blobs that are not in the index: run `bunker repair index`, then `bunker repair snapshots`",
+			ErrNeedsRepair, missing)
 	}
 
 	var unindexed []repo.ID
@@ -335,8 +355,8 @@ func checkPacksStored(ctx context.Context, r *repository.Repository, indexed map
 }
 
 // usedBlobs walks every snapshot and returns the set of blobs they use
-// (values false: not yet claimed by a pack). A blob that no index names, or
-// a tree that cannot be read, stops the prune.
+// (values false: not yet claimed by a pack). A tree that cannot be read
+// stops the prune; data blobs no pack holds are found when packs claim them.
 func usedBlobs(ctx context.Context, r *repository.Repository, snaps []*snapshot.Snapshot, ids map[repo.ID]bool) (map[repo.BlobHandle]bool, error) {
 	used := make(map[repo.BlobHandle]bool, r.Index().Len())
 	seen := map[repo.ID]bool{}
@@ -345,7 +365,7 @@ func usedBlobs(ctx context.Context, r *repository.Repository, snaps []*snapshot.
 		ids[sn.ID] = true
 		bad := 0
 		err := r.WalkTree(ctx, sn.Tree, seen, func(h repo.BlobHandle, err error) error {
-			if err != nil || !r.HasBlob(h) {
+			if err != nil {
 				bad++
 				return nil
 			}
@@ -402,22 +422,23 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 		next.AddPack(e.ID, e.Blobs)
 	}
 	r.SetIndex(next)
-	defer r.SetIndex(p.full)
+	defer r.SetIndex(p.trees)
 	if len(p.Repack) > 0 {
 		progress("repacking %d packs", len(p.Repack))
 	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0))
 	for _, pi := range p.Repack {
-		err := r.LoadPackRange(ctx, pi.ID, p.copyBlobs[pi.ID], func(b pack.Blob, plain []byte, err error) error {
-			if err != nil {
-				return fmt.Errorf("repack: blob %s of pack %s: %w (nothing deleted; run `bunker check --read-data`)", b.ID.Short(), pi.ID.Short(), err)
+		g.Go(func() error {
+			if err := r.CopyBlobs(gctx, pi.ID, p.copyBlobs[pi.ID]); err != nil {
+				return fmt.Errorf("repack: %w (nothing deleted; run `bunker check --read-data`)", err)
 			}
-			_, _, _, err = r.SaveBlob(ctx, b.Type, plain, b.ID)
-			return err
+			return nil
 		})
-		if err != nil {
-			r.Abort()
-			return nil, err
-		}
+	}
+	if err := g.Wait(); err != nil {
+		r.Abort()
+		return nil, err
 	}
 	newPacks, err := r.FlushPacks(ctx)
 	if err != nil {
@@ -448,9 +469,18 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 		case <-time.After(wait):
 		}
 	}
-	rescued, unindexedKeep, err := rescan(ctx, r, p, f, res.NewIndex)
+	rescued, unindexedKeep, err := rescan(ctx, r, p, next, res.NewIndex)
 	if err != nil {
-		return nil, err
+		// Whether a snapshot written meanwhile needs a doomed pack cannot be
+		// told: index them all again and delete nothing.
+		rf := &index.File{}
+		for _, e := range p.doomed {
+			rf.Packs = append(rf.Packs, e)
+		}
+		if _, serr := r.SaveIndex(context.WithoutCancel(ctx), rf); serr != nil {
+			return nil, fmt.Errorf("prune stopped before deleting (%w), and indexing its packs again failed: %w: run `bunker repair index`", err, serr)
+		}
+		return nil, fmt.Errorf("prune stopped before deleting anything: %w", err)
 	}
 	if len(rescued) > 0 {
 		rf := &index.File{}
@@ -515,7 +545,8 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 // that committed while the index changed (their blobs in doomed packs rescue
 // those packs) and index files written by them (their packs are not
 // unindexed garbage).
-func rescan(ctx context.Context, r *repository.Repository, p *Plan, written *index.File, writtenID repo.ID) ([]repo.ID, map[repo.ID]bool, error) {
+// newIdx holds the packs of the index prune wrote (kept and new packs).
+func rescan(ctx context.Context, r *repository.Repository, p *Plan, newIdx *index.Index, writtenID repo.ID) ([]repo.ID, map[repo.ID]bool, error) {
 	keep := map[repo.ID]bool{}
 	known := map[repo.ID]bool{writtenID: true}
 	for _, id := range p.indexFiles {
@@ -524,10 +555,6 @@ func rescan(ctx context.Context, r *repository.Repository, p *Plan, written *ind
 	ids, err := r.List(ctx, backend.IndexFile)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list index: %w", err)
-	}
-	newIdx := index.New()
-	for _, e := range written.Packs {
-		newIdx.AddPack(e.ID, e.Blobs)
 	}
 	for _, id := range ids {
 		if known[id] {
@@ -540,32 +567,34 @@ func rescan(ctx context.Context, r *repository.Repository, p *Plan, written *ind
 		for _, e := range f.Packs {
 			keep[e.ID] = true
 			newIdx.AddPack(e.ID, e.Blobs)
-			p.full.AddPack(e.ID, e.Blobs)
+			addTrees(p.trees, e)
 		}
 	}
 	snaps, err := r.List(ctx, backend.SnapshotFile)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list snapshots: %w", err)
 	}
-	r.SetIndex(p.full) // the new snapshots may use blobs only doomed packs hold
-	rescue := map[repo.ID]bool{}
+	r.SetIndex(p.trees) // the new snapshots' trees may be only in doomed packs
+	wanted := map[repo.BlobHandle]bool{}
 	seen := map[repo.ID]bool{}
 	for _, id := range snaps {
 		if p.snapIDs[id] {
 			continue
 		}
 		sn, err := r.LoadSnapshot(ctx, id)
+		if errors.Is(err, backend.ErrNotExist) {
+			continue
+		}
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("snapshot %s written during prune: %w", id.Short(), err)
 		}
 		err = r.WalkTree(ctx, sn.Tree, seen, func(h repo.BlobHandle, err error) error {
-			if err != nil || newIdx.Has(h) {
-				return nil
+			if err != nil {
+				// What is below this tree cannot be known: nothing is safe to delete.
+				return fmt.Errorf("snapshot %s written during prune: %w", id.Short(), err)
 			}
-			if loc, ok := p.full.Lookup(h); ok {
-				if _, doomed := p.doomed[loc.Pack]; doomed {
-					rescue[loc.Pack] = true
-				}
+			if !newIdx.Has(h) {
+				wanted[h] = true
 			}
 			return nil
 		})
@@ -573,9 +602,13 @@ func rescan(ctx context.Context, r *repository.Repository, p *Plan, written *ind
 			return nil, nil, err
 		}
 	}
-	out := make([]repo.ID, 0, len(rescue))
-	for id := range rescue {
-		out = append(out, id)
+	var out []repo.ID
+	if len(wanted) > 0 {
+		for id, e := range p.doomed {
+			if slices.ContainsFunc(e.Blobs, func(b pack.Blob) bool { return wanted[b.Handle()] }) {
+				out = append(out, id)
+			}
+		}
 	}
 	sortIDs(out)
 	return out, keep, nil
@@ -590,4 +623,17 @@ func firstFew(s []string) string {
 		return fmt.Sprintf("%v and %d more", s[:5], len(s)-5)
 	}
 	return fmt.Sprint(s)
+}
+
+// addTrees adds the tree blobs of one pack to x.
+func addTrees(x *index.Index, e index.PackEntry) {
+	var trees []pack.Blob
+	for _, b := range e.Blobs {
+		if b.Type == repo.TreeBlob {
+			trees = append(trees, b)
+		}
+	}
+	if len(trees) > 0 {
+		x.AddPack(e.ID, trees)
+	}
 }

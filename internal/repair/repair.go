@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"path"
 	"slices"
 	"sort"
@@ -16,7 +17,9 @@ import (
 
 	"bunker/internal/backend"
 	"bunker/internal/repo"
+	"bunker/internal/repo/crypto"
 	"bunker/internal/repo/index"
+	"bunker/internal/repo/pack"
 	"bunker/internal/repo/repository"
 	"bunker/internal/snapshot"
 )
@@ -60,6 +63,9 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool) (*
 				return gctx.Err()
 			}
 			if err != nil {
+				if !isLost(err) {
+					return fmt.Errorf("read header of pack %s: %w (nothing changed)", id.Short(), err)
+				}
 				mu.Lock()
 				res.Damaged = append(res.Damaged, id.String())
 				mu.Unlock()
@@ -218,6 +224,11 @@ func (w *rewriter) tree(ctx context.Context, id repo.ID, dir string) (repo.ID, [
 		return repo.ID{}, nil, ctx.Err()
 	}
 	if err != nil {
+		if !isLost(err) {
+			// The storage failed; the tree may be fine. Stop rather than
+			// rewrite a snapshot around data that is not lost.
+			return repo.ID{}, nil, fmt.Errorf("tree %s: %w", id.Short(), err)
+		}
 		w.done[id] = treeResult{}
 		return repo.ID{}, nil, nil
 	}
@@ -261,4 +272,12 @@ func (w *rewriter) tree(ctx context.Context, id repo.ID, dir string) (repo.ID, [
 		lost[i] = path.Join(dir, l)
 	}
 	return newID, lost, nil
+}
+
+// isLost reports whether err says that a blob is gone or damaged for good:
+// no index names it, its pack is missing, or it does not decode.
+func isLost(err error) bool {
+	return errors.Is(err, repository.ErrBlobNotFound) || errors.Is(err, backend.ErrNotExist) ||
+		errors.Is(err, repository.ErrCorrupt) || errors.Is(err, snapshot.ErrInvalidTree) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, pack.ErrInvalid) || errors.Is(err, crypto.ErrUnauthenticated)
 }

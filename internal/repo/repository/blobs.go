@@ -303,7 +303,6 @@ func (r *Repository) FlushPacks(ctx context.Context) ([]index.PackEntry, error) 
 	err := r.uploadErr
 	packs := r.newPacks
 	r.newPacks = nil
-	r.written = append(r.written, packs...)
 	r.mu.Unlock()
 	return packs, err
 }
@@ -316,9 +315,13 @@ func (r *Repository) Flush(ctx context.Context) error {
 	if err != nil || len(packs) == 0 {
 		return err
 	}
-	if _, err := r.SaveIndex(ctx, &index.File{Packs: packs}); err != nil {
+	id, err := r.SaveIndex(ctx, &index.File{Packs: packs})
+	if err != nil {
 		return err
 	}
+	r.mu.Lock()
+	r.ownIndex[id] = packs
+	r.mu.Unlock()
 	Failpoint(FailpointIndexStored)
 	return nil
 }
@@ -354,8 +357,19 @@ func (r *Repository) LoadIndexFile(ctx context.Context, id repo.ID) (*index.File
 }
 
 // LoadIndex reads every index file into memory. Files superseded by another
-// index file are skipped.
+// index file are skipped. A listed file that is gone when read was removed
+// by a prune, which wrote a file superseding it first: the listing is then
+// read again.
 func (r *Repository) LoadIndex(ctx context.Context) error {
+	for attempt := 1; ; attempt++ {
+		err := r.loadIndex(ctx)
+		if !errors.Is(err, backend.ErrNotExist) || attempt == 3 {
+			return err
+		}
+	}
+}
+
+func (r *Repository) loadIndex(ctx context.Context) error {
 	ids, err := r.List(ctx, backend.IndexFile)
 	if err != nil {
 		return fmt.Errorf("list index: %w", err)
@@ -378,6 +392,9 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 	for i, id := range ids {
 		byID[id] = files[i]
 		r.indexFiles[id] = true
+		for _, s := range files[i].Supersedes {
+			r.superseded[s] = true
+		}
 	}
 	r.mu.Unlock()
 	for _, p := range index.Live(byID) {
@@ -456,12 +473,44 @@ const maxGap = 1 << 20
 // memory stays at one blob whatever the pack size. fn runs on the caller's
 // goroutine; the plaintext is valid only during fn.
 func (r *Repository) LoadPackRange(ctx context.Context, packID repo.ID, blobs []pack.Blob, fn func(b pack.Blob, plain []byte, err error) error) error {
+	return r.loadPackRange(ctx, packID, blobs, false, func(b pack.Blob, _, plain []byte, err error) error { return fn(b, plain, err) })
+}
+
+// CopyBlobs stores the given blobs of one pack (sorted by offset) in new
+// packs as they are, still sealed and compressed, once each has been
+// decrypted, decompressed and checked against its ID. Blobs the index
+// already holds are skipped. Prune repacks with it: nothing is re-encoded.
+func (r *Repository) CopyBlobs(ctx context.Context, packID repo.ID, blobs []pack.Blob) error {
+	return r.loadPackRange(ctx, packID, blobs, true, func(b pack.Blob, sealed, _ []byte, err error) error {
+		if err != nil {
+			return fmt.Errorf("blob %s of pack %s: %w", b.ID.Short(), packID.Short(), err)
+		}
+		h := b.Handle()
+		if r.idx.Has(h) {
+			return nil
+		}
+		r.mu.Lock()
+		if err := r.uploadErr; err != nil {
+			r.mu.Unlock()
+			return err
+		}
+		if _, ok := r.pending[h]; ok {
+			r.mu.Unlock()
+			return nil
+		}
+		r.pending[h] = struct{}{}
+		r.mu.Unlock()
+		return r.addToPack(ctx, b.Type, b.ID, sealed, int(b.RawLength), b.Compressed)
+	})
+}
+
+func (r *Repository) loadPackRange(ctx context.Context, packID repo.ID, blobs []pack.Blob, keepSealed bool, fn func(b pack.Blob, sealed, plain []byte, err error) error) error {
 	for len(blobs) > 0 {
 		n := 1
 		for n < len(blobs) && int64(blobs[n].Offset)-(int64(blobs[n-1].Offset)+int64(blobs[n-1].Length)) <= maxGap {
 			n++
 		}
-		if err := r.loadRun(ctx, packID, blobs[:n], fn); err != nil {
+		if err := r.loadRun(ctx, packID, blobs[:n], keepSealed, fn); err != nil {
 			return err
 		}
 		blobs = blobs[n:]
@@ -472,7 +521,10 @@ func (r *Repository) LoadPackRange(ctx context.Context, packID repo.ID, blobs []
 // blobBufs hold one sealed blob, and decompressed plaintext, while streaming packs.
 var blobBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2<<20); return &b }}
 
-func (r *Repository) loadRun(ctx context.Context, packID repo.ID, blobs []pack.Blob, fn func(b pack.Blob, plain []byte, err error) error) error {
+// loadRun reads one run of blobs. With keepSealed the sealed bytes handed to
+// fn are intact (decryption goes to another buffer); otherwise uncompressed
+// blobs are decrypted in place.
+func (r *Repository) loadRun(ctx context.Context, packID repo.ID, blobs []pack.Blob, keepSealed bool, fn func(b pack.Blob, sealed, plain []byte, err error) error) error {
 	start := int64(blobs[0].Offset)
 	last := blobs[len(blobs)-1]
 	end := int64(last.Offset) + int64(last.Length)
@@ -481,6 +533,11 @@ func (r *Repository) loadRun(ctx context.Context, packID repo.ID, blobs []pack.B
 	dp := blobBufs.Get().(*[]byte)
 	defer blobBufs.Put(sp)
 	defer blobBufs.Put(dp)
+	var cp *[]byte
+	if keepSealed {
+		cp = blobBufs.Get().(*[]byte)
+		defer blobBufs.Put(cp)
+	}
 	err := r.be.Load(ctx, h, int(end-start), start, func(rd io.Reader) error {
 		pos := start
 		for _, b := range blobs {
@@ -497,15 +554,20 @@ func (r *Repository) loadRun(ctx context.Context, packID repo.ID, blobs []pack.B
 				return err
 			}
 			pos = int64(b.Offset) + int64(b.Length)
+			work := sealed // decrypted in place
+			if keepSealed {
+				*cp = append((*cp)[:0], sealed...)
+				work = *cp
+			}
 			var dst []byte // uncompressed blobs are decrypted in place
 			if b.Compressed {
 				dst = (*dp)[:0]
 			}
-			plain, err := r.DecodeBlob(b, sealed, dst)
+			plain, err := r.DecodeBlob(b, work, dst)
 			if err == nil && b.Compressed {
 				*dp = plain
 			}
-			if err := fn(b, plain, err); err != nil {
+			if err := fn(b, sealed, plain, err); err != nil {
 				return callbackError{err}
 			}
 		}

@@ -67,24 +67,43 @@ func (r *Repository) WalkTree(ctx context.Context, id repo.ID, seen map[repo.ID]
 // The snapshot must then be written within CommitWindow, or CheckCommit
 // called again.
 func (r *Repository) CheckCommit(ctx context.Context, tree repo.ID) error {
-	pruned, err := r.indexRewritten(ctx)
-	if err != nil || !pruned {
-		return err
+	r.mu.Lock()
+	pruned := r.pruneSeen
+	r.mu.Unlock()
+	if !pruned {
+		var err error
+		if pruned, err = r.indexRewritten(ctx); err != nil || !pruned {
+			return err
+		}
+		// From now on every check of this handle verifies the tree: the
+		// reload below adopts the prune's index files.
+		r.mu.Lock()
+		r.pruneSeen = true
+		r.mu.Unlock()
 	}
 	if err := r.ReloadIndex(ctx); err != nil {
 		return err
 	}
+	// Our own index files: one the reload read is in the index; one a
+	// prune superseded no longer counts (its packs are doomed unless the
+	// prune's index kept them); one that is neither is only hidden by a
+	// lagging listing, and its packs count if they are still stored.
 	r.mu.Lock()
-	written := append([]index.PackEntry(nil), r.written...)
+	var lagging []index.PackEntry
+	for id, packs := range r.ownIndex {
+		if !r.indexFiles[id] && !r.superseded[id] {
+			lagging = append(lagging, packs...)
+		}
+	}
 	r.mu.Unlock()
-	for _, p := range written {
+	for _, p := range lagging {
 		if _, err := r.be.Stat(ctx, backend.Handle{Type: backend.PackFile, Name: p.ID.String()}); err != nil {
 			return fmt.Errorf("%w: pack %s is gone: %w", ErrPrunedMeanwhile, p.ID.Short(), err)
 		}
-		r.idx.AddPack(p.ID, p.Blobs) // even if a lagging listing hid our own index file
+		r.idx.AddPack(p.ID, p.Blobs)
 	}
 	missing := 0
-	err = r.WalkTree(ctx, tree, map[repo.ID]bool{}, func(h repo.BlobHandle, err error) error {
+	err := r.WalkTree(ctx, tree, map[repo.ID]bool{}, func(h repo.BlobHandle, err error) error {
 		if err != nil || !r.idx.Has(h) {
 			missing++
 		}
@@ -148,6 +167,7 @@ func (r *Repository) indexRewritten(ctx context.Context) (bool, error) {
 func (r *Repository) ReloadIndex(ctx context.Context) error {
 	r.mu.Lock()
 	r.indexFiles = make(map[repo.ID]bool)
+	r.superseded = make(map[repo.ID]bool)
 	r.mu.Unlock()
 	old := r.idx
 	r.idx = index.New()

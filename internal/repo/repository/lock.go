@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"sync"
 	"syscall"
@@ -36,8 +37,6 @@ var (
 type LockInfo struct {
 	Time time.Time `json:"time"`
 	// Created is when the holder first took the lock; refreshes keep it.
-	// Of two processes that take conflicting locks at the same moment, the
-	// one with the earlier Created keeps its lock.
 	Created   time.Time `json:"created"`
 	Exclusive bool      `json:"exclusive"`
 	Hostname  string    `json:"hostname"`
@@ -76,24 +75,40 @@ type Lock struct {
 // conflicts with a live exclusive one.
 func (r *Repository) Lock(ctx context.Context, exclusive bool) (*Lock, error) {
 	host, _ := os.Hostname()
-	now := time.Now().UTC()
-	info := LockInfo{Time: now, Created: now, Exclusive: exclusive, Hostname: host, PID: os.Getpid()}
-	if err := r.checkLocks(ctx, exclusive, repo.ID{}, nil); err != nil {
-		return nil, err
-	}
-	l := &Lock{r: r, info: info, stop: make(chan struct{}), done: make(chan struct{})}
-	if err := l.write(ctx); err != nil {
-		return nil, err
-	}
-	// Check again after writing: of two processes racing, each sees the
-	// other, and only the one whose lock was created later gives way.
-	if err := r.checkLocks(ctx, exclusive, l.id, &l.info); err != nil {
+	created := time.Now().UTC()
+	for attempt := 1; ; attempt++ {
+		if err := r.checkLocks(ctx, exclusive, repo.ID{}); err != nil {
+			return nil, err
+		}
+		l := &Lock{r: r, info: LockInfo{Created: created, Exclusive: exclusive, Hostname: host, PID: os.Getpid()},
+			stop: make(chan struct{}), done: make(chan struct{})}
+		if err := l.write(ctx); err != nil {
+			return nil, err
+		}
+		// Check again after writing. Of two processes that wrote
+		// conflicting locks at the same moment, at least one sees the
+		// other; whoever sees a conflict withdraws and tries again after a
+		// random pause, so that one of them wins and the other then finds
+		// the winner's lock and fails.
+		err := r.checkLocks(ctx, exclusive, l.id)
+		if err == nil {
+			go l.refresh(context.WithoutCancel(ctx))
+			return l, nil
+		}
 		_ = r.be.Remove(context.WithoutCancel(ctx), backend.Handle{Type: backend.LockFile, Name: l.id.String()})
-		return nil, err
+		if !errors.Is(err, ErrLocked) || attempt == lockAttempts {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(attempt) * (50*time.Millisecond + rand.N(250*time.Millisecond))):
+		}
 	}
-	go l.refresh(context.WithoutCancel(ctx))
-	return l, nil
 }
+
+// lockAttempts bounds the withdraw-and-retry rounds of Lock.
+const lockAttempts = 5
 
 func (l *Lock) write(ctx context.Context) error {
 	start := time.Now()
@@ -242,11 +257,9 @@ func (r *Repository) RemoveLock(ctx context.Context, id repo.ID) error {
 	return r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: id.String()})
 }
 
-// checkLocks fails with ErrLocked if a live lock conflicts with a lock of
-// the given kind. After our own lock is written (own set), only conflicting
-// locks that precede ours count: a racer that wrote its lock after ours
-// gives way to us.
-func (r *Repository) checkLocks(ctx context.Context, exclusive bool, own repo.ID, ours *LockInfo) error {
+// checkLocks fails with ErrLocked if a live lock other than own conflicts
+// with a lock of the given kind.
+func (r *Repository) checkLocks(ctx context.Context, exclusive bool, own repo.ID) error {
 	ids, err := r.List(ctx, backend.LockFile)
 	if err != nil {
 		return fmt.Errorf("list locks: %w", err)
@@ -270,9 +283,6 @@ func (r *Repository) checkLocks(ctx context.Context, exclusive bool, own repo.ID
 		if li.Stale(now) {
 			continue
 		}
-		if ours != nil && !precedes(li, id, *ours, own) {
-			continue
-		}
 		if exclusive || li.Exclusive {
 			kind := "a shared"
 			if li.Exclusive {
@@ -283,13 +293,4 @@ func (r *Repository) checkLocks(ctx context.Context, exclusive bool, own repo.ID
 		}
 	}
 	return nil
-}
-
-// precedes orders locks by creation time, then by file name: a total order
-// that every process computes the same way from the stored files.
-func precedes(a LockInfo, aID repo.ID, b LockInfo, bID repo.ID) bool {
-	if !a.Created.Equal(b.Created) {
-		return a.Created.Before(b.Created)
-	}
-	return aID.String() < bID.String()
 }

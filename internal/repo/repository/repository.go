@@ -118,10 +118,14 @@ type Repository struct {
 	uploads   sync.WaitGroup
 	uploadSem chan struct{}
 	freePacks [][]byte // storage of stored packs, for reuse
-	// indexFiles are the index files LoadIndex read or SaveIndex wrote;
-	// written are the packs this handle stored.
+	// indexFiles are the index files LoadIndex read or SaveIndex wrote.
 	indexFiles map[repo.ID]bool
-	written    []index.PackEntry
+	// ownIndex maps the index files this handle wrote to the packs they
+	// name; superseded holds the files the last LoadIndex found superseded;
+	// pruneSeen is set once CheckCommit has seen a prune's rewrite.
+	ownIndex   map[repo.ID][]index.PackEntry
+	superseded map[repo.ID]bool
+	pruneSeen  bool
 
 	// testCorrupt, when set, changes sealed blobs before verification (RELIABILITY B6).
 	testCorrupt func(sealed []byte)
@@ -170,6 +174,8 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 		pending:    make(map[repo.BlobHandle]struct{}),
 		uploadSem:  make(chan struct{}, opts.Uploads),
 		indexFiles: make(map[repo.ID]bool),
+		ownIndex:   make(map[repo.ID][]index.PackEntry),
+		superseded: make(map[repo.ID]bool),
 	}, nil
 }
 

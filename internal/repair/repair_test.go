@@ -1,0 +1,653 @@
+package repair_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"math/rand/v2"
+	"path"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"bunker/internal/backend"
+	"bunker/internal/backend/fault"
+	"bunker/internal/backend/mem"
+	"bunker/internal/repair"
+	"bunker/internal/repo"
+	"bunker/internal/repo/crypto"
+	"bunker/internal/repo/pack"
+	"bunker/internal/repo/repository"
+	"bunker/internal/snapshot"
+)
+
+var testOpts = repository.Options{KDF: crypto.TestKDF, PackSize: 64 << 10}
+
+const testPassword = "pw"
+
+var baseTime = time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+
+// --- Helpers ----------------------------------------------------------------
+
+func openRepo(t testing.TB, be backend.Backend, withIndex bool) *repository.Repository {
+	t.Helper()
+	ctx := context.Background()
+	r, err := repository.Open(ctx, be, []byte(testPassword), testOpts)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { r.Close() })
+	if withIndex {
+		if err := r.LoadIndex(ctx); err != nil {
+			t.Fatalf("load index: %v", err)
+		}
+	}
+	return r
+}
+
+func randBytes(seed uint64, n int) []byte {
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}
+
+func saveData(t testing.TB, r *repository.Repository, data []byte) repo.ID {
+	t.Helper()
+	id, _, _, err := r.SaveBlob(context.Background(), repo.DataBlob, data, repo.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func saveTree(t testing.TB, r *repository.Repository, nodes ...*snapshot.Node) repo.ID {
+	t.Helper()
+	tree := &snapshot.Tree{Nodes: nodes}
+	tree.Sort()
+	id, _, _, err := r.SaveBlob(context.Background(), repo.TreeBlob, tree.Encode(), repo.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func fileNode(name string, size int, content ...repo.ID) *snapshot.Node {
+	return &snapshot.Node{Name: name, Type: snapshot.TypeFile, Mode: 0o644, ModTime: baseTime, Links: 1,
+		Size: uint64(size), Content: content}
+}
+
+func dirNode(name string, sub repo.ID) *snapshot.Node {
+	return &snapshot.Node{Name: name, Type: snapshot.TypeDir, Mode: 0o755, ModTime: baseTime, Subtree: sub}
+}
+
+func flush(t testing.TB, r *repository.Repository) {
+	t.Helper()
+	if err := r.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func packOf(t testing.TB, r *repository.Repository, tp repo.BlobType, id repo.ID) repo.ID {
+	t.Helper()
+	loc, ok := r.LookupBlob(repo.BlobHandle{Type: tp, ID: id})
+	if !ok {
+		t.Fatalf("%v blob %s is not indexed", tp, id.Short())
+	}
+	return loc.Pack
+}
+
+func ids(t testing.TB, be backend.Backend, ft backend.FileType) []repo.ID {
+	t.Helper()
+	var out []repo.ID
+	err := be.List(context.Background(), ft, func(fi backend.FileInfo) error {
+		id, err := repo.ParseID(fi.Name)
+		if err != nil {
+			return err
+		}
+		out = append(out, id)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sortedIDs(out)
+}
+
+func sortedIDs(l []repo.ID) []repo.ID {
+	out := slices.Clone(l)
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
+
+func exists(t testing.TB, be backend.Backend, ft backend.FileType, id repo.ID) bool {
+	t.Helper()
+	_, err := be.Stat(context.Background(), backend.Handle{Type: ft, Name: id.String()})
+	if err != nil && !errors.Is(err, backend.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return err == nil
+}
+
+func remove(t testing.TB, be backend.Backend, ft backend.FileType, id repo.ID) {
+	t.Helper()
+	if err := be.Remove(context.Background(), backend.Handle{Type: ft, Name: id.String()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func replace(t testing.TB, be backend.Backend, ft backend.FileType, id repo.ID, edit func([]byte) []byte) {
+	t.Helper()
+	ctx := context.Background()
+	h := backend.Handle{Type: ft, Name: id.String()}
+	data, err := backend.LoadAll(ctx, be, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Remove(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Save(ctx, h, edit(data)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func listing(t testing.TB, be backend.Backend) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	out := map[string]string{}
+	for _, ft := range backend.AllTypes {
+		err := be.List(ctx, ft, func(fi backend.FileInfo) error {
+			h := backend.Handle{Type: ft, Name: fi.Name}
+			data, err := backend.LoadAll(ctx, be, h)
+			if err != nil {
+				return err
+			}
+			sum := sha256.Sum256(data)
+			out[h.String()] = hex.EncodeToString(sum[:])
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+func diffListings(t testing.TB, what string, before, after map[string]string) {
+	t.Helper()
+	for k, v := range before {
+		if w, ok := after[k]; !ok {
+			t.Errorf("%s: %s disappeared", what, k)
+		} else if w != v {
+			t.Errorf("%s: %s changed", what, k)
+		}
+	}
+	for k := range after {
+		if _, ok := before[k]; !ok {
+			t.Errorf("%s: %s appeared", what, k)
+		}
+	}
+}
+
+// indexContents maps every pack of the loaded index to its blobs, by offset.
+func indexContents(r *repository.Repository) map[repo.ID][]pack.Blob {
+	m := r.Index().Packs()
+	for _, l := range m {
+		sort.Slice(l, func(i, j int) bool { return l[i].Offset < l[j].Offset })
+	}
+	return m
+}
+
+// tree walks a snapshot tree and returns every node by absolute path.
+func walk(t testing.TB, r *repository.Repository, id repo.ID, dir string, out map[string]*snapshot.Node) map[string]*snapshot.Node {
+	t.Helper()
+	if out == nil {
+		out = map[string]*snapshot.Node{}
+	}
+	data, err := r.LoadBlob(context.Background(), repo.TreeBlob, id)
+	if err != nil {
+		t.Fatalf("tree %s: %v", id.Short(), err)
+	}
+	tr, err := snapshot.DecodeTree(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range tr.Nodes {
+		p := path.Join(dir, n.Name)
+		out[p] = n
+		if n.Type == snapshot.TypeDir {
+			walk(t, r, n.Subtree, p, out)
+		}
+	}
+	return out
+}
+
+func keys(m map[string]*snapshot.Node) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// --- Fixture ----------------------------------------------------------------
+
+// fixture is a repository written in three flushes:
+//
+//	stage 1: data pack P1  {keep}
+//	stage 2: data pack P2d {lost x}, tree pack P2t {treeB rootGone}
+//	stage 3: tree pack P3t {treeA root rootOK}
+//
+// and three snapshots:
+//
+//	S      /a/keep (keep) /a/lost (lost) /b/x (x)      root in P3t, /b's tree in P2t
+//	Sok    /keep (keep)                                nothing in stage 2
+//	Sgone  /x (x)                                      root tree in P2t
+type fixture struct {
+	be    *mem.Backend
+	data  map[string][]byte
+	blobs map[string]repo.ID
+	snaps map[string]repo.ID
+	packs map[string]repo.ID
+	sizes map[string]int
+}
+
+func newFixture(t testing.TB) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	f := &fixture{be: mem.New(), data: map[string][]byte{}, blobs: map[string]repo.ID{}, snaps: map[string]repo.ID{},
+		packs: map[string]repo.ID{}, sizes: map[string]int{"keep": 5000, "lost": 6000, "x": 7000}}
+	r, err := repository.Create(ctx, f.be, []byte(testPassword), testOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	seed := uint64(10)
+	file := func(name, as string) *snapshot.Node {
+		if _, ok := f.blobs[name]; !ok {
+			f.data[name] = randBytes(seed, f.sizes[name])
+			seed++
+			f.blobs[name] = saveData(t, r, f.data[name])
+		}
+		return fileNode(as, f.sizes[name], f.blobs[name])
+	}
+	file("keep", "keep")
+	flush(t, r)
+	f.blobs["treeB"] = saveTree(t, r, file("x", "x"))
+	file("lost", "lost")
+	f.blobs["rootGone"] = saveTree(t, r, file("x", "x"), fileNode("empty", 0))
+	flush(t, r)
+	f.blobs["treeA"] = saveTree(t, r, file("keep", "keep"), file("lost", "lost"))
+	f.blobs["root"] = saveTree(t, r, dirNode("a", f.blobs["treeA"]), dirNode("b", f.blobs["treeB"]))
+	f.blobs["rootOK"] = saveTree(t, r, file("keep", "keep"))
+	flush(t, r)
+	for i, s := range []string{"S", "Sok", "Sgone"} {
+		root := map[string]string{"S": "root", "Sok": "rootOK", "Sgone": "rootGone"}[s]
+		sn := &snapshot.Snapshot{Time: baseTime.Add(time.Duration(i) * time.Hour), Tree: f.blobs[root], Paths: []string{"/src"},
+			Hostname: "host", Tags: []string{"t1"}}
+		if f.snaps[s], err = r.SaveSnapshot(ctx, sn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.packs["P1"] = packOf(t, r, repo.DataBlob, f.blobs["keep"])
+	f.packs["P2d"] = packOf(t, r, repo.DataBlob, f.blobs["lost"])
+	f.packs["P2t"] = packOf(t, r, repo.TreeBlob, f.blobs["treeB"])
+	f.packs["P3t"] = packOf(t, r, repo.TreeBlob, f.blobs["root"])
+	check := map[string][2]any{"x": {repo.DataBlob, "P2d"}, "rootGone": {repo.TreeBlob, "P2t"},
+		"treeA": {repo.TreeBlob, "P3t"}, "rootOK": {repo.TreeBlob, "P3t"}}
+	for name, c := range check {
+		if packOf(t, r, c[0].(repo.BlobType), f.blobs[name]) != f.packs[c[1].(string)] {
+			t.Fatalf("blob %s is not in pack %s", name, c[1])
+		}
+	}
+	if n := len(ids(t, f.be, backend.PackFile)); n != 4 {
+		t.Fatalf("fixture has %d packs, want 4", n)
+	}
+	return f
+}
+
+// --- RebuildIndex -------------------------------------------------------------
+
+func TestRebuildIndex(t *testing.T) {
+	tests := []struct {
+		name   string
+		damage func(t *testing.T, f *fixture, index []repo.ID)
+		// superseded: index files present when the rebuild runs.
+		superseded int
+	}{
+		{"all index files removed", func(t *testing.T, f *fixture, index []repo.ID) {
+			for _, id := range index {
+				remove(t, f.be, backend.IndexFile, id)
+			}
+		}, 0},
+		{"index files intact", func(*testing.T, *fixture, []repo.ID) {}, 3},
+		{"one index file garbage", func(t *testing.T, f *fixture, index []repo.ID) {
+			replace(t, f.be, backend.IndexFile, index[1], func(b []byte) []byte { return randBytes(3, len(b)) })
+		}, 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t)
+			want := indexContents(openRepo(t, f.be, true))
+			wantBlobs := 0
+			for _, l := range want {
+				wantBlobs += len(l)
+			}
+			if len(want) != 4 || wantBlobs != 8 {
+				t.Fatalf("original index: %d packs, %d blobs; want 4 and 8", len(want), wantBlobs)
+			}
+			oldIndex := ids(t, f.be, backend.IndexFile)
+			tc.damage(t, f, oldIndex)
+			present := ids(t, f.be, backend.IndexFile)
+
+			// Dry run: the same report, nothing written.
+			before := listing(t, f.be)
+			res, err := repair.RebuildIndex(ctx, openRepo(t, f.be, false), true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			diffListings(t, "dry run", before, listing(t, f.be))
+			if res.Packs != 4 || res.Blobs != 8 || res.LostBlobs != 0 || len(res.Damaged) != 0 || res.Superseded != tc.superseded || res.NewIndex != "" {
+				t.Errorf("dry run result %+v", res)
+			}
+
+			res, err = repair.RebuildIndex(ctx, openRepo(t, f.be, false), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Packs != 4 || res.Blobs != 8 || res.LostBlobs != 0 || len(res.Damaged) != 0 || res.Superseded != tc.superseded {
+				t.Errorf("result %+v", res)
+			}
+			after := ids(t, f.be, backend.IndexFile)
+			if len(after) != 1 || after[0].String() != res.NewIndex {
+				t.Fatalf("index files after the rebuild: %v, want only %s", after, res.NewIndex)
+			}
+			r := openRepo(t, f.be, true)
+			nf, err := r.LoadIndexFile(ctx, after[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(sortedIDs(nf.Supersedes), present) {
+				t.Errorf("new index supersedes %v, want %v", nf.Supersedes, present)
+			}
+			got := indexContents(r)
+			if len(got) != len(want) {
+				t.Errorf("rebuilt index names %d packs, want %d", len(got), len(want))
+			}
+			for id, blobs := range want {
+				if !slices.Equal(got[id], blobs) {
+					t.Errorf("pack %s: rebuilt index lists %v, want %v", id.Short(), got[id], blobs)
+				}
+			}
+			for _, s := range []string{"keep", "lost", "x"} {
+				data, err := r.LoadBlob(ctx, repo.DataBlob, f.blobs[s])
+				if err != nil || string(data) != string(f.data[s]) {
+					t.Errorf("blob %s after the rebuild: %v", s, err)
+				}
+			}
+		})
+	}
+}
+
+func TestRebuildIndexDamagedHeader(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	// The last four bytes are the header's length; just before them lies
+	// the sealed header's authentication tag.
+	replace(t, f.be, backend.PackFile, f.packs["P2d"], func(b []byte) []byte { b[len(b)-10] ^= 0x40; return b })
+	oldIndex := ids(t, f.be, backend.IndexFile)
+
+	for _, dryRun := range []bool{true, false} {
+		before := listing(t, f.be)
+		res, err := repair.RebuildIndex(ctx, openRepo(t, f.be, false), dryRun)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(res.Damaged, []string{f.packs["P2d"].String()}) {
+			t.Errorf("dry run %v: Damaged = %v, want [P2d %s]", dryRun, res.Damaged, f.packs["P2d"].Short())
+		}
+		// lost and x were only in P2d.
+		if res.LostBlobs != 2 || res.Packs != 3 || res.Blobs != 6 || res.Superseded != 3 {
+			t.Errorf("dry run %v: result %+v; want 2 lost blobs, 3 packs, 6 blobs, 3 superseded", dryRun, res)
+		}
+		if dryRun {
+			diffListings(t, "dry run", before, listing(t, f.be))
+		}
+	}
+	if !exists(t, f.be, backend.PackFile, f.packs["P2d"]) {
+		t.Error("the damaged pack was removed; it must be left for inspection")
+	}
+	for _, id := range oldIndex {
+		if exists(t, f.be, backend.IndexFile, id) {
+			t.Errorf("superseded index file %s not removed", id.Short())
+		}
+	}
+	r := openRepo(t, f.be, true)
+	if r.Index().HasPack(f.packs["P2d"]) {
+		t.Error("the damaged pack is indexed")
+	}
+	for name, want := range map[string]bool{"keep": true, "lost": false, "x": false} {
+		if got := r.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs[name]}); got != want {
+			t.Errorf("blob %s indexed: %v, want %v", name, got, want)
+		}
+	}
+}
+
+// TestRebuildIndexStorageError: a pack whose header cannot be loaded because
+// the storage failed (not because the header is damaged) must not be dropped
+// from the index: the rebuild has to stop, or keep it.
+func TestRebuildIndexStorageError(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	fb := fault.New(f.be)
+	victim := f.packs["P1"]
+	fb.SetRules(fault.Rules{FailLoad: fault.Select{Match: fault.Is(backend.Handle{Type: backend.PackFile, Name: victim.String()})}})
+	r, err := repository.Open(ctx, fb, []byte(testPassword), testOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	res, err := repair.RebuildIndex(ctx, r, false)
+	if err != nil {
+		if !errors.Is(err, fault.ErrInjected) {
+			t.Errorf("RebuildIndex = %v, want the storage error", err)
+		}
+		return
+	}
+	if !openRepo(t, f.be, true).Index().HasPack(victim) {
+		t.Errorf("a transient read error dropped the intact pack %s from the index (reported as damaged: %v) "+
+			"and the index files naming it were removed: the next prune deletes it as unindexed", victim.Short(), res.Damaged)
+	}
+}
+
+// --- Snapshots ----------------------------------------------------------------
+
+// breakFixture deletes the stage-2 packs, rebuilds the index and returns a
+// handle with the new index loaded.
+func breakFixture(t testing.TB, f *fixture) *repository.Repository {
+	t.Helper()
+	remove(t, f.be, backend.PackFile, f.packs["P2d"])
+	remove(t, f.be, backend.PackFile, f.packs["P2t"])
+	res, err := repair.RebuildIndex(context.Background(), openRepo(t, f.be, false), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// lost, x, treeB, rootGone
+	if res.LostBlobs != 4 || res.Packs != 2 {
+		t.Fatalf("rebuild after losing P2d and P2t: %+v; want 4 lost blobs, 2 packs", res)
+	}
+	return openRepo(t, f.be, true)
+}
+
+func resultsByID(res []repair.SnapshotResult) map[string]repair.SnapshotResult {
+	m := map[string]repair.SnapshotResult{}
+	for _, r := range res {
+		m[r.ID] = r
+	}
+	return m
+}
+
+func TestSnapshots(t *testing.T) {
+	tests := []struct {
+		name           string
+		dryRun, forget bool
+	}{
+		{"dry run", true, false},
+		{"dry run with forget", true, true},
+		{"rewrite", false, false},
+		{"rewrite and forget", false, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t)
+			r := breakFixture(t, f)
+			before := listing(t, f.be)
+			out, err := repair.Snapshots(ctx, r, tc.dryRun, tc.forget)
+			if err != nil {
+				t.Fatal(err)
+			}
+			byID := resultsByID(out)
+			s, ok := byID[f.snaps["S"].String()]
+			if !ok {
+				t.Fatalf("S not reported: %+v", out)
+			}
+			if !slices.Equal(s.Lost, []string{"/a/lost", "/b"}) || s.RootLost {
+				t.Errorf("S: lost %q (root lost %v), want [/a/lost /b]", s.Lost, s.RootLost)
+			}
+			g, ok := byID[f.snaps["Sgone"].String()]
+			if !ok || !g.RootLost || !slices.Equal(g.Lost, []string{"/"}) || g.New != "" {
+				t.Errorf("Sgone: %+v (reported %v), want root lost, lost [/], not rewritten", g, ok)
+			}
+
+			if tc.dryRun {
+				diffListings(t, "dry run", before, listing(t, f.be))
+				for _, res := range out {
+					if res.New != "" || res.Removed {
+						t.Errorf("dry run reports a write: %+v", res)
+					}
+				}
+				return
+			}
+
+			// The originals stay unless forget.
+			for _, name := range []string{"S", "Sgone"} {
+				res := byID[f.snaps[name].String()]
+				if got := exists(t, f.be, backend.SnapshotFile, f.snaps[name]); got == tc.forget || res.Removed != tc.forget {
+					t.Errorf("%s: stored %v, Removed %v; forget %v", name, got, res.Removed, tc.forget)
+				}
+			}
+			if !exists(t, f.be, backend.SnapshotFile, f.snaps["Sok"]) {
+				t.Error("Sok, which lost nothing, was removed")
+			}
+
+			newID, err := repo.ParseID(s.New)
+			if err != nil {
+				t.Fatalf("S not rewritten: New = %q", s.New)
+			}
+			r2 := openRepo(t, f.be, true)
+			ns, err := r2.LoadSnapshot(ctx, newID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(ns.Tags, []string{"t1", repair.RepairedTag}) || !ns.Time.Equal(baseTime) || ns.Hostname != "host" || !slices.Equal(ns.Paths, []string{"/src"}) {
+				t.Errorf("rewritten snapshot %+v: want the original's time, host and paths, tags [t1 repaired]", ns)
+			}
+			nodes := walk(t, r2, ns.Tree, "/", nil)
+			if got := keys(nodes); !slices.Equal(got, []string{"/a", "/a/keep"}) {
+				t.Errorf("rewritten tree holds %v, want [/a /a/keep]", got)
+			}
+			if n := nodes["/a/keep"]; n == nil || !slices.Equal(n.Content, []repo.ID{f.blobs["keep"]}) || n.Size != uint64(f.sizes["keep"]) || !n.ModTime.Equal(baseTime) {
+				t.Errorf("/a/keep: %+v", n)
+			} else if data, err := r2.LoadBlob(ctx, repo.DataBlob, n.Content[0]); err != nil || string(data) != string(f.data["keep"]) {
+				t.Errorf("/a/keep content: %v", err)
+			}
+			// Every blob of the rewritten snapshot is indexed and loads.
+			err = r2.WalkTree(ctx, ns.Tree, map[repo.ID]bool{}, func(h repo.BlobHandle, err error) error {
+				if err == nil {
+					_, err = r2.LoadBlob(ctx, h.Type, h.ID)
+				}
+				if err != nil {
+					t.Errorf("rewritten snapshot: %v", err)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestSnapshotsLeavesWholeSnapshotsAlone: a snapshot that refers to nothing
+// lost is neither reported nor rewritten (nor removed with forget).
+func TestSnapshotsLeavesWholeSnapshotsAlone(t *testing.T) {
+	for _, forget := range []bool{false, true} {
+		ctx := context.Background()
+		f := newFixture(t)
+		r := breakFixture(t, f)
+		snapsBefore := ids(t, f.be, backend.SnapshotFile)
+		out, err := repair.Snapshots(ctx, r, false, forget)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res, ok := resultsByID(out)[f.snaps["Sok"].String()]; ok {
+			t.Errorf("forget %v: a whole snapshot was reported as repaired: %+v", forget, res)
+		}
+		if !exists(t, f.be, backend.SnapshotFile, f.snaps["Sok"]) {
+			t.Errorf("forget %v: a whole snapshot was removed", forget)
+		}
+		// S rewritten (+1), Sgone not (root lost); with forget both go (-2).
+		want := len(snapsBefore) + 1
+		if forget {
+			want -= 2
+		}
+		if got := len(ids(t, f.be, backend.SnapshotFile)); got != want {
+			t.Errorf("forget %v: %d snapshots after the repair, want %d", forget, got, want)
+		}
+	}
+
+	// Nothing lost at all: nothing to do.
+	f := newFixture(t)
+	before := listing(t, f.be)
+	out, err := repair.Snapshots(context.Background(), openRepo(t, f.be, true), false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 0 {
+		t.Errorf("repair of an intact repository reports %d snapshots: %+v", len(out), out)
+	}
+	diffListings(t, "repair of an intact repository", before, listing(t, f.be))
+}
+
+// TestSnapshotsStorageError: a tree that cannot be loaded because the
+// storage failed is not lost. Repairing around it would drop a whole
+// directory (or, for a root tree, with forget, the whole snapshot) for good;
+// the repair has to stop and change nothing.
+func TestSnapshotsStorageError(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t) // nothing lost
+	fb := fault.New(f.be)
+	fb.SetRules(fault.Rules{FailLoad: fault.Select{Match: fault.Is(backend.Handle{Type: backend.PackFile, Name: f.packs["P2t"].String()})}})
+	r, err := repository.Open(ctx, fb, []byte(testPassword), testOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := listing(t, f.be)
+	out, err := repair.Snapshots(ctx, r, false, true)
+	if err == nil {
+		t.Errorf("Snapshots with an unreadable (not lost) tree pack succeeded: %+v", out)
+	}
+	diffListings(t, "repair during a storage failure", before, listing(t, f.be))
+}
