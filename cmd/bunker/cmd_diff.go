@@ -26,11 +26,11 @@ func newDiffCmd(g *globalOptions) *cobra.Command {
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
-			r, err := g.openRepo(ctx, true)
+			r, _, release, err := g.openRepoLocked(ctx, true, false)
 			if err != nil {
 				return err
 			}
-			defer closeRepo(r)
+			defer release()
 			a, err := findSnapshot(ctx, r, args[0], snapshotFilter{})
 			if err != nil {
 				return err

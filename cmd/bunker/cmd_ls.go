@@ -68,11 +68,11 @@ func newLsCmd(g *globalOptions) *cobra.Command {
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
-			r, sn, err := g.openSnapshot(ctx, args[0], f)
+			r, sn, release, err := g.openSnapshot(ctx, args[0], f)
 			if err != nil {
 				return err
 			}
-			defer closeRepo(r)
+			defer release()
 			start := "/"
 			if len(args) == 2 {
 				start = path.Clean("/" + args[1])

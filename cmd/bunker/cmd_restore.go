@@ -36,11 +36,11 @@ func newRestoreCmd(g *globalOptions) *cobra.Command {
 			}
 			ctx := c.Context()
 			start := time.Now()
-			r, sn, err := g.openSnapshot(ctx, args[0], f)
+			r, sn, release, err := g.openSnapshot(ctx, args[0], f)
 			if err != nil {
 				return err
 			}
-			defer closeRepo(r)
+			defer release()
 			var failed []string
 			res := restorer.New(r, restorer.Options{
 				Includes: includes, Excludes: excludes, Match: archiver.Excluded, Verify: verify,
@@ -96,11 +96,11 @@ func newDumpCmd(g *globalOptions) *cobra.Command {
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
-			r, sn, err := g.openSnapshot(ctx, args[0], f)
+			r, sn, release, err := g.openSnapshot(ctx, args[0], f)
 			if err != nil {
 				return err
 			}
-			defer closeRepo(r)
+			defer release()
 			node, err := findNode(ctx, r, sn.Tree, args[1])
 			if err != nil {
 				return err

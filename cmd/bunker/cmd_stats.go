@@ -33,11 +33,11 @@ func newStatsCmd(g *globalOptions) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ctx := c.Context()
-			r, err := g.openRepo(ctx, true)
+			r, _, release, err := g.openRepoLocked(ctx, true, false)
 			if err != nil {
 				return err
 			}
-			defer closeRepo(r)
+			defer release()
 			snaps, err := r.Snapshots(ctx)
 			if err != nil {
 				return err

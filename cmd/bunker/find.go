@@ -35,19 +35,20 @@ func (f snapshotFilter) match(sn *snapshot.Snapshot) bool {
 	return true
 }
 
-// openSnapshot opens the repository with its index and resolves a snapshot;
-// the caller closes the repository with closeRepo.
-func (g *globalOptions) openSnapshot(ctx context.Context, arg string, f snapshotFilter) (*repository.Repository, *snapshot.Snapshot, error) {
-	r, err := g.openRepo(ctx, true)
+// openSnapshot opens the repository with its index under a shared lock (so
+// that no prune deletes what is being read) and resolves a snapshot; the
+// caller calls release when done.
+func (g *globalOptions) openSnapshot(ctx context.Context, arg string, f snapshotFilter) (*repository.Repository, *snapshot.Snapshot, func(), error) {
+	r, _, release, err := g.openRepoLocked(ctx, true, false)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	sn, err := findSnapshot(ctx, r, arg, f)
 	if err != nil {
-		closeRepo(r)
-		return nil, nil, err
+		release()
+		return nil, nil, nil, err
 	}
-	return r, sn, nil
+	return r, sn, release, nil
 }
 
 // findSnapshot resolves "latest" or an ID prefix.

@@ -292,31 +292,15 @@ func MakePlan(ctx context.Context, r *repository.Repository, opts Options, now t
 // loadIndexFiles reads every index file; an unreadable one stops the prune.
 // It returns the live pack entries.
 func loadIndexFiles(ctx context.Context, r *repository.Repository, p *Plan) ([]index.PackEntry, error) {
-	ids, err := r.List(ctx, backend.IndexFile)
+	ids, files, err := r.LoadIndexFiles(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list index: %w", err)
-	}
-	sortIDs(ids)
-	files := make([]*index.File, len(ids))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	for i, id := range ids {
-		g.Go(func() error {
-			f, err := r.LoadIndexFile(gctx, id)
-			if err != nil {
-				return fmt.Errorf("%w: index file %s: %w (run `bunker repair index`)", ErrNeedsRepair, id.Short(), err)
-			}
-			files[i] = f
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w (run `bunker repair index`)", ErrNeedsRepair, err)
 	}
 	byID := make(map[repo.ID]*index.File, len(ids))
 	for i, id := range ids {
 		byID[id] = files[i]
 	}
+	sortIDs(ids)
 	p.indexFiles = ids
 	p.IndexFiles = len(ids)
 	return index.Live(byID), nil

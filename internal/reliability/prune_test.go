@@ -193,6 +193,19 @@ func startAndWaitLock(t *testing.T, tr *testRepo, env []string, args ...string) 
 	return cmd, &stdout, &stderr
 }
 
+// stoppedBeforeCommit wants a backup that lost its lock to have exited 11
+// with msg, committed no snapshot and left a repository that checks clean.
+func stoppedBeforeCommit(t *testing.T, tr *testRepo, res cliResult, msg string) {
+	t.Helper()
+	if res.code != 11 || !strings.Contains(res.stderr, msg) {
+		t.Fatalf("backup that lost its lock: want exit 11 and %q, got %v", msg, res)
+	}
+	if ids := tr.snapshotIDs(t); len(ids) != 0 {
+		t.Fatalf("snapshots committed: %v", ids)
+	}
+	tr.mustCheckClean(t, true)
+}
+
 func finish(t *testing.T, cmd *exec.Cmd, stdout, stderr *strings.Builder) cliResult {
 	t.Helper()
 	err := cmd.Wait()
@@ -227,14 +240,7 @@ func TestA6StoppedPastLockLifetime(t *testing.T) {
 		if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
-		res := finish(t, cmd, stdout, stderr)
-		if res.code != 11 || !strings.Contains(res.stderr, "lost the repository lock") {
-			t.Fatalf("resumed backup: want exit 11 and a lost-lock error, got %v", res)
-		}
-		if ids := tr.snapshotIDs(t); len(ids) != 0 {
-			t.Fatalf("the stopped backup committed snapshots %v", ids)
-		}
-		tr.mustCheckClean(t, true)
+		stoppedBeforeCommit(t, tr, finish(t, cmd, stdout, stderr), "lost the repository lock")
 	})
 	t.Run("prune", func(t *testing.T) {
 		tr := newTestRepo(t)
@@ -577,14 +583,7 @@ func TestD4LockRemovedByHand(t *testing.T) {
 		makeSource(t, src, 4, 32<<20)
 		cmd, stdout, stderr := startAndWaitLock(t, tr, nil, "backup", "--host", "reliability", src)
 		removeLocks(t, tr)
-		res := finish(t, cmd, stdout, stderr)
-		if res.code != 11 || !strings.Contains(res.stderr, "removed by someone else") {
-			t.Fatalf("backup whose lock was removed: want exit 11, got %v", res)
-		}
-		if ids := tr.snapshotIDs(t); len(ids) != 0 {
-			t.Fatalf("snapshots committed: %v", ids)
-		}
-		tr.mustCheckClean(t, true)
+		stoppedBeforeCommit(t, tr, finish(t, cmd, stdout, stderr), "removed by someone else")
 	})
 	t.Run("prune", func(t *testing.T) {
 		tr := newTestRepo(t)

@@ -369,10 +369,12 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 	}
 }
 
-func (r *Repository) loadIndex(ctx context.Context) error {
+// LoadIndexFiles lists the index files and reads them all, several at once.
+// The first file that cannot be read stops it; the error names the file.
+func (r *Repository) LoadIndexFiles(ctx context.Context) ([]repo.ID, []*index.File, error) {
 	ids, err := r.List(ctx, backend.IndexFile)
 	if err != nil {
-		return fmt.Errorf("list index: %w", err)
+		return nil, nil, fmt.Errorf("list index: %w", err)
 	}
 	files := make([]*index.File, len(ids))
 	g, gctx := errgroup.WithContext(ctx)
@@ -385,6 +387,14 @@ func (r *Repository) loadIndex(ctx context.Context) error {
 		})
 	}
 	if err := g.Wait(); err != nil {
+		return nil, nil, err
+	}
+	return ids, files, nil
+}
+
+func (r *Repository) loadIndex(ctx context.Context) error {
+	ids, files, err := r.LoadIndexFiles(ctx)
+	if err != nil {
 		return err
 	}
 	byID := make(map[repo.ID]*index.File, len(ids))
