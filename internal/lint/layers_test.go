@@ -31,6 +31,7 @@ var rules = []rule{
 	{"internal/repo/pack", []string{"internal/repo", "internal/repo/crypto"}},
 	{"internal/repo/index", []string{"internal/repo", "internal/repo/pack"}},
 	{"internal/repo/repository", []string{"internal/repo/...", "internal/backend/...", "internal/snapshot"}},
+	{"internal/repo/repotest", []string{"internal/repo/...", "internal/backend/...", "internal/snapshot"}},
 	{"internal/snapshot", []string{"internal/repo"}},
 	{"internal/policy", []string{"internal/snapshot", "internal/repo"}},
 	{"internal/api", []string{}},

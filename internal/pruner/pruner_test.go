@@ -2,11 +2,8 @@ package pruner_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -18,188 +15,12 @@ import (
 	"bunker/internal/backend/mem"
 	"bunker/internal/pruner"
 	"bunker/internal/repo"
-	"bunker/internal/repo/crypto"
 	"bunker/internal/repo/repository"
+	"bunker/internal/repo/repotest"
 	"bunker/internal/snapshot"
 )
 
-// Small packs and a cheap KDF: the tests make many packs quickly.
-var testOpts = repository.Options{KDF: crypto.TestKDF, PackSize: 64 << 10}
-
-const testPassword = "pw"
-
-var baseTime = time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
-
 // --- Helpers ----------------------------------------------------------------
-
-func openRepo(t testing.TB, be backend.Backend, withIndex bool) *repository.Repository {
-	t.Helper()
-	ctx := context.Background()
-	r, err := repository.Open(ctx, be, []byte(testPassword), testOpts)
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	t.Cleanup(func() { r.Close() })
-	if withIndex {
-		if err := r.LoadIndex(ctx); err != nil {
-			t.Fatalf("load index: %v", err)
-		}
-	}
-	return r
-}
-
-func randBytes(seed uint64, n int) []byte {
-	rng := rand.New(rand.NewPCG(seed, 0x5eed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(rng.Uint32())
-	}
-	return b
-}
-
-func saveData(t testing.TB, r *repository.Repository, data []byte) repo.ID {
-	t.Helper()
-	id, _, _, err := r.SaveBlob(context.Background(), repo.DataBlob, data, repo.ID{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
-}
-
-func saveTree(t testing.TB, r *repository.Repository, nodes ...*snapshot.Node) repo.ID {
-	t.Helper()
-	tree := &snapshot.Tree{Nodes: nodes}
-	tree.Sort()
-	id, _, _, err := r.SaveBlob(context.Background(), repo.TreeBlob, tree.Encode(), repo.ID{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
-}
-
-func fileNode(name string, size int, content ...repo.ID) *snapshot.Node {
-	return &snapshot.Node{Name: name, Type: snapshot.TypeFile, Mode: 0o644, ModTime: baseTime, Links: 1,
-		Size: uint64(size), Content: content}
-}
-
-func dirNode(name string, sub repo.ID) *snapshot.Node {
-	return &snapshot.Node{Name: name, Type: snapshot.TypeDir, Mode: 0o755, ModTime: baseTime, Subtree: sub}
-}
-
-func flush(t testing.TB, r *repository.Repository) {
-	t.Helper()
-	if err := r.Flush(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// saveSnapshot flushes r and stores a snapshot of tree.
-func saveSnapshot(t testing.TB, r *repository.Repository, tree repo.ID, at time.Time) repo.ID {
-	t.Helper()
-	flush(t, r)
-	id, err := r.SaveSnapshot(context.Background(), &snapshot.Snapshot{Time: at, Tree: tree, Paths: []string{"/src"}, Hostname: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
-}
-
-func packOf(t testing.TB, r *repository.Repository, tp repo.BlobType, id repo.ID) repo.ID {
-	t.Helper()
-	loc, ok := r.LookupBlob(repo.BlobHandle{Type: tp, ID: id})
-	if !ok {
-		t.Fatalf("%v blob %s is not indexed", tp, id.Short())
-	}
-	return loc.Pack
-}
-
-func ids(t testing.TB, be backend.Backend, ft backend.FileType) map[repo.ID]backend.FileInfo {
-	t.Helper()
-	out := map[repo.ID]backend.FileInfo{}
-	err := be.List(context.Background(), ft, func(fi backend.FileInfo) error {
-		id, err := repo.ParseID(fi.Name)
-		if err != nil {
-			return err
-		}
-		out[id] = fi
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func exists(t testing.TB, be backend.Backend, ft backend.FileType, id repo.ID) bool {
-	t.Helper()
-	_, err := be.Stat(context.Background(), backend.Handle{Type: ft, Name: id.String()})
-	if err != nil && !errors.Is(err, backend.ErrNotExist) {
-		t.Fatal(err)
-	}
-	return err == nil
-}
-
-func remove(t testing.TB, be backend.Backend, ft backend.FileType, id repo.ID) {
-	t.Helper()
-	if err := be.Remove(context.Background(), backend.Handle{Type: ft, Name: id.String()}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func replace(t testing.TB, be backend.Backend, ft backend.FileType, id repo.ID, edit func([]byte) []byte) {
-	t.Helper()
-	ctx := context.Background()
-	h := backend.Handle{Type: ft, Name: id.String()}
-	data, err := backend.LoadAll(ctx, be, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := be.Remove(ctx, h); err != nil {
-		t.Fatal(err)
-	}
-	if err := be.Save(ctx, h, edit(data)); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// listing fingerprints every stored file of every type.
-func listing(t testing.TB, be backend.Backend) map[string]string {
-	t.Helper()
-	ctx := context.Background()
-	out := map[string]string{}
-	for _, ft := range backend.AllTypes {
-		err := be.List(ctx, ft, func(fi backend.FileInfo) error {
-			h := backend.Handle{Type: ft, Name: fi.Name}
-			data, err := backend.LoadAll(ctx, be, h)
-			if err != nil {
-				return err
-			}
-			sum := sha256.Sum256(data)
-			out[h.String()] = hex.EncodeToString(sum[:])
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	return out
-}
-
-func diffListings(t testing.TB, what string, before, after map[string]string) {
-	t.Helper()
-	for k, v := range before {
-		if w, ok := after[k]; !ok {
-			t.Errorf("%s: %s disappeared", what, k)
-		} else if w != v {
-			t.Errorf("%s: %s changed", what, k)
-		}
-	}
-	for k := range after {
-		if _, ok := before[k]; !ok {
-			t.Errorf("%s: %s appeared", what, k)
-		}
-	}
-}
 
 // verifySnapshot loads every blob of a snapshot's tree through a handle with
 // the current index and returns how many it loaded.
@@ -289,7 +110,7 @@ func newFixture(t testing.TB) *fixture {
 	ctx := context.Background()
 	f := &fixture{be: mem.New(), data: map[string][]byte{}, blobs: map[string]repo.ID{}, snaps: map[string]repo.ID{},
 		packs: map[string]repo.ID{}, lens: map[repo.ID]int64{}}
-	r, err := repository.Create(ctx, f.be, []byte(testPassword), testOpts)
+	r, err := repository.Create(ctx, f.be, []byte(repotest.Password), repotest.Options)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,16 +119,16 @@ func newFixture(t testing.TB) *fixture {
 	seed := uint64(1)
 	file := func(name string) *snapshot.Node {
 		if _, ok := f.blobs[name]; !ok {
-			f.data[name] = randBytes(seed, sizes[name])
+			f.data[name] = repotest.RandBytes(seed, sizes[name])
 			seed++
-			f.blobs[name] = saveData(t, r, f.data[name])
+			f.blobs[name] = repotest.SaveData(t, r, f.data[name])
 		}
-		return fileNode(name, sizes[name], f.blobs[name])
+		return repotest.FileNode(name, sizes[name], f.blobs[name])
 	}
 	indexBefore := map[repo.ID]backend.FileInfo{}
 	newIndex := func() {
 		var added []repo.ID
-		for id := range ids(t, f.be, backend.IndexFile) {
+		for id := range repotest.Files(t, f.be, backend.IndexFile) {
 			if _, ok := indexBefore[id]; !ok {
 				added = append(added, id)
 				indexBefore[id] = backend.FileInfo{}
@@ -319,15 +140,15 @@ func newFixture(t testing.TB) *fixture {
 		f.index = append(f.index, added)
 	}
 
-	f.blobs["T1"] = saveTree(t, r, file("a1"), file("a2"))
-	f.snaps["S1"] = saveSnapshot(t, r, f.blobs["T1"], baseTime)
+	f.blobs["T1"] = repotest.SaveTree(t, r, file("a1"), file("a2"))
+	f.snaps["S1"] = repotest.SaveSnapshot(t, r, f.blobs["T1"], repotest.BaseTime)
 	newIndex()
-	f.blobs["T2"] = saveTree(t, r, file("b1"), file("b2"))
-	f.snaps["S2"] = saveSnapshot(t, r, f.blobs["T2"], baseTime.Add(time.Hour))
+	f.blobs["T2"] = repotest.SaveTree(t, r, file("b1"), file("b2"))
+	f.snaps["S2"] = repotest.SaveSnapshot(t, r, f.blobs["T2"], repotest.BaseTime.Add(time.Hour))
 	newIndex()
-	f.blobs["sub"] = saveTree(t, r, file("b1"), file("c1"))
-	f.blobs["root3"] = saveTree(t, r, dirNode("dir", f.blobs["sub"]))
-	f.snaps["S3"] = saveSnapshot(t, r, f.blobs["root3"], baseTime.Add(2*time.Hour))
+	f.blobs["sub"] = repotest.SaveTree(t, r, file("b1"), file("c1"))
+	f.blobs["root3"] = repotest.SaveTree(t, r, repotest.DirNode("dir", f.blobs["sub"]))
+	f.snaps["S3"] = repotest.SaveSnapshot(t, r, f.blobs["root3"], repotest.BaseTime.Add(2*time.Hour))
 	newIndex()
 
 	packOfName := func(name string) repo.ID {
@@ -335,7 +156,7 @@ func newFixture(t testing.TB) *fixture {
 		if name[0] == 'T' || name == "sub" || name == "root3" {
 			tp = repo.TreeBlob
 		}
-		return packOf(t, r, tp, f.blobs[name])
+		return repotest.PackOf(t, r, tp, f.blobs[name])
 	}
 	f.packs["D1"], f.packs["TP1"] = packOfName("a1"), packOfName("T1")
 	f.packs["D2"], f.packs["TP2"] = packOfName("b1"), packOfName("T2")
@@ -349,8 +170,8 @@ func newFixture(t testing.TB) *fixture {
 	for _, id := range f.packs {
 		distinct[id] = true
 	}
-	if len(distinct) != 6 || len(ids(t, f.be, backend.PackFile)) != 6 {
-		t.Fatalf("fixture has %d distinct packs (%d stored), want 6", len(distinct), len(ids(t, f.be, backend.PackFile)))
+	if len(distinct) != 6 || len(repotest.Files(t, f.be, backend.PackFile)) != 6 {
+		t.Fatalf("fixture has %d distinct packs (%d stored), want 6", len(distinct), len(repotest.Files(t, f.be, backend.PackFile)))
 	}
 	r.Index().Each(func(h repo.BlobHandle, loc repo.Location) { f.lens[h.ID] = int64(loc.Length) })
 	return f
@@ -359,7 +180,7 @@ func newFixture(t testing.TB) *fixture {
 func (f *fixture) forget(t testing.TB, snaps ...string) {
 	t.Helper()
 	for _, s := range snaps {
-		remove(t, f.be, backend.SnapshotFile, f.snaps[s])
+		repotest.Remove(t, f.be, backend.SnapshotFile, f.snaps[s])
 	}
 }
 
@@ -412,13 +233,13 @@ func TestPlanClassification(t *testing.T) {
 		t.Run(fmt.Sprintf("max-unused-%g", tc.maxUnused), func(t *testing.T) {
 			f := newFixture(t)
 			f.forget(t, "S1", "S2")
-			before := listing(t, f.be)
-			r := openRepo(t, f.be, false)
+			before := repotest.Listing(t, f.be)
+			r := repotest.Open(t, f.be, false)
 			p, err := pruner.MakePlan(context.Background(), r, pruner.Options{MaxUnused: tc.maxUnused}, time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}
-			diffListings(t, "MakePlan", before, listing(t, f.be))
+			repotest.DiffListings(t, "MakePlan", before, repotest.Listing(t, f.be))
 
 			if got, want := packIDs(p.Delete), f.ids("D1", "TP1", "TP2"); !slices.Equal(got, want) {
 				t.Errorf("Delete = %v, want D1 TP1 TP2", names(f.packs, got))
@@ -488,7 +309,7 @@ func TestPlanClassification(t *testing.T) {
 
 func TestPlanForgottenCountAsRemoved(t *testing.T) {
 	f := newFixture(t)
-	r := openRepo(t, f.be, false)
+	r := repotest.Open(t, f.be, false)
 	p, err := pruner.MakePlan(context.Background(), r, pruner.Options{MaxUnused: 10,
 		Forgotten: map[repo.ID]bool{f.snaps["S1"]: true, f.snaps["S2"]: true}}, time.Now())
 	if err != nil {
@@ -498,7 +319,7 @@ func TestPlanForgottenCountAsRemoved(t *testing.T) {
 		t.Errorf("Delete = %v (snapshots %d), want D1 TP1 TP2 (1)", names(f.packs, got), p.Snapshots)
 	}
 	// Nothing forgotten: every pack is used.
-	r = openRepo(t, f.be, false)
+	r = repotest.Open(t, f.be, false)
 	p, err = pruner.MakePlan(context.Background(), r, pruner.Options{MaxUnused: 10}, time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -513,7 +334,7 @@ func TestExecute(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	f.forget(t, "S1", "S2")
-	r := openRepo(t, f.be, false)
+	r := repotest.Open(t, f.be, false)
 	opts := pruner.Options{MaxUnused: 10, Wait: time.Millisecond}
 	p, err := pruner.MakePlan(ctx, r, opts, time.Now())
 	if err != nil {
@@ -531,7 +352,7 @@ func TestExecute(t *testing.T) {
 	}
 	var wantBytes int64
 	for _, n := range []string{"D1", "TP1", "TP2", "D2"} {
-		if exists(t, f.be, backend.PackFile, f.packs[n]) {
+		if repotest.Exists(t, f.be, backend.PackFile, f.packs[n]) {
 			t.Errorf("pack %s still stored", n)
 		}
 	}
@@ -542,13 +363,13 @@ func TestExecute(t *testing.T) {
 		t.Errorf("DeletedBytes %d, want %d", res.DeletedBytes, wantBytes)
 	}
 	for _, n := range []string{"D3", "TP3"} {
-		if !exists(t, f.be, backend.PackFile, f.packs[n]) {
+		if !repotest.Exists(t, f.be, backend.PackFile, f.packs[n]) {
 			t.Errorf("kept pack %s was deleted", n)
 		}
 	}
 
 	// One index file, superseding the three old ones.
-	index := ids(t, f.be, backend.IndexFile)
+	index := repotest.Files(t, f.be, backend.IndexFile)
 	if _, ok := index[res.NewIndex]; !ok || len(index) != 1 {
 		t.Fatalf("index files after prune: %d (new index present: %v), want only the new one", len(index), ok)
 	}
@@ -561,7 +382,7 @@ func TestExecute(t *testing.T) {
 	}
 
 	// The snapshot left reads back in full, b1 from its new pack.
-	r2 := openRepo(t, f.be, true)
+	r2 := repotest.Open(t, f.be, true)
 	if n := verifySnapshot(t, r2, f.snaps["S3"]); n != 4 {
 		t.Errorf("walked %d blobs of S3, want 4", n)
 	}
@@ -578,19 +399,19 @@ func TestExecute(t *testing.T) {
 			t.Errorf("unused blob %s still indexed", n)
 		}
 	}
-	if got := len(ids(t, f.be, backend.PackFile)); got != 3 {
+	if got := len(repotest.Files(t, f.be, backend.PackFile)); got != 3 {
 		t.Errorf("%d packs stored, want 3 (D3, TP3, the new one)", got)
 	}
 
 	// A second prune has nothing to do.
-	p2, err := pruner.MakePlan(ctx, openRepo(t, f.be, false), opts, time.Now())
+	p2, err := pruner.MakePlan(ctx, repotest.Open(t, f.be, false), opts, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !p2.Nothing() || p2.UnusedBlobs != 0 || p2.Packs != 3 || p2.IndexFiles != 1 {
 		t.Errorf("second plan: nothing %v, unused %d, packs %d, index files %d", p2.Nothing(), p2.UnusedBlobs, p2.Packs, p2.IndexFiles)
 	}
-	res2, err := pruner.Execute(ctx, openRepo(t, f.be, false), p2, opts)
+	res2, err := pruner.Execute(ctx, repotest.Open(t, f.be, false), p2, opts)
 	if err != nil || res2.DeletedPacks != 0 || !res2.NewIndex.IsNull() {
 		t.Errorf("second Execute: %+v, %v", res2, err)
 	}
@@ -602,16 +423,16 @@ func TestUnindexedPacks(t *testing.T) {
 		make func(t *testing.T, r *repository.Repository)
 	}{
 		{"FlushPacks without index", func(t *testing.T, r *repository.Repository) {
-			saveData(t, r, randBytes(100, 10000))
+			repotest.SaveData(t, r, repotest.RandBytes(100, 10000))
 			packs, err := r.FlushPacks(context.Background())
 			if err != nil || len(packs) != 1 {
 				t.Fatalf("FlushPacks: %d packs, %v", len(packs), err)
 			}
 		}},
 		{"Abort after a full pack", func(t *testing.T, r *repository.Repository) {
-			saveData(t, r, randBytes(101, 40000))
-			saveData(t, r, randBytes(102, 40000)) // fills the pack: uploaded
-			saveData(t, r, randBytes(103, 1000))  // left open: dropped
+			repotest.SaveData(t, r, repotest.RandBytes(101, 40000))
+			repotest.SaveData(t, r, repotest.RandBytes(102, 40000)) // fills the pack: uploaded
+			repotest.SaveData(t, r, repotest.RandBytes(103, 1000))  // left open: dropped
 			r.Abort()
 		}},
 	}
@@ -620,11 +441,11 @@ func TestUnindexedPacks(t *testing.T) {
 			ctx := context.Background()
 			f := newFixture(t)
 			f.forget(t, "S1")
-			before := ids(t, f.be, backend.PackFile)
-			mk.make(t, openRepo(t, f.be, true))
+			before := repotest.Files(t, f.be, backend.PackFile)
+			mk.make(t, repotest.Open(t, f.be, true))
 			var orphan repo.ID
 			var fi backend.FileInfo
-			for id, info := range ids(t, f.be, backend.PackFile) {
+			for id, info := range repotest.Files(t, f.be, backend.PackFile) {
 				if _, ok := before[id]; !ok {
 					if !orphan.IsNull() {
 						t.Fatal("more than one unindexed pack")
@@ -645,7 +466,7 @@ func TestUnindexedPacks(t *testing.T) {
 				{fi.ModTime.Add(2 * time.Hour), false},
 			}
 			for _, c := range classify {
-				p, err := pruner.MakePlan(ctx, openRepo(t, f.be, false), pruner.Options{}, c.now)
+				p, err := pruner.MakePlan(ctx, repotest.Open(t, f.be, false), pruner.Options{}, c.now)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -663,7 +484,7 @@ func TestUnindexedPacks(t *testing.T) {
 
 			// Young: kept, while the rest of the plan is carried out.
 			opts := pruner.Options{Wait: time.Millisecond}
-			r := openRepo(t, f.be, false)
+			r := repotest.Open(t, f.be, false)
 			p, err := pruner.MakePlan(ctx, r, opts, time.Now())
 			if err != nil {
 				t.Fatal(err)
@@ -674,15 +495,15 @@ func TestUnindexedPacks(t *testing.T) {
 			if _, err := pruner.Execute(ctx, r, p, opts); err != nil {
 				t.Fatal(err)
 			}
-			if !exists(t, f.be, backend.PackFile, orphan) {
+			if !repotest.Exists(t, f.be, backend.PackFile, orphan) {
 				t.Fatal("young unindexed pack deleted")
 			}
-			if exists(t, f.be, backend.PackFile, f.packs["D1"]) {
+			if repotest.Exists(t, f.be, backend.PackFile, f.packs["D1"]) {
 				t.Fatal("D1 not deleted")
 			}
 
 			// Older than the grace period: deleted.
-			r = openRepo(t, f.be, false)
+			r = repotest.Open(t, f.be, false)
 			p, err = pruner.MakePlan(ctx, r, opts, fi.ModTime.Add(2*time.Hour))
 			if err != nil {
 				t.Fatal(err)
@@ -694,10 +515,10 @@ func TestUnindexedPacks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if exists(t, f.be, backend.PackFile, orphan) || res.DeletedPacks != len(p.Delete)+len(p.Repack)+1 {
+			if repotest.Exists(t, f.be, backend.PackFile, orphan) || res.DeletedPacks != len(p.Delete)+len(p.Repack)+1 {
 				t.Fatalf("unindexed pack older than the grace period not deleted (result %+v)", res)
 			}
-			r2 := openRepo(t, f.be, true)
+			r2 := repotest.Open(t, f.be, true)
 			for _, s := range []string{"S2", "S3"} {
 				verifySnapshot(t, r2, f.snaps[s])
 			}
@@ -710,23 +531,23 @@ func TestRefusesDamagedRepository(t *testing.T) {
 		name   string
 		damage func(t *testing.T, f *fixture)
 	}{
-		{"used pack missing", func(t *testing.T, f *fixture) { remove(t, f.be, backend.PackFile, f.packs["D3"]) }},
-		{"unused pack missing", func(t *testing.T, f *fixture) { remove(t, f.be, backend.PackFile, f.packs["D1"]) }},
+		{"used pack missing", func(t *testing.T, f *fixture) { repotest.Remove(t, f.be, backend.PackFile, f.packs["D3"]) }},
+		{"unused pack missing", func(t *testing.T, f *fixture) { repotest.Remove(t, f.be, backend.PackFile, f.packs["D1"]) }},
 		{"pack truncated by one byte", func(t *testing.T, f *fixture) {
-			replace(t, f.be, backend.PackFile, f.packs["D2"], func(b []byte) []byte { return b[:len(b)-1] })
+			repotest.Replace(t, f.be, backend.PackFile, f.packs["D2"], func(b []byte) []byte { return b[:len(b)-1] })
 		}},
 		{"pack cut to its blobs", func(t *testing.T, f *fixture) {
-			replace(t, f.be, backend.PackFile, f.packs["TP3"], func(b []byte) []byte { return b[:len(b)/3] })
+			repotest.Replace(t, f.be, backend.PackFile, f.packs["TP3"], func(b []byte) []byte { return b[:len(b)/3] })
 		}},
 		{"index file unreadable", func(t *testing.T, f *fixture) {
-			replace(t, f.be, backend.IndexFile, f.index[0][0], func(b []byte) []byte { return randBytes(7, len(b)) })
+			repotest.Replace(t, f.be, backend.IndexFile, f.index[0][0], func(b []byte) []byte { return repotest.RandBytes(7, len(b)) })
 		}},
 		{"index file flipped bit", func(t *testing.T, f *fixture) {
-			replace(t, f.be, backend.IndexFile, f.index[1][0], func(b []byte) []byte { b[len(b)/2] ^= 1; return b })
+			repotest.Replace(t, f.be, backend.IndexFile, f.index[1][0], func(b []byte) []byte { b[len(b)/2] ^= 1; return b })
 		}},
-		{"index of a snapshot missing", func(t *testing.T, f *fixture) { remove(t, f.be, backend.IndexFile, f.index[2][0]) }},
+		{"index of a snapshot missing", func(t *testing.T, f *fixture) { repotest.Remove(t, f.be, backend.IndexFile, f.index[2][0]) }},
 		{"snapshot unreadable", func(t *testing.T, f *fixture) {
-			replace(t, f.be, backend.SnapshotFile, f.snaps["S3"], func(b []byte) []byte { return b[:len(b)-1] })
+			repotest.Replace(t, f.be, backend.SnapshotFile, f.snaps["S3"], func(b []byte) []byte { return b[:len(b)-1] })
 		}},
 	}
 	for _, tc := range tests {
@@ -734,8 +555,8 @@ func TestRefusesDamagedRepository(t *testing.T) {
 			f := newFixture(t)
 			f.forget(t, "S1")
 			tc.damage(t, f)
-			before := listing(t, f.be)
-			r := openRepo(t, f.be, false)
+			before := repotest.Listing(t, f.be)
+			r := repotest.Open(t, f.be, false)
 			p, err := pruner.MakePlan(context.Background(), r, pruner.Options{Wait: time.Millisecond}, time.Now().Add(24*time.Hour))
 			if !errors.Is(err, pruner.ErrNeedsRepair) {
 				t.Fatalf("MakePlan = %v, %v; want an error wrapping ErrNeedsRepair", p, err)
@@ -743,7 +564,7 @@ func TestRefusesDamagedRepository(t *testing.T) {
 			if p != nil {
 				t.Error("a plan returned with the error")
 			}
-			diffListings(t, "refused prune", before, listing(t, f.be))
+			repotest.DiffListings(t, "refused prune", before, repotest.Listing(t, f.be))
 		})
 	}
 }
@@ -755,9 +576,9 @@ func TestRescue(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	f.forget(t, "S1", "S2")
-	backup := openRepo(t, f.be, true) // loaded the index before the prune
-	r := openRepo(t, f.be, false)
-	oldIndex := ids(t, f.be, backend.IndexFile)
+	backup := repotest.Open(t, f.be, true) // loaded the index before the prune
+	r := repotest.Open(t, f.be, false)
+	oldIndex := repotest.Files(t, f.be, backend.IndexFile)
 
 	var (
 		hooked   bool
@@ -772,17 +593,17 @@ func TestRescue(t *testing.T) {
 		hooked = true
 		// The prune's index is stored, nothing is deleted yet.
 		newIndex := 0
-		for id := range ids(t, f.be, backend.IndexFile) {
+		for id := range repotest.Files(t, f.be, backend.IndexFile) {
 			if _, ok := oldIndex[id]; !ok {
 				newIndex++
 			}
 		}
-		if newIndex != 1 || !exists(t, f.be, backend.PackFile, f.packs["D1"]) {
-			t.Errorf("during the wait: %d new index files, D1 stored %v; want 1, true", newIndex, exists(t, f.be, backend.PackFile, f.packs["D1"]))
+		if newIndex != 1 || !repotest.Exists(t, f.be, backend.PackFile, f.packs["D1"]) {
+			t.Errorf("during the wait: %d new index files, D1 stored %v; want 1, true", newIndex, repotest.Exists(t, f.be, backend.PackFile, f.packs["D1"]))
 		}
 		// a1 lives only in D1, which the plan deletes.
-		tree := saveTree(t, backup, fileNode("again", len(f.data["a1"]), f.blobs["a1"]))
-		flush(t, backup)
+		tree := repotest.SaveTree(t, backup, repotest.FileNode("again", len(f.data["a1"]), f.blobs["a1"]))
+		repotest.Flush(t, backup)
 		checkErr = backup.CheckCommit(ctx, tree)
 		sn := &snapshot.Snapshot{Time: time.Now(), Tree: tree, Paths: []string{"/src"}, Hostname: "test"}
 		var err error
@@ -811,15 +632,15 @@ func TestRescue(t *testing.T) {
 	if !slices.Equal(res.Rescued, []repo.ID{f.packs["D1"]}) {
 		t.Errorf("Rescued = %v, want [D1]", names(f.packs, res.Rescued))
 	}
-	if !exists(t, f.be, backend.PackFile, f.packs["D1"]) {
+	if !repotest.Exists(t, f.be, backend.PackFile, f.packs["D1"]) {
 		t.Fatal("rescued pack D1 deleted")
 	}
 	for _, n := range []string{"TP1", "TP2", "D2"} {
-		if exists(t, f.be, backend.PackFile, f.packs[n]) {
+		if repotest.Exists(t, f.be, backend.PackFile, f.packs[n]) {
 			t.Errorf("pack %s not deleted", n)
 		}
 	}
-	r2 := openRepo(t, f.be, true)
+	r2 := repotest.Open(t, f.be, true)
 	if !r2.Index().HasPack(f.packs["D1"]) {
 		t.Error("no index names the rescued pack")
 	}
@@ -828,7 +649,7 @@ func TestRescue(t *testing.T) {
 	}
 	verifySnapshot(t, r2, f.snaps["S3"])
 	// The next prune sees a healthy repository.
-	if _, err := pruner.MakePlan(ctx, openRepo(t, f.be, false), opts, time.Now()); err != nil {
+	if _, err := pruner.MakePlan(ctx, repotest.Open(t, f.be, false), opts, time.Now()); err != nil {
 		t.Errorf("plan after the rescue: %v", err)
 	}
 }
@@ -852,17 +673,17 @@ func TestCheckCommit(t *testing.T) {
 				ctx := context.Background()
 				f := newFixture(t)
 				f.forget(t, "S1", "S2")
-				backup := openRepo(t, f.be, true) // loads the index before any prune
+				backup := repotest.Open(t, f.be, true) // loads the index before any prune
 				var tree repo.ID
 				mkTree := func() {
-					tree = saveTree(t, backup, fileNode("x", 1, f.blobs[tc.ref]), fileNode("new", 5000, saveData(t, backup, randBytes(55, 5000))))
-					flush(t, backup)
+					tree = repotest.SaveTree(t, backup, repotest.FileNode("x", 1, f.blobs[tc.ref]), repotest.FileNode("new", 5000, repotest.SaveData(t, backup, repotest.RandBytes(55, 5000))))
+					repotest.Flush(t, backup)
 				}
 				if tc.preFlush {
 					mkTree()
 				}
 				if tc.prune {
-					r := openRepo(t, f.be, false)
+					r := repotest.Open(t, f.be, false)
 					opts := pruner.Options{Wait: time.Millisecond}
 					p, err := pruner.MakePlan(ctx, r, opts, time.Now())
 					if err != nil {
@@ -871,7 +692,7 @@ func TestCheckCommit(t *testing.T) {
 					if _, err := pruner.Execute(ctx, r, p, opts); err != nil {
 						t.Fatal(err)
 					}
-					if exists(t, f.be, backend.PackFile, f.packs["D1"]) {
+					if repotest.Exists(t, f.be, backend.PackFile, f.packs["D1"]) {
 						t.Fatal("prune kept D1")
 					}
 				}
@@ -891,18 +712,18 @@ func TestCheckCommit(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer lock.Unlock(ctx)
-				snaps := len(ids(t, f.be, backend.SnapshotFile))
+				snaps := len(repotest.Files(t, f.be, backend.SnapshotFile))
 				id, err := backup.CommitSnapshot(ctx, lock, &snapshot.Snapshot{Time: time.Now(), Tree: tree, Paths: []string{"/src"}, Hostname: "test"})
 				if tc.want != nil {
-					if !errors.Is(err, tc.want) || len(ids(t, f.be, backend.SnapshotFile)) != snaps {
-						t.Fatalf("CommitSnapshot = %v (snapshots %d -> %d), want %v and nothing written", err, snaps, len(ids(t, f.be, backend.SnapshotFile)), tc.want)
+					if !errors.Is(err, tc.want) || len(repotest.Files(t, f.be, backend.SnapshotFile)) != snaps {
+						t.Fatalf("CommitSnapshot = %v (snapshots %d -> %d), want %v and nothing written", err, snaps, len(repotest.Files(t, f.be, backend.SnapshotFile)), tc.want)
 					}
 					return
 				}
 				if err != nil {
 					t.Fatal(err)
 				}
-				verifySnapshot(t, openRepo(t, f.be, true), id)
+				verifySnapshot(t, repotest.Open(t, f.be, true), id)
 			})
 		}
 	}
@@ -917,13 +738,13 @@ func TestCommitCheckAfterIndexRewriteBeforeDeletion(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	fb := fault.New(f.be)
-	backup := openRepo(t, f.be, true)
-	newData := randBytes(77, 5000)
-	tree := saveTree(t, backup, fileNode("new", len(newData), saveData(t, backup, newData)))
-	flush(t, backup) // the backup's index file, read by the prune below
-	ownPack := packOf(t, backup, repo.TreeBlob, tree)
+	backup := repotest.Open(t, f.be, true)
+	newData := repotest.RandBytes(77, 5000)
+	tree := repotest.SaveTree(t, backup, repotest.FileNode("new", len(newData), repotest.SaveData(t, backup, newData)))
+	repotest.Flush(t, backup) // the backup's index file, read by the prune below
+	ownPack := repotest.PackOf(t, backup, repo.TreeBlob, tree)
 
-	r, err := repository.Open(ctx, fb, []byte(testPassword), testOpts)
+	r, err := repository.Open(ctx, fb, []byte(repotest.Password), repotest.Options)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -960,7 +781,7 @@ func TestCommitCheckAfterIndexRewriteBeforeDeletion(t *testing.T) {
 	if snapID.IsNull() {
 		t.Fatal("snapshot not saved")
 	}
-	if !exists(t, f.be, backend.PackFile, ownPack) {
+	if !repotest.Exists(t, f.be, backend.PackFile, ownPack) {
 		t.Errorf("CheckCommit passed after the prune wrote its index (the backup's own packs were still stored, "+
 			"but no live index named them), the snapshot was committed, and the prune then deleted its pack %s: "+
 			"the snapshot refers to deleted data", ownPack.Short())
@@ -975,9 +796,9 @@ func TestRescanStorageError(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	f.forget(t, "S1", "S2")
-	backup := openRepo(t, f.be, true)
+	backup := repotest.Open(t, f.be, true)
 	fb := fault.New(f.be)
-	r, err := repository.Open(ctx, fb, []byte(testPassword), testOpts)
+	r, err := repository.Open(ctx, fb, []byte(repotest.Password), repotest.Options)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -991,8 +812,8 @@ func TestRescanStorageError(t *testing.T) {
 		// A backup that checked its commit before the index changed: its
 		// new root refers to T1 (in TP1, doomed), which holds a1 and a2 (in
 		// D1, doomed).
-		root := saveTree(t, backup, dirNode("old", f.blobs["T1"]))
-		flush(t, backup)
+		root := repotest.SaveTree(t, backup, repotest.DirNode("old", f.blobs["T1"]))
+		repotest.Flush(t, backup)
 		snapID, err = backup.SaveSnapshot(ctx, &snapshot.Snapshot{Time: time.Now(), Tree: root, Paths: []string{"/src"}, Hostname: "test"})
 		if err != nil {
 			t.Error(err)
@@ -1009,7 +830,7 @@ func TestRescanStorageError(t *testing.T) {
 	}
 	if err != nil {
 		for _, n := range []string{"D1", "TP1"} {
-			if !exists(t, f.be, backend.PackFile, f.packs[n]) {
+			if !repotest.Exists(t, f.be, backend.PackFile, f.packs[n]) {
 				t.Errorf("Execute failed (%v) but deleted %s", err, n)
 			}
 		}
@@ -1017,7 +838,7 @@ func TestRescanStorageError(t *testing.T) {
 	}
 	lost := []string{}
 	for _, n := range []string{"D1", "TP1"} {
-		if !exists(t, f.be, backend.PackFile, f.packs[n]) {
+		if !repotest.Exists(t, f.be, backend.PackFile, f.packs[n]) {
 			lost = append(lost, n)
 		}
 	}
@@ -1041,13 +862,13 @@ func TestLockLostStopsExecute(t *testing.T) {
 			ctx := context.Background()
 			f := newFixture(t)
 			f.forget(t, "S1", "S2")
-			r := openRepo(t, f.be, false)
+			r := repotest.Open(t, f.be, false)
 			lock, err := r.Lock(ctx, true)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer lock.Unlock(ctx)
-			loseLock := func() { remove(t, f.be, backend.LockFile, lock.ID()) }
+			loseLock := func() { repotest.Remove(t, f.be, backend.LockFile, lock.ID()) }
 			opts := pruner.Options{MaxUnused: 10, Wait: 10 * time.Millisecond, Lock: lock}
 			if tc.duringWait {
 				opts.Progress = func(s string) {
@@ -1068,11 +889,11 @@ func TestLockLostStopsExecute(t *testing.T) {
 				t.Fatalf("Execute = %v, want ErrLockLost", err)
 			}
 			for n, id := range f.packs {
-				if !exists(t, f.be, backend.PackFile, id) {
+				if !repotest.Exists(t, f.be, backend.PackFile, id) {
 					t.Errorf("pack %s deleted after the lock was lost", n)
 				}
 			}
-			index := ids(t, f.be, backend.IndexFile)
+			index := repotest.Files(t, f.be, backend.IndexFile)
 			for _, id := range f.allIndexFiles() {
 				if _, ok := index[id]; !ok {
 					t.Errorf("index file %s deleted after the lock was lost", id.Short())
@@ -1081,7 +902,7 @@ func TestLockLostStopsExecute(t *testing.T) {
 			if want := 3 + map[bool]int{false: 0, true: 1}[tc.duringWait]; len(index) != want {
 				t.Errorf("%d index files, want %d", len(index), want)
 			}
-			verifySnapshot(t, openRepo(t, f.be, true), f.snaps["S3"])
+			verifySnapshot(t, repotest.Open(t, f.be, true), f.snaps["S3"])
 		})
 	}
 }

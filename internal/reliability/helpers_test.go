@@ -28,6 +28,7 @@ import (
 	"bunker/internal/repo"
 	"bunker/internal/repo/crypto"
 	"bunker/internal/repo/repository"
+	"bunker/internal/repo/repotest"
 	"bunker/internal/restorer"
 	"bunker/internal/snapshot"
 )
@@ -453,18 +454,7 @@ func dirListing(t testing.TB, dir string, skip string) map[string]string {
 
 func diffListings(t testing.TB, what string, before, after map[string]string) {
 	t.Helper()
-	for p, b := range before {
-		if a, ok := after[p]; !ok {
-			t.Errorf("%s: %s disappeared", what, p)
-		} else if a != b {
-			t.Errorf("%s: %s changed: %s, was %s", what, p, a, b)
-		}
-	}
-	for p, a := range after {
-		if _, ok := before[p]; !ok {
-			t.Errorf("%s: %s appeared: %s", what, p, a)
-		}
-	}
+	repotest.DiffListings(t, what, before, after)
 }
 
 // --- In-process repository work --------------------------------------------
@@ -559,23 +549,13 @@ func findNode(t testing.TB, r *repository.Repository, root repo.ID, p string) *s
 // stores them as a tree blob.
 func saveTree(t testing.TB, r *repository.Repository, nodes ...*snapshot.Node) repo.ID {
 	t.Helper()
-	tree := &snapshot.Tree{Nodes: nodes}
-	tree.Sort()
-	id, _, _, err := r.SaveBlob(context.Background(), repo.TreeBlob, tree.Encode(), repo.ID{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
+	return repotest.SaveTree(t, r, nodes...)
 }
 
 // saveData stores a data blob.
 func saveData(t testing.TB, r *repository.Repository, data []byte) repo.ID {
 	t.Helper()
-	id, _, _, err := r.SaveBlob(context.Background(), repo.DataBlob, data, repo.ID{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
+	return repotest.SaveData(t, r, data)
 }
 
 // saveSnapshot flushes r and stores a snapshot of tree.

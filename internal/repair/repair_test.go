@@ -2,10 +2,8 @@ package repair_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"math/rand/v2"
+	"maps"
 	"path"
 	"slices"
 	"sort"
@@ -17,181 +15,24 @@ import (
 	"bunker/internal/backend/mem"
 	"bunker/internal/repair"
 	"bunker/internal/repo"
-	"bunker/internal/repo/crypto"
 	"bunker/internal/repo/pack"
 	"bunker/internal/repo/repository"
+	"bunker/internal/repo/repotest"
 	"bunker/internal/snapshot"
 )
 
-var testOpts = repository.Options{KDF: crypto.TestKDF, PackSize: 64 << 10}
-
-const testPassword = "pw"
-
-var baseTime = time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
-
 // --- Helpers ----------------------------------------------------------------
 
-func openRepo(t testing.TB, be backend.Backend, withIndex bool) *repository.Repository {
-	t.Helper()
-	ctx := context.Background()
-	r, err := repository.Open(ctx, be, []byte(testPassword), testOpts)
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	t.Cleanup(func() { r.Close() })
-	if withIndex {
-		if err := r.LoadIndex(ctx); err != nil {
-			t.Fatalf("load index: %v", err)
-		}
-	}
-	return r
-}
-
-func randBytes(seed uint64, n int) []byte {
-	rng := rand.New(rand.NewPCG(seed, 0x5eed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(rng.Uint32())
-	}
-	return b
-}
-
-func saveData(t testing.TB, r *repository.Repository, data []byte) repo.ID {
-	t.Helper()
-	id, _, _, err := r.SaveBlob(context.Background(), repo.DataBlob, data, repo.ID{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
-}
-
-func saveTree(t testing.TB, r *repository.Repository, nodes ...*snapshot.Node) repo.ID {
-	t.Helper()
-	tree := &snapshot.Tree{Nodes: nodes}
-	tree.Sort()
-	id, _, _, err := r.SaveBlob(context.Background(), repo.TreeBlob, tree.Encode(), repo.ID{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
-}
-
-func fileNode(name string, size int, content ...repo.ID) *snapshot.Node {
-	return &snapshot.Node{Name: name, Type: snapshot.TypeFile, Mode: 0o644, ModTime: baseTime, Links: 1,
-		Size: uint64(size), Content: content}
-}
-
-func dirNode(name string, sub repo.ID) *snapshot.Node {
-	return &snapshot.Node{Name: name, Type: snapshot.TypeDir, Mode: 0o755, ModTime: baseTime, Subtree: sub}
-}
-
-func flush(t testing.TB, r *repository.Repository) {
-	t.Helper()
-	if err := r.Flush(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func packOf(t testing.TB, r *repository.Repository, tp repo.BlobType, id repo.ID) repo.ID {
-	t.Helper()
-	loc, ok := r.LookupBlob(repo.BlobHandle{Type: tp, ID: id})
-	if !ok {
-		t.Fatalf("%v blob %s is not indexed", tp, id.Short())
-	}
-	return loc.Pack
-}
-
+// ids lists the stored files of one type, sorted.
 func ids(t testing.TB, be backend.Backend, ft backend.FileType) []repo.ID {
 	t.Helper()
-	var out []repo.ID
-	err := be.List(context.Background(), ft, func(fi backend.FileInfo) error {
-		id, err := repo.ParseID(fi.Name)
-		if err != nil {
-			return err
-		}
-		out = append(out, id)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sortedIDs(out)
+	return sortedIDs(slices.Collect(maps.Keys(repotest.Files(t, be, ft))))
 }
 
 func sortedIDs(l []repo.ID) []repo.ID {
 	out := slices.Clone(l)
 	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
 	return out
-}
-
-func exists(t testing.TB, be backend.Backend, ft backend.FileType, id repo.ID) bool {
-	t.Helper()
-	_, err := be.Stat(context.Background(), backend.Handle{Type: ft, Name: id.String()})
-	if err != nil && !errors.Is(err, backend.ErrNotExist) {
-		t.Fatal(err)
-	}
-	return err == nil
-}
-
-func remove(t testing.TB, be backend.Backend, ft backend.FileType, id repo.ID) {
-	t.Helper()
-	if err := be.Remove(context.Background(), backend.Handle{Type: ft, Name: id.String()}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func replace(t testing.TB, be backend.Backend, ft backend.FileType, id repo.ID, edit func([]byte) []byte) {
-	t.Helper()
-	ctx := context.Background()
-	h := backend.Handle{Type: ft, Name: id.String()}
-	data, err := backend.LoadAll(ctx, be, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := be.Remove(ctx, h); err != nil {
-		t.Fatal(err)
-	}
-	if err := be.Save(ctx, h, edit(data)); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func listing(t testing.TB, be backend.Backend) map[string]string {
-	t.Helper()
-	ctx := context.Background()
-	out := map[string]string{}
-	for _, ft := range backend.AllTypes {
-		err := be.List(ctx, ft, func(fi backend.FileInfo) error {
-			h := backend.Handle{Type: ft, Name: fi.Name}
-			data, err := backend.LoadAll(ctx, be, h)
-			if err != nil {
-				return err
-			}
-			sum := sha256.Sum256(data)
-			out[h.String()] = hex.EncodeToString(sum[:])
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	return out
-}
-
-func diffListings(t testing.TB, what string, before, after map[string]string) {
-	t.Helper()
-	for k, v := range before {
-		if w, ok := after[k]; !ok {
-			t.Errorf("%s: %s disappeared", what, k)
-		} else if w != v {
-			t.Errorf("%s: %s changed", what, k)
-		}
-	}
-	for k := range after {
-		if _, ok := before[k]; !ok {
-			t.Errorf("%s: %s appeared", what, k)
-		}
-	}
 }
 
 // indexContents maps every pack of the loaded index to its blobs, by offset.
@@ -263,7 +104,7 @@ func newFixture(t testing.TB) *fixture {
 	ctx := context.Background()
 	f := &fixture{be: mem.New(), data: map[string][]byte{}, blobs: map[string]repo.ID{}, snaps: map[string]repo.ID{},
 		packs: map[string]repo.ID{}, sizes: map[string]int{"keep": 5000, "lost": 6000, "x": 7000}}
-	r, err := repository.Create(ctx, f.be, []byte(testPassword), testOpts)
+	r, err := repository.Create(ctx, f.be, []byte(repotest.Password), repotest.Options)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,38 +112,38 @@ func newFixture(t testing.TB) *fixture {
 	seed := uint64(10)
 	file := func(name, as string) *snapshot.Node {
 		if _, ok := f.blobs[name]; !ok {
-			f.data[name] = randBytes(seed, f.sizes[name])
+			f.data[name] = repotest.RandBytes(seed, f.sizes[name])
 			seed++
-			f.blobs[name] = saveData(t, r, f.data[name])
+			f.blobs[name] = repotest.SaveData(t, r, f.data[name])
 		}
-		return fileNode(as, f.sizes[name], f.blobs[name])
+		return repotest.FileNode(as, f.sizes[name], f.blobs[name])
 	}
 	file("keep", "keep")
-	flush(t, r)
-	f.blobs["treeB"] = saveTree(t, r, file("x", "x"))
+	repotest.Flush(t, r)
+	f.blobs["treeB"] = repotest.SaveTree(t, r, file("x", "x"))
 	file("lost", "lost")
-	f.blobs["rootGone"] = saveTree(t, r, file("x", "x"), fileNode("empty", 0))
-	flush(t, r)
-	f.blobs["treeA"] = saveTree(t, r, file("keep", "keep"), file("lost", "lost"))
-	f.blobs["root"] = saveTree(t, r, dirNode("a", f.blobs["treeA"]), dirNode("b", f.blobs["treeB"]))
-	f.blobs["rootOK"] = saveTree(t, r, file("keep", "keep"))
-	flush(t, r)
+	f.blobs["rootGone"] = repotest.SaveTree(t, r, file("x", "x"), repotest.FileNode("empty", 0))
+	repotest.Flush(t, r)
+	f.blobs["treeA"] = repotest.SaveTree(t, r, file("keep", "keep"), file("lost", "lost"))
+	f.blobs["root"] = repotest.SaveTree(t, r, repotest.DirNode("a", f.blobs["treeA"]), repotest.DirNode("b", f.blobs["treeB"]))
+	f.blobs["rootOK"] = repotest.SaveTree(t, r, file("keep", "keep"))
+	repotest.Flush(t, r)
 	for i, s := range []string{"S", "Sok", "Sgone"} {
 		root := map[string]string{"S": "root", "Sok": "rootOK", "Sgone": "rootGone"}[s]
-		sn := &snapshot.Snapshot{Time: baseTime.Add(time.Duration(i) * time.Hour), Tree: f.blobs[root], Paths: []string{"/src"},
+		sn := &snapshot.Snapshot{Time: repotest.BaseTime.Add(time.Duration(i) * time.Hour), Tree: f.blobs[root], Paths: []string{"/src"},
 			Hostname: "host", Tags: []string{"t1"}}
 		if f.snaps[s], err = r.SaveSnapshot(ctx, sn); err != nil {
 			t.Fatal(err)
 		}
 	}
-	f.packs["P1"] = packOf(t, r, repo.DataBlob, f.blobs["keep"])
-	f.packs["P2d"] = packOf(t, r, repo.DataBlob, f.blobs["lost"])
-	f.packs["P2t"] = packOf(t, r, repo.TreeBlob, f.blobs["treeB"])
-	f.packs["P3t"] = packOf(t, r, repo.TreeBlob, f.blobs["root"])
+	f.packs["P1"] = repotest.PackOf(t, r, repo.DataBlob, f.blobs["keep"])
+	f.packs["P2d"] = repotest.PackOf(t, r, repo.DataBlob, f.blobs["lost"])
+	f.packs["P2t"] = repotest.PackOf(t, r, repo.TreeBlob, f.blobs["treeB"])
+	f.packs["P3t"] = repotest.PackOf(t, r, repo.TreeBlob, f.blobs["root"])
 	check := map[string][2]any{"x": {repo.DataBlob, "P2d"}, "rootGone": {repo.TreeBlob, "P2t"},
 		"treeA": {repo.TreeBlob, "P3t"}, "rootOK": {repo.TreeBlob, "P3t"}}
 	for name, c := range check {
-		if packOf(t, r, c[0].(repo.BlobType), f.blobs[name]) != f.packs[c[1].(string)] {
+		if repotest.PackOf(t, r, c[0].(repo.BlobType), f.blobs[name]) != f.packs[c[1].(string)] {
 			t.Fatalf("blob %s is not in pack %s", name, c[1])
 		}
 	}
@@ -323,19 +164,19 @@ func TestRebuildIndex(t *testing.T) {
 	}{
 		{"all index files removed", func(t *testing.T, f *fixture, index []repo.ID) {
 			for _, id := range index {
-				remove(t, f.be, backend.IndexFile, id)
+				repotest.Remove(t, f.be, backend.IndexFile, id)
 			}
 		}, 0},
 		{"index files intact", func(*testing.T, *fixture, []repo.ID) {}, 3},
 		{"one index file garbage", func(t *testing.T, f *fixture, index []repo.ID) {
-			replace(t, f.be, backend.IndexFile, index[1], func(b []byte) []byte { return randBytes(3, len(b)) })
+			repotest.Replace(t, f.be, backend.IndexFile, index[1], func(b []byte) []byte { return repotest.RandBytes(3, len(b)) })
 		}, 3},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			f := newFixture(t)
-			want := indexContents(openRepo(t, f.be, true))
+			want := indexContents(repotest.Open(t, f.be, true))
 			wantBlobs := 0
 			for _, l := range want {
 				wantBlobs += len(l)
@@ -348,17 +189,17 @@ func TestRebuildIndex(t *testing.T) {
 			present := ids(t, f.be, backend.IndexFile)
 
 			// Dry run: the same report, nothing written.
-			before := listing(t, f.be)
-			res, err := repair.RebuildIndex(ctx, openRepo(t, f.be, false), true)
+			before := repotest.Listing(t, f.be)
+			res, err := repair.RebuildIndex(ctx, repotest.Open(t, f.be, false), true)
 			if err != nil {
 				t.Fatal(err)
 			}
-			diffListings(t, "dry run", before, listing(t, f.be))
+			repotest.DiffListings(t, "dry run", before, repotest.Listing(t, f.be))
 			if res.Packs != 4 || res.Blobs != 8 || res.LostBlobs != 0 || len(res.Damaged) != 0 || res.Superseded != tc.superseded || res.NewIndex != "" {
 				t.Errorf("dry run result %+v", res)
 			}
 
-			res, err = repair.RebuildIndex(ctx, openRepo(t, f.be, false), false)
+			res, err = repair.RebuildIndex(ctx, repotest.Open(t, f.be, false), false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -369,7 +210,7 @@ func TestRebuildIndex(t *testing.T) {
 			if len(after) != 1 || after[0].String() != res.NewIndex {
 				t.Fatalf("index files after the rebuild: %v, want only %s", after, res.NewIndex)
 			}
-			r := openRepo(t, f.be, true)
+			r := repotest.Open(t, f.be, true)
 			nf, err := r.LoadIndexFile(ctx, after[0])
 			if err != nil {
 				t.Fatal(err)
@@ -401,12 +242,12 @@ func TestRebuildIndexDamagedHeader(t *testing.T) {
 	f := newFixture(t)
 	// The last four bytes are the header's length; just before them lies
 	// the sealed header's authentication tag.
-	replace(t, f.be, backend.PackFile, f.packs["P2d"], func(b []byte) []byte { b[len(b)-10] ^= 0x40; return b })
+	repotest.Replace(t, f.be, backend.PackFile, f.packs["P2d"], func(b []byte) []byte { b[len(b)-10] ^= 0x40; return b })
 	oldIndex := ids(t, f.be, backend.IndexFile)
 
 	for _, dryRun := range []bool{true, false} {
-		before := listing(t, f.be)
-		res, err := repair.RebuildIndex(ctx, openRepo(t, f.be, false), dryRun)
+		before := repotest.Listing(t, f.be)
+		res, err := repair.RebuildIndex(ctx, repotest.Open(t, f.be, false), dryRun)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -418,18 +259,18 @@ func TestRebuildIndexDamagedHeader(t *testing.T) {
 			t.Errorf("dry run %v: result %+v; want 2 lost blobs, 3 packs, 6 blobs, 3 superseded", dryRun, res)
 		}
 		if dryRun {
-			diffListings(t, "dry run", before, listing(t, f.be))
+			repotest.DiffListings(t, "dry run", before, repotest.Listing(t, f.be))
 		}
 	}
-	if !exists(t, f.be, backend.PackFile, f.packs["P2d"]) {
+	if !repotest.Exists(t, f.be, backend.PackFile, f.packs["P2d"]) {
 		t.Error("the damaged pack was removed; it must be left for inspection")
 	}
 	for _, id := range oldIndex {
-		if exists(t, f.be, backend.IndexFile, id) {
+		if repotest.Exists(t, f.be, backend.IndexFile, id) {
 			t.Errorf("superseded index file %s not removed", id.Short())
 		}
 	}
-	r := openRepo(t, f.be, true)
+	r := repotest.Open(t, f.be, true)
 	if r.Index().HasPack(f.packs["P2d"]) {
 		t.Error("the damaged pack is indexed")
 	}
@@ -449,7 +290,7 @@ func TestRebuildIndexStorageError(t *testing.T) {
 	fb := fault.New(f.be)
 	victim := f.packs["P1"]
 	fb.SetRules(fault.Rules{FailLoad: fault.Select{Match: fault.Is(backend.Handle{Type: backend.PackFile, Name: victim.String()})}})
-	r, err := repository.Open(ctx, fb, []byte(testPassword), testOpts)
+	r, err := repository.Open(ctx, fb, []byte(repotest.Password), repotest.Options)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -461,7 +302,7 @@ func TestRebuildIndexStorageError(t *testing.T) {
 		}
 		return
 	}
-	if !openRepo(t, f.be, true).Index().HasPack(victim) {
+	if !repotest.Open(t, f.be, true).Index().HasPack(victim) {
 		t.Errorf("a transient read error dropped the intact pack %s from the index (reported as damaged: %v) "+
 			"and the index files naming it were removed: the next prune deletes it as unindexed", victim.Short(), res.Damaged)
 	}
@@ -473,9 +314,9 @@ func TestRebuildIndexStorageError(t *testing.T) {
 // handle with the new index loaded.
 func breakFixture(t testing.TB, f *fixture) *repository.Repository {
 	t.Helper()
-	remove(t, f.be, backend.PackFile, f.packs["P2d"])
-	remove(t, f.be, backend.PackFile, f.packs["P2t"])
-	res, err := repair.RebuildIndex(context.Background(), openRepo(t, f.be, false), false)
+	repotest.Remove(t, f.be, backend.PackFile, f.packs["P2d"])
+	repotest.Remove(t, f.be, backend.PackFile, f.packs["P2t"])
+	res, err := repair.RebuildIndex(context.Background(), repotest.Open(t, f.be, false), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -483,7 +324,7 @@ func breakFixture(t testing.TB, f *fixture) *repository.Repository {
 	if res.LostBlobs != 4 || res.Packs != 2 {
 		t.Fatalf("rebuild after losing P2d and P2t: %+v; want 4 lost blobs, 2 packs", res)
 	}
-	return openRepo(t, f.be, true)
+	return repotest.Open(t, f.be, true)
 }
 
 func resultsByID(res []repair.SnapshotResult) map[string]repair.SnapshotResult {
@@ -509,7 +350,7 @@ func TestSnapshots(t *testing.T) {
 			ctx := context.Background()
 			f := newFixture(t)
 			r := breakFixture(t, f)
-			before := listing(t, f.be)
+			before := repotest.Listing(t, f.be)
 			out, err := repair.Snapshots(ctx, r, tc.dryRun, tc.forget)
 			if err != nil {
 				t.Fatal(err)
@@ -528,7 +369,7 @@ func TestSnapshots(t *testing.T) {
 			}
 
 			if tc.dryRun {
-				diffListings(t, "dry run", before, listing(t, f.be))
+				repotest.DiffListings(t, "dry run", before, repotest.Listing(t, f.be))
 				for _, res := range out {
 					if res.New != "" || res.Removed {
 						t.Errorf("dry run reports a write: %+v", res)
@@ -540,11 +381,11 @@ func TestSnapshots(t *testing.T) {
 			// The originals stay unless forget.
 			for _, name := range []string{"S", "Sgone"} {
 				res := byID[f.snaps[name].String()]
-				if got := exists(t, f.be, backend.SnapshotFile, f.snaps[name]); got == tc.forget || res.Removed != tc.forget {
+				if got := repotest.Exists(t, f.be, backend.SnapshotFile, f.snaps[name]); got == tc.forget || res.Removed != tc.forget {
 					t.Errorf("%s: stored %v, Removed %v; forget %v", name, got, res.Removed, tc.forget)
 				}
 			}
-			if !exists(t, f.be, backend.SnapshotFile, f.snaps["Sok"]) {
+			if !repotest.Exists(t, f.be, backend.SnapshotFile, f.snaps["Sok"]) {
 				t.Error("Sok, which lost nothing, was removed")
 			}
 
@@ -552,19 +393,19 @@ func TestSnapshots(t *testing.T) {
 			if err != nil {
 				t.Fatalf("S not rewritten: New = %q", s.New)
 			}
-			r2 := openRepo(t, f.be, true)
+			r2 := repotest.Open(t, f.be, true)
 			ns, err := r2.LoadSnapshot(ctx, newID)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !slices.Equal(ns.Tags, []string{"t1", repair.RepairedTag}) || !ns.Time.Equal(baseTime) || ns.Hostname != "host" || !slices.Equal(ns.Paths, []string{"/src"}) {
+			if !slices.Equal(ns.Tags, []string{"t1", repair.RepairedTag}) || !ns.Time.Equal(repotest.BaseTime) || ns.Hostname != "host" || !slices.Equal(ns.Paths, []string{"/src"}) {
 				t.Errorf("rewritten snapshot %+v: want the original's time, host and paths, tags [t1 repaired]", ns)
 			}
 			nodes := walk(t, r2, ns.Tree, "/", nil)
 			if got := keys(nodes); !slices.Equal(got, []string{"/a", "/a/keep"}) {
 				t.Errorf("rewritten tree holds %v, want [/a /a/keep]", got)
 			}
-			if n := nodes["/a/keep"]; n == nil || !slices.Equal(n.Content, []repo.ID{f.blobs["keep"]}) || n.Size != uint64(f.sizes["keep"]) || !n.ModTime.Equal(baseTime) {
+			if n := nodes["/a/keep"]; n == nil || !slices.Equal(n.Content, []repo.ID{f.blobs["keep"]}) || n.Size != uint64(f.sizes["keep"]) || !n.ModTime.Equal(repotest.BaseTime) {
 				t.Errorf("/a/keep: %+v", n)
 			} else if data, err := r2.LoadBlob(ctx, repo.DataBlob, n.Content[0]); err != nil || string(data) != string(f.data["keep"]) {
 				t.Errorf("/a/keep content: %v", err)
@@ -601,7 +442,7 @@ func TestSnapshotsLeavesWholeSnapshotsAlone(t *testing.T) {
 		if res, ok := resultsByID(out)[f.snaps["Sok"].String()]; ok {
 			t.Errorf("forget %v: a whole snapshot was reported as repaired: %+v", forget, res)
 		}
-		if !exists(t, f.be, backend.SnapshotFile, f.snaps["Sok"]) {
+		if !repotest.Exists(t, f.be, backend.SnapshotFile, f.snaps["Sok"]) {
 			t.Errorf("forget %v: a whole snapshot was removed", forget)
 		}
 		// S rewritten (+1), Sgone not (root lost); with forget both go (-2).
@@ -616,15 +457,15 @@ func TestSnapshotsLeavesWholeSnapshotsAlone(t *testing.T) {
 
 	// Nothing lost at all: nothing to do.
 	f := newFixture(t)
-	before := listing(t, f.be)
-	out, err := repair.Snapshots(context.Background(), openRepo(t, f.be, true), false, true)
+	before := repotest.Listing(t, f.be)
+	out, err := repair.Snapshots(context.Background(), repotest.Open(t, f.be, true), false, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(out) != 0 {
 		t.Errorf("repair of an intact repository reports %d snapshots: %+v", len(out), out)
 	}
-	diffListings(t, "repair of an intact repository", before, listing(t, f.be))
+	repotest.DiffListings(t, "repair of an intact repository", before, repotest.Listing(t, f.be))
 }
 
 // TestSnapshotsStorageError: a tree that cannot be loaded because the
@@ -636,7 +477,7 @@ func TestSnapshotsStorageError(t *testing.T) {
 	f := newFixture(t) // nothing lost
 	fb := fault.New(f.be)
 	fb.SetRules(fault.Rules{FailLoad: fault.Select{Match: fault.Is(backend.Handle{Type: backend.PackFile, Name: f.packs["P2t"].String()})}})
-	r, err := repository.Open(ctx, fb, []byte(testPassword), testOpts)
+	r, err := repository.Open(ctx, fb, []byte(repotest.Password), repotest.Options)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -644,10 +485,10 @@ func TestSnapshotsStorageError(t *testing.T) {
 	if err := r.LoadIndex(ctx); err != nil {
 		t.Fatal(err)
 	}
-	before := listing(t, f.be)
+	before := repotest.Listing(t, f.be)
 	out, err := repair.Snapshots(ctx, r, false, true)
 	if err == nil {
 		t.Errorf("Snapshots with an unreadable (not lost) tree pack succeeded: %+v", out)
 	}
-	diffListings(t, "repair during a storage failure", before, listing(t, f.be))
+	repotest.DiffListings(t, "repair during a storage failure", before, repotest.Listing(t, f.be))
 }
