@@ -1,13 +1,9 @@
 package main
 
 import (
-	"errors"
-	"fmt"
 
 	"github.com/spf13/cobra"
 
-	"bunker/internal/backend"
-	"bunker/internal/backend/local"
 	"bunker/internal/repo/repository"
 )
 
@@ -30,12 +26,9 @@ func newInitCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			be, err := local.Create(ctx, loc)
-			if errors.Is(err, backend.ErrExists) {
-				return fmt.Errorf("%w at %s", repository.ErrAlreadyExists, loc)
-			}
+			be, err := g.createBackend(ctx, nil)
 			if err != nil {
-				return fmt.Errorf("create repository: %w", err)
+				return err
 			}
 			defer be.Close()
 			r, err := repository.Create(ctx, be, pw, opts)

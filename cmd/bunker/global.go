@@ -16,6 +16,7 @@ import (
 
 	"bunker/internal/backend"
 	"bunker/internal/backend/local"
+	"bunker/internal/backend/s3"
 	"bunker/internal/repo/repository"
 )
 
@@ -25,6 +26,9 @@ type globalOptions struct {
 	json         bool
 	quiet        bool
 	compression  string
+	cacert       string
+	bucketLookup string
+	connections  int
 }
 
 func (g *globalOptions) register(c *cobra.Command) {
@@ -34,6 +38,9 @@ func (g *globalOptions) register(c *cobra.Command) {
 	f.BoolVar(&g.json, "json", false, "print machine-readable JSON")
 	f.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors and the result")
 	f.StringVar(&g.compression, "compression", "auto", "compression for new data: auto, fastest, max, off")
+	f.StringVar(&g.cacert, "cacert", "", "PEM `file` of CA certificates to trust for the storage server (env BUNKER_CACERT)")
+	f.StringVar(&g.bucketLookup, "s3-bucket-lookup", "auto", "S3 addressing: auto, path (host/bucket/key) or dns (bucket.host/key)")
+	f.IntVar(&g.connections, "connections", 0, "at most this many connections to the storage (0: the backend's default)")
 }
 
 func (g *globalOptions) repoLocation() (string, error) {
@@ -44,7 +51,34 @@ func (g *globalOptions) repoLocation() (string, error) {
 	if loc == "" {
 		return "", usagef("no repository given: use --repo or set BUNKER_REPOSITORY")
 	}
-	return strings.TrimPrefix(loc, "local:"), nil
+	return loc, nil
+}
+
+// s3Config builds the S3 settings from the location and the flags.
+func (g *globalOptions) s3Config(loc string) (s3.Config, error) {
+	cfg, err := s3.ParseURL(loc)
+	if err != nil {
+		return cfg, usageError{err}
+	}
+	cfg.CACert = g.cacert
+	if cfg.CACert == "" {
+		cfg.CACert = os.Getenv("BUNKER_CACERT")
+	}
+	switch g.bucketLookup {
+	case "auto", "":
+	case "path":
+		cfg.PathStyle = true
+	case "dns":
+		cfg.VirtualHost = true
+	default:
+		return cfg, usagef("--s3-bucket-lookup %q: want auto, path or dns", g.bucketLookup)
+	}
+	if g.connections < 0 {
+		return cfg, usagef("--connections must be positive")
+	}
+	cfg.Connections = g.connections
+	cfg.Region = os.Getenv("AWS_DEFAULT_REGION")
+	return cfg, nil
 }
 
 // password reads the password from, in order: --password-file,
@@ -147,11 +181,63 @@ func (g *globalOptions) openBackend(ctx context.Context) (backend.Backend, error
 	if err != nil {
 		return nil, err
 	}
-	be, err := local.Open(ctx, loc)
-	if errors.Is(err, backend.ErrNotExist) {
-		return nil, fmt.Errorf("%w at %s", repository.ErrNotFound, loc)
+	var be backend.Backend
+	switch {
+	case strings.HasPrefix(loc, "s3:"):
+		cfg, err := g.s3Config(loc)
+		if err != nil {
+			return nil, err
+		}
+		be, err = s3.Open(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+	default:
+		be, err = local.Open(ctx, strings.TrimPrefix(loc, "local:"))
+		if errors.Is(err, backend.ErrNotExist) {
+			return nil, fmt.Errorf("%w at %s", repository.ErrNotFound, loc)
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	return be, err
+	return be, nil
+}
+
+// createBackend prepares the storage of a new repository.
+func (g *globalOptions) createBackend(ctx context.Context, lock *s3.LockConfig) (backend.Backend, error) {
+	loc, err := g.repoLocation()
+	if err != nil {
+		return nil, err
+	}
+	var be backend.Backend
+	switch {
+	case strings.HasPrefix(loc, "s3:"):
+		cfg, err := g.s3Config(loc)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Lock = lock
+		be, err = s3.Create(ctx, cfg)
+		if err != nil {
+			if errors.Is(err, backend.ErrExists) {
+				return nil, fmt.Errorf("%w at %s", repository.ErrAlreadyExists, loc)
+			}
+			return nil, err
+		}
+	default:
+		if lock != nil {
+			return nil, usagef("--object-lock needs an s3: repository")
+		}
+		be, err = local.Create(ctx, strings.TrimPrefix(loc, "local:"))
+		if errors.Is(err, backend.ErrExists) {
+			return nil, fmt.Errorf("%w at %s", repository.ErrAlreadyExists, loc)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create repository: %w", err)
+		}
+	}
+	return be, nil
 }
 
 // openRepo opens the repository and, if withIndex, loads its index.
