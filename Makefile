@@ -1,13 +1,17 @@
 # Bunker's build, test and benchmark entry points. `make test` installs what the
-# tests need (nothing beyond Go for now) and runs every test with -race.
+# tests need (staticcheck, and versitygw as the real S3 server, both with
+# go install at pinned versions) and runs every test with -race.
 GO        ?= go
 BIN       := bin/bunker
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 STATICCHECK_VERSION := v0.8.2
+# Keep in step with internal/backend/s3/s3test.Version.
+VERSITYGW_VERSION := v1.8.0
+VERSITYGW := $(CURDIR)/.tools/versitygw-$(VERSITYGW_VERSION)/versitygw
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 FUZZTIME  ?= 20000x
 
-.PHONY: all build test test-short lint fuzz bench bench-prune soak demo clean
+.PHONY: all build tools test test-short lint fuzz bench bench-prune soak demo clean
 
 all: build
 
@@ -17,6 +21,12 @@ build:
 $(GOBIN)/staticcheck:
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
+# The S3-compatible server the tests run against (builds in a few minutes once).
+$(VERSITYGW):
+	GOBIN=$(dir $(VERSITYGW)) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+
+tools: $(GOBIN)/staticcheck $(VERSITYGW)
+
 lint: $(GOBIN)/staticcheck
 	@unformatted=$$(gofmt -l cmd internal scripts); if [ -n "$$unformatted" ]; then echo "gofmt: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
@@ -24,12 +34,12 @@ lint: $(GOBIN)/staticcheck
 	$(GO) test -count=1 ./internal/lint/
 
 # Every test, with the race detector, then a short run of every fuzz target.
-test: lint build
-	$(GO) test -race -count=1 -timeout 20m ./...
+test: lint build $(VERSITYGW)
+	BUNKER_VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
-test-short: build
-	$(GO) test -count=1 ./...
+test-short: build $(VERSITYGW)
+	BUNKER_VERSITYGW=$(VERSITYGW) $(GO) test -count=1 ./...
 
 # Each fuzz target for FUZZTIME: a count of executions by default (a time limit
 # can end during minimization and fail spuriously); `make fuzz FUZZTIME=10m` to soak.
@@ -42,9 +52,9 @@ fuzz:
 	  done; \
 	done
 
-soak:
+soak: $(VERSITYGW)
 	$(MAKE) fuzz FUZZTIME=5m
-	BUNKER_SOAK=1 $(GO) test -count=1 -timeout 2h ./...
+	BUNKER_SOAK=1 BUNKER_VERSITYGW=$(VERSITYGW) $(GO) test -count=1 -timeout 2h ./...
 
 bench: build
 	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/run.sh
