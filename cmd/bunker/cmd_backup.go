@@ -118,6 +118,9 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 		return err
 	}
 	defer release()
+	// Index what is stored every few minutes: prune never deletes a pack
+	// that no index names until it is an hour old (docs/format.md 11b).
+	r.SetIndexInterval(repository.PartialIndexInterval)
 
 	var errMu sync.Mutex
 	var readErrors []string

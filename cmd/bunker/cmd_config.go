@@ -65,13 +65,16 @@ func newConfigCmd(g *globalOptions) *cobra.Command {
 				value = d.String()
 			}
 			ctx := c.Context()
-			r, _, release, err := g.openRepoLocked(ctx, false, true)
+			r, lock, release, err := g.openRepoLocked(ctx, false, true)
 			if err != nil {
 				return err
 			}
 			defer release()
 			s, _, err := r.LoadSettings(ctx)
 			if err != nil {
+				return err
+			}
+			if err := lock.Check(ctx); err != nil {
 				return err
 			}
 			s.MinRetention = value

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"bunker/internal/backend"
 	"bunker/internal/policy"
 	"bunker/internal/repo"
+	"bunker/internal/repo/repository"
 	"bunker/internal/snapshot"
 	"bunker/internal/ui"
 )
@@ -156,14 +158,9 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 		return err
 	}
 	now := time.Now()
-	var floor time.Duration
-	if settings.MinRetention != "" {
-		d, err := policy.ParseDuration(settings.MinRetention)
-		if err != nil {
-			return fmt.Errorf("repository setting min-retention %q: %w", settings.MinRetention, err)
-		}
-		cutoff := now.AddDate(-d.Years, -d.Months, -d.Days).Add(-time.Duration(d.Hours) * time.Hour)
-		floor = now.Sub(cutoff)
+	floor, err := retentionFloor(ctx, r, now)
+	if err != nil {
+		return err
 	}
 	snaps, err := r.Snapshots(ctx)
 	if err != nil {
@@ -303,4 +300,19 @@ func countKept(groups []forgetGroup) int {
 		}
 	}
 	return n
+}
+
+// retentionFloor returns the repository's min-retention as the age under
+// which no snapshot may be forgotten at now (0: no floor).
+func retentionFloor(ctx context.Context, r *repository.Repository, now time.Time) (time.Duration, error) {
+	settings, _, err := r.LoadSettings(ctx)
+	if err != nil || settings.MinRetention == "" {
+		return 0, err
+	}
+	d, err := policy.ParseDuration(settings.MinRetention)
+	if err != nil {
+		return 0, fmt.Errorf("repository setting min-retention %q: %w", settings.MinRetention, err)
+	}
+	cutoff := now.AddDate(-d.Years, -d.Months, -d.Days).Add(-time.Duration(d.Hours) * time.Hour)
+	return now.Sub(cutoff), nil
 }

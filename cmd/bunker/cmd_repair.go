@@ -2,10 +2,12 @@ package main
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"bunker/internal/repair"
+	"bunker/internal/snapshot"
 )
 
 func newRepairCmd(g *globalOptions) *cobra.Command {
@@ -20,12 +22,12 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ctx := c.Context()
-			r, _, release, err := g.openRepoLocked(ctx, false, true)
+			r, lock, release, err := g.openRepoLocked(ctx, false, true)
 			if err != nil {
 				return err
 			}
 			defer release()
-			res, err := repair.RebuildIndex(ctx, r, dryRun)
+			res, err := repair.RebuildIndex(ctx, r, dryRun, repair.WithLock(lock))
 			if err != nil {
 				return err
 			}
@@ -54,12 +56,17 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ctx := c.Context()
-			r, _, release, err := g.openRepoLocked(ctx, true, true)
+			r, lock, release, err := g.openRepoLocked(ctx, true, true)
 			if err != nil {
 				return err
 			}
 			defer release()
-			res, err := repair.Snapshots(ctx, r, dryRun, forget)
+			floor, err := retentionFloor(ctx, r, time.Now())
+			if err != nil {
+				return err
+			}
+			keep := func(sn *snapshot.Snapshot) bool { return floor > 0 && time.Since(sn.Time) < floor }
+			res, err := repair.Snapshots(ctx, r, dryRun, forget, repair.WithLock(lock), repair.KeepSnapshots(keep))
 			if err != nil {
 				return err
 			}
@@ -86,6 +93,9 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 				}
 				if s.Removed {
 					fmt.Fprintf(w, "  removed the original snapshot %s\n", s.ID[:8])
+				}
+				if s.KeptByFloor {
+					fmt.Fprintf(w, "  kept the original snapshot %s: it is younger than the repository's min-retention\n", s.ID[:8])
 				}
 			}
 			if len(res) == 0 {

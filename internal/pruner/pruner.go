@@ -26,6 +26,7 @@ import (
 
 	"bunker/internal/backend"
 	"bunker/internal/repo"
+	"bunker/internal/repo/crypto"
 	"bunker/internal/repo/index"
 	"bunker/internal/repo/pack"
 	"bunker/internal/repo/repository"
@@ -206,7 +207,7 @@ func MakePlan(ctx context.Context, r *repository.Repository, opts Options, now t
 	progress("reading snapshots")
 	snaps, err := r.Snapshots(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNeedsRepair, err)
+		return nil, damage(err, "")
 	}
 	snaps = slices.DeleteFunc(snaps, func(sn *snapshot.Snapshot) bool { return opts.Forgotten[sn.ID] })
 	p.Snapshots = len(snaps)
@@ -294,7 +295,7 @@ func MakePlan(ctx context.Context, r *repository.Repository, opts Options, now t
 func loadIndexFiles(ctx context.Context, r *repository.Repository, p *Plan) ([]index.PackEntry, error) {
 	ids, files, err := r.LoadIndexFiles(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w (run `bunker repair index`)", ErrNeedsRepair, err)
+		return nil, damage(err, " (run `bunker repair index`)")
 	}
 	byID := make(map[repo.ID]*index.File, len(ids))
 	for i, id := range ids {
@@ -349,6 +350,9 @@ func usedBlobs(ctx context.Context, r *repository.Repository, snaps []*snapshot.
 		ids[sn.ID] = true
 		bad := 0
 		err := r.WalkTree(ctx, sn.Tree, seen, func(h repo.BlobHandle, err error) error {
+			if err != nil && !isDamage(err) {
+				return err // the storage failed: nothing is known to be wrong
+			}
 			if err != nil {
 				bad++
 				return nil
@@ -436,9 +440,25 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 	if err := check(); err != nil {
 		return nil, err
 	}
+	// stop ends a prune that wrote (or may have written) its new index but
+	// cannot prove the deletions safe: every doomed pack is indexed again,
+	// whatever the context, and nothing is deleted.
+	stop := func(cause error) error {
+		if len(p.doomed) == 0 {
+			return fmt.Errorf("prune stopped before deleting anything: %w", cause)
+		}
+		rf := &index.File{}
+		for _, e := range p.doomed {
+			rf.Packs = append(rf.Packs, e)
+		}
+		if _, err := r.SaveIndex(context.WithoutCancel(ctx), rf); err != nil {
+			return fmt.Errorf("prune stopped before deleting (%w), and indexing its packs again failed: %w: run `bunker repair index`", cause, err)
+		}
+		return fmt.Errorf("prune stopped before deleting anything: %w", cause)
+	}
 	f := &index.File{Supersedes: p.indexFiles, Packs: append(slices.Clone(p.kept), newPacks...)}
 	if res.NewIndex, err = r.SaveIndex(ctx, f); err != nil {
-		return nil, err
+		return nil, stop(err) // it may be stored even so
 	}
 	repository.Failpoint(FailpointIndexed)
 	indexedAt := time.Now()
@@ -449,22 +469,14 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 		progress("waiting %s for backups committing meanwhile", wait.Round(time.Second))
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, stop(ctx.Err())
 		case <-time.After(wait):
 		}
 	}
 	rescued, unindexedKeep, err := rescan(ctx, r, p, next, res.NewIndex)
 	if err != nil {
-		// Whether a snapshot written meanwhile needs a doomed pack cannot be
-		// told: index them all again and delete nothing.
-		rf := &index.File{}
-		for _, e := range p.doomed {
-			rf.Packs = append(rf.Packs, e)
-		}
-		if _, serr := r.SaveIndex(context.WithoutCancel(ctx), rf); serr != nil {
-			return nil, fmt.Errorf("prune stopped before deleting (%w), and indexing its packs again failed: %w: run `bunker repair index`", err, serr)
-		}
-		return nil, fmt.Errorf("prune stopped before deleting anything: %w", err)
+		// Whether a snapshot written meanwhile needs a doomed pack cannot be told.
+		return nil, stop(err)
 	}
 	if len(rescued) > 0 {
 		rf := &index.File{}
@@ -472,7 +484,7 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 			rf.Packs = append(rf.Packs, p.doomed[id])
 		}
 		if _, err := r.SaveIndex(ctx, rf); err != nil {
-			return nil, err
+			return nil, stop(err)
 		}
 		res.Rescued = rescued
 	}
@@ -588,14 +600,40 @@ func rescan(ctx context.Context, r *repository.Repository, p *Plan, newIdx *inde
 	}
 	var out []repo.ID
 	if len(wanted) > 0 {
+		found := map[repo.BlobHandle]bool{}
 		for id, e := range p.doomed {
-			if slices.ContainsFunc(e.Blobs, func(b pack.Blob) bool { return wanted[b.Handle()] }) {
+			held := false
+			for _, b := range e.Blobs {
+				if h := b.Handle(); wanted[h] {
+					found[h], held = true, true
+				}
+			}
+			if held {
 				out = append(out, id)
 			}
+		}
+		if len(found) < len(wanted) {
+			return nil, nil, fmt.Errorf("snapshots written during prune use %d blobs that no pack is known to hold", len(wanted)-len(found))
 		}
 	}
 	sortIDs(out)
 	return out, keep, nil
+}
+
+// isDamage reports whether err says that stored data is missing or corrupt
+// for good, as opposed to a storage failure that may pass.
+func isDamage(err error) bool {
+	return errors.Is(err, repository.ErrCorrupt) || errors.Is(err, repository.ErrBlobNotFound) ||
+		errors.Is(err, backend.ErrNotExist) || errors.Is(err, crypto.ErrUnauthenticated)
+}
+
+// damage marks err as ErrNeedsRepair when it is damage, and leaves storage
+// failures as they are.
+func damage(err error, hint string) error {
+	if isDamage(err) {
+		return fmt.Errorf("%w: %w%s", ErrNeedsRepair, err, hint)
+	}
+	return err
 }
 
 func sortIDs(ids []repo.ID) {

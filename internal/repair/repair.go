@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"path"
 	"slices"
 	"sort"
@@ -26,19 +25,23 @@ import (
 
 // IndexResult is what RebuildIndex found and did.
 type IndexResult struct {
-	Packs      int      `json:"packs"`
-	Blobs      int      `json:"blobs"`
-	Damaged    []string `json:"damaged_packs,omitempty"` // packs whose header does not decode: not indexed
-	LostBlobs  int      `json:"lost_blobs"`              // blobs the old index named that no readable pack holds
-	Superseded int      `json:"superseded_index_files"`
-	NewIndex   string   `json:"new_index,omitempty"`
+	Packs   int      `json:"packs"`
+	Blobs   int      `json:"blobs"`
+	Damaged []string `json:"damaged_packs,omitempty"` // packs whose header does not decode
+	// FromOldIndex: damaged packs indexed from the entries the old index
+	// files had for them (their blobs are checked when read).
+	FromOldIndex []string `json:"indexed_from_old_index,omitempty"`
+	LostBlobs    int      `json:"lost_blobs"` // blobs the old index named that no readable pack holds
+	Superseded   int      `json:"superseded_index_files"`
+	NewIndex     string   `json:"new_index,omitempty"`
 }
 
 // RebuildIndex reads the header of every pack and writes one index file that
 // names them all and supersedes every existing index file, which it then
 // removes. A pack whose header cannot be read is reported and left out. Run
 // it under the exclusive lock; with dryRun it writes and removes nothing.
-func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool) (*IndexResult, error) {
+func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, opts ...Option) (*IndexResult, error) {
+	o := options(opts)
 	var infos []backend.FileInfo
 	err := r.Backend().List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
 		if _, err := repo.ParseID(fi.Name); err == nil {
@@ -79,6 +82,39 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool) (*
 		return nil, err
 	}
 	slices.Sort(res.Damaged)
+
+	old, err := r.List(ctx, backend.IndexFile)
+	if err != nil {
+		return nil, fmt.Errorf("list index: %w", err)
+	}
+	res.Superseded = len(old)
+	var oldFiles []*index.File
+	oldEntries := map[repo.ID]index.PackEntry{}
+	for _, id := range old {
+		of, err := r.LoadIndexFile(ctx, id)
+		if err != nil {
+			if !isLost(err) {
+				return nil, fmt.Errorf("read index file %s: %w (nothing changed)", id.Short(), err)
+			}
+			continue // a damaged index file is what this repairs
+		}
+		oldFiles = append(oldFiles, of)
+		for _, p := range of.Packs {
+			if len(p.Blobs) > len(oldEntries[p.ID].Blobs) {
+				oldEntries[p.ID] = p
+			}
+		}
+	}
+	// A pack whose own header is damaged may still hold intact blobs that
+	// the old index places: keep those entries (check --read-data verifies
+	// each blob) rather than drop the pack and let prune delete it.
+	for i, fi := range infos {
+		id, _ := repo.ParseID(fi.Name)
+		if e, ok := oldEntries[id]; ok && entries[i] == nil && slices.Contains(res.Damaged, id.String()) {
+			entries[i] = &e
+			res.FromOldIndex = append(res.FromOldIndex, id.String())
+		}
+	}
 	f := &index.File{}
 	now := index.New()
 	for _, e := range entries {
@@ -89,18 +125,8 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool) (*
 			res.Blobs += len(e.Blobs)
 		}
 	}
-
-	old, err := r.List(ctx, backend.IndexFile)
-	if err != nil {
-		return nil, fmt.Errorf("list index: %w", err)
-	}
-	res.Superseded = len(old)
 	lost := map[repo.BlobHandle]bool{}
-	for _, id := range old {
-		of, err := r.LoadIndexFile(ctx, id)
-		if err != nil {
-			continue // a damaged index file is what this repairs
-		}
+	for _, of := range oldFiles {
 		for _, p := range of.Packs {
 			for _, b := range p.Blobs {
 				if !now.Has(b.Handle()) {
@@ -112,6 +138,9 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool) (*
 	res.LostBlobs = len(lost)
 	if dryRun {
 		return res, nil
+	}
+	if err := o.check(ctx); err != nil {
+		return nil, err
 	}
 	f.Supersedes = old
 	id, err := r.SaveIndex(ctx, f)
@@ -134,6 +163,42 @@ type SnapshotResult struct {
 	RootLost bool     `json:"root_lost"`         // nothing of it can be restored
 	New      string   `json:"new_id,omitempty"`  // the rewritten snapshot
 	Removed  bool     `json:"removed,omitempty"` // the original was removed (--forget)
+	// KeptByFloor: --forget did not remove the original, which is younger
+	// than the repository's min-retention.
+	KeptByFloor bool `json:"kept_by_min_retention,omitempty"`
+}
+
+// Option tunes a repair.
+type Option func(*opts)
+
+type opts struct {
+	lock *repository.Lock
+	keep func(*snapshot.Snapshot) bool
+}
+
+func options(list []Option) opts {
+	var o opts
+	for _, f := range list {
+		f(&o)
+	}
+	return o
+}
+
+// check verifies the lock before a commit, if one was given.
+func (o opts) check(ctx context.Context) error {
+	if o.lock == nil {
+		return nil
+	}
+	return o.lock.Check(ctx)
+}
+
+// WithLock makes a repair check its lock before every commit.
+func WithLock(l *repository.Lock) Option { return func(o *opts) { o.lock = l } }
+
+// KeepSnapshots makes `repair snapshots --forget` keep the originals keep
+// returns true for (the min-retention floor).
+func KeepSnapshots(keep func(*snapshot.Snapshot) bool) Option {
+	return func(o *opts) { o.keep = keep }
 }
 
 // RepairedTag marks snapshots written by RepairSnapshots.
@@ -147,7 +212,8 @@ const RepairedTag = "repaired"
 // stored (and a snapshot whose root tree is lost is removed). With dryRun
 // nothing is written. Run it after RebuildIndex, under the exclusive lock,
 // with the index loaded.
-func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget bool) ([]SnapshotResult, error) {
+func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget bool, opts ...Option) ([]SnapshotResult, error) {
+	o := options(opts)
 	snaps, err := r.Snapshots(ctx)
 	if err != nil {
 		return nil, err
@@ -170,6 +236,9 @@ func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget boo
 			res.Lost = lost
 		}
 		if !dryRun && !res.RootLost {
+			if err := o.check(ctx); err != nil {
+				return out, err
+			}
 			if err := r.Flush(ctx); err != nil {
 				return out, err
 			}
@@ -183,7 +252,12 @@ func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget boo
 			}
 			res.New = id.String()
 		}
-		if !dryRun && forget {
+		if !dryRun && forget && o.keep != nil && o.keep(sn) {
+			res.KeptByFloor = true
+		} else if !dryRun && forget {
+			if err := o.check(ctx); err != nil {
+				return out, err
+			}
 			if err := r.Backend().Remove(ctx, backend.Handle{Type: backend.SnapshotFile, Name: sn.ID.String()}); err != nil {
 				return out, fmt.Errorf("remove snapshot %s: %w", sn.ID.Short(), err)
 			}
@@ -278,6 +352,6 @@ func (w *rewriter) tree(ctx context.Context, id repo.ID, dir string) (repo.ID, [
 // no index names it, its pack is missing, or it does not decode.
 func isLost(err error) bool {
 	return errors.Is(err, repository.ErrBlobNotFound) || errors.Is(err, backend.ErrNotExist) ||
-		errors.Is(err, repository.ErrCorrupt) || errors.Is(err, snapshot.ErrInvalidTree) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, repository.ErrCorrupt) || errors.Is(err, snapshot.ErrInvalidTree) ||
 		errors.Is(err, pack.ErrInvalid) || errors.Is(err, crypto.ErrUnauthenticated)
 }

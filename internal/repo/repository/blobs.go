@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -194,6 +195,9 @@ func (r *Repository) upload(ctx context.Context, w *pack.Writer) {
 	go func() {
 		defer func() { <-r.uploadSem; r.uploads.Done() }()
 		err := r.storePack(uctx, w)
+		if err == nil {
+			err = r.partialIndex(uctx)
+		}
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		for _, b := range w.Blobs() {
@@ -280,6 +284,38 @@ func (r *Repository) confirmStored(ctx context.Context, h backend.Handle, size i
 	case fi.Size != int64(size):
 		return fmt.Errorf("%v: %w (%d bytes stored, %d sent)", h, ErrUploadLost, fi.Size, size)
 	}
+	return nil
+}
+
+// SetIndexInterval makes a long write (a backup) store an index file for
+// the packs stored so far at least every d, instead of only at Flush: a pack
+// no index names then stays much younger than prune's grace period for
+// unindexed packs, whatever the length of the backup. 0 turns it off.
+func (r *Repository) SetIndexInterval(d time.Duration) {
+	r.mu.Lock()
+	r.indexEvery, r.lastIndex = d, time.Now()
+	r.mu.Unlock()
+}
+
+// partialIndex writes an index for the packs stored so far once the index
+// interval has passed.
+func (r *Repository) partialIndex(ctx context.Context) error {
+	r.mu.Lock()
+	if r.indexEvery <= 0 || time.Since(r.lastIndex) < r.indexEvery || len(r.newPacks) == 0 {
+		r.mu.Unlock()
+		return nil
+	}
+	packs := r.newPacks
+	r.newPacks = nil
+	r.lastIndex = time.Now()
+	r.mu.Unlock()
+	id, err := r.SaveIndex(ctx, &index.File{Packs: packs})
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.ownIndex[id] = packs
+	r.mu.Unlock()
 	return nil
 }
 

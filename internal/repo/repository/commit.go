@@ -18,6 +18,11 @@ import (
 // the meantime (docs/format.md, "Deleting safely").
 const CommitWindow = 10 * time.Second
 
+// PartialIndexInterval is how often a backup writes an index file for the
+// packs it has stored so far; it must stay well below prune's grace period
+// for unindexed packs (one hour).
+const PartialIndexInterval = 5 * time.Minute
+
 // ErrPrunedMeanwhile: a prune that ran during this backup removed data the
 // new snapshot would refer to. Nothing was committed; running the backup
 // again stores the data anew.
@@ -84,22 +89,29 @@ func (r *Repository) CheckCommit(ctx context.Context, tree repo.ID) error {
 	if err := r.ReloadIndex(ctx); err != nil {
 		return err
 	}
+	// Every pack this handle wrote must still be stored: a prune that
+	// missed our lock may have deleted one before our index named it.
 	// Our own index files: one the reload read is in the index; one a
 	// prune superseded no longer counts (its packs are doomed unless the
 	// prune's index kept them); one that is neither is only hidden by a
-	// lagging listing, and its packs count if they are still stored.
+	// lagging listing, and its packs count.
 	r.mu.Lock()
-	var lagging []index.PackEntry
+	var own, lagging []index.PackEntry
 	for id, packs := range r.ownIndex {
+		own = append(own, packs...)
 		if !r.indexFiles[id] && !r.superseded[id] {
 			lagging = append(lagging, packs...)
 		}
 	}
 	r.mu.Unlock()
-	for _, p := range lagging {
-		if _, err := r.be.Stat(ctx, backend.Handle{Type: backend.PackFile, Name: p.ID.String()}); err != nil {
-			return fmt.Errorf("%w: pack %s is gone: %w", ErrPrunedMeanwhile, p.ID.Short(), err)
+	for _, p := range own {
+		if _, err := r.be.Stat(ctx, backend.Handle{Type: backend.PackFile, Name: p.ID.String()}); errors.Is(err, backend.ErrNotExist) {
+			return fmt.Errorf("%w: pack %s this backup wrote is gone", ErrPrunedMeanwhile, p.ID.Short())
+		} else if err != nil {
+			return fmt.Errorf("check pack %s: %w", p.ID.Short(), err)
 		}
+	}
+	for _, p := range lagging {
 		r.idx.AddPack(p.ID, p.Blobs)
 	}
 	missing := 0
@@ -155,8 +167,12 @@ func (r *Repository) indexRewritten(ctx context.Context) (bool, error) {
 		if !present[id] {
 			// Listings may lag behind writes (our own file may not show
 			// yet); only a file that Stat also misses is gone.
-			if _, err := r.be.Stat(ctx, backend.Handle{Type: backend.IndexFile, Name: id.String()}); errors.Is(err, backend.ErrNotExist) {
+			_, err := r.be.Stat(ctx, backend.Handle{Type: backend.IndexFile, Name: id.String()})
+			if errors.Is(err, backend.ErrNotExist) {
 				return true, nil
+			}
+			if err != nil {
+				return false, fmt.Errorf("check index file %s: %w", id.Short(), err)
 			}
 		}
 	}
@@ -197,6 +213,19 @@ func (r *Repository) CommitSnapshot(ctx context.Context, lock *Lock, sn *snapsho
 	if err != nil {
 		return id, fmt.Errorf("save snapshot: %w", err)
 	}
+	// The window bounds when the write starts, not when it ends (a slow
+	// storage, a stopped process). Check again now that it is stored: if a
+	// prune removed data the snapshot uses meanwhile, withdraw the snapshot.
+	if err := r.CheckCommit(ctx, sn.Tree); err != nil {
+		if errors.Is(err, ErrPrunedMeanwhile) {
+			rmErr := r.be.Remove(context.WithoutCancel(ctx), backend.Handle{Type: backend.SnapshotFile, Name: id.String()})
+			if rmErr != nil {
+				return id, fmt.Errorf("snapshot %s refers to data a concurrent prune removed, and removing it failed (%v): forget it: %w", id.Short(), rmErr, err)
+			}
+			return repo.ID{}, fmt.Errorf("snapshot withdrawn: %w", err)
+		}
+		return id, fmt.Errorf("snapshot %s saved, but checking it afterwards failed: %w (run `bunker check`)", id.Short(), err)
+	}
 	return id, nil
 }
 
@@ -218,6 +247,8 @@ func (l *Lock) ID() repo.ID {
 // StorageTime returns a time by the storage's clock no later than now: when
 // the storage stored this lock's current file.
 func (l *Lock) StorageTime(ctx context.Context) (time.Time, error) {
+	l.fileMu.Lock()
+	defer l.fileMu.Unlock()
 	fi, err := l.r.be.Stat(ctx, backend.Handle{Type: backend.LockFile, Name: l.ID().String()})
 	if err != nil {
 		return time.Time{}, fmt.Errorf("stat own lock: %w", err)

@@ -60,14 +60,21 @@ func (l LockInfo) Stale(now time.Time) bool {
 
 // Lock is a held repository lock; it refreshes itself until Unlock.
 type Lock struct {
-	r      *Repository
-	info   LockInfo
+	r    *Repository
+	info LockInfo
+	// fileMu is held while the lock file is rewritten (write the new one,
+	// remove the old one) and while it is verified, so that a check never
+	// looks for a file a refresh has just replaced.
+	fileMu sync.Mutex
 	mu     sync.Mutex
 	id     repo.ID
-	lastOK time.Time // when the current lock file was written (monotonic)
-	stop   chan struct{}
-	done   chan struct{}
-	failed error
+	// lastOK is when the current lock file was written, by the monotonic
+	// clock and by the wall clock: the monotonic clock stops while the
+	// machine is suspended, the wall clock does not.
+	lastOK, lastOKWall time.Time
+	stop               chan struct{}
+	done               chan struct{}
+	failed             error
 }
 
 // Lock takes a shared (exclusive=false) or exclusive lock. Stale locks do not
@@ -119,7 +126,7 @@ func (l *Lock) write(ctx context.Context) error {
 		return fmt.Errorf("write lock: %w", err)
 	}
 	l.mu.Lock()
-	l.id, l.lastOK = id, start
+	l.id, l.lastOK, l.lastOKWall = id, start, start.Round(0)
 	l.mu.Unlock()
 	return nil
 }
@@ -151,13 +158,14 @@ func (l *Lock) refresh(ctx context.Context) {
 				}
 				continue // storage trouble: try again at the next tick
 			}
+			l.fileMu.Lock()
 			l.mu.Lock()
 			old := l.id
 			l.mu.Unlock()
-			if err := l.write(ctx); err != nil {
-				continue // verify at the next tick says whether it is lost
-			}
-			_ = l.r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: old.String()})
+			if err := l.write(ctx); err == nil {
+				_ = l.r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: old.String()})
+			} // else verify at the next tick says whether it is lost
+			l.fileMu.Unlock()
 		}
 	}
 }
@@ -165,13 +173,16 @@ func (l *Lock) refresh(ctx context.Context) {
 // verify checks that the lock file is present and was refreshed less than
 // LockStale/2 ago.
 func (l *Lock) verify(ctx context.Context) error {
+	l.fileMu.Lock()
+	defer l.fileMu.Unlock()
 	l.mu.Lock()
-	id, last, failed := l.id, l.lastOK, l.failed
+	id, last, lastWall, failed := l.id, l.lastOK, l.lastOKWall, l.failed
 	l.mu.Unlock()
 	if failed != nil {
 		return failed
 	}
-	if age := time.Since(last); age > LockStale/2 {
+	age := max(time.Since(last), time.Now().Round(0).Sub(lastWall))
+	if age > LockStale/2 {
 		return fmt.Errorf("%w: not refreshed for %s (the process was stopped or the storage unreachable), so others may treat it as stale",
 			ErrLockLost, age.Round(time.Second))
 	}
@@ -260,6 +271,22 @@ func (r *Repository) RemoveLock(ctx context.Context, id repo.ID) error {
 // checkLocks fails with ErrLocked if a live lock other than own conflicts
 // with a lock of the given kind.
 func (r *Repository) checkLocks(ctx context.Context, exclusive bool, own repo.ID) error {
+	for attempt := 1; ; attempt++ {
+		err := r.checkLocksOnce(ctx, exclusive, own)
+		// A lock that vanished between the listing and the read was
+		// replaced by its holder's refresh: list again to see the new file.
+		if !errors.Is(err, errLockVanished) || attempt == 3 {
+			if errors.Is(err, errLockVanished) {
+				return fmt.Errorf("%w: lock files keep changing; try again", ErrLocked)
+			}
+			return err
+		}
+	}
+}
+
+var errLockVanished = errors.New("a listed lock file vanished")
+
+func (r *Repository) checkLocksOnce(ctx context.Context, exclusive bool, own repo.ID) error {
 	ids, err := r.List(ctx, backend.LockFile)
 	if err != nil {
 		return fmt.Errorf("list locks: %w", err)
@@ -271,7 +298,7 @@ func (r *Repository) checkLocks(ctx context.Context, exclusive bool, own repo.ID
 		}
 		plain, err := r.LoadUnpacked(ctx, backend.LockFile, id)
 		if errors.Is(err, backend.ErrNotExist) {
-			continue // removed meanwhile
+			return errLockVanished
 		}
 		if err != nil {
 			return fmt.Errorf("read lock %s: %w", id.Short(), err)

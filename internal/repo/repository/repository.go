@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/user"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -126,6 +127,10 @@ type Repository struct {
 	ownIndex   map[repo.ID][]index.PackEntry
 	superseded map[repo.ID]bool
 	pruneSeen  bool
+	// indexEvery: see SetIndexInterval; lastIndex is when an index file
+	// was last written for this handle's packs.
+	indexEvery time.Duration
+	lastIndex  time.Time
 
 	// testCorrupt, when set, changes sealed blobs before verification (RELIABILITY B6).
 	testCorrupt func(sealed []byte)
@@ -525,6 +530,9 @@ func (r *Repository) Snapshots(ctx context.Context) ([]*snapshot.Snapshot, error
 	for i, id := range ids {
 		g.Go(func() error {
 			sn, err := r.LoadSnapshot(gctx, id)
+			if errors.Is(err, backend.ErrNotExist) {
+				return nil // removed since it was listed
+			}
 			out[i] = sn
 			return err
 		})
@@ -532,6 +540,7 @@ func (r *Repository) Snapshots(ctx context.Context) ([]*snapshot.Snapshot, error
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	out = slices.DeleteFunc(out, func(sn *snapshot.Snapshot) bool { return sn == nil })
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
 	return out, nil
 }
