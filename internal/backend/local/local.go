@@ -116,6 +116,26 @@ func Open(ctx context.Context, dir string) (*Backend, error) {
 	return &Backend{dir: dir}, nil
 }
 
+// OpenLayout opens a directory made by Create whose config may not be
+// stored yet (the repository server stores it in a later request).
+func OpenLayout(ctx context.Context, dir string) (*Backend, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("open %s: %w", dir, err)
+	}
+	dir = filepath.Clean(dir)
+	fi, err := os.Stat(filepath.Join(dir, dataDir))
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", dir, mapErr(err))
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("open %s: not a repository directory", dir)
+	}
+	for _, d := range typeDirs {
+		_ = os.Mkdir(filepath.Join(dir, d), dirMode)
+	}
+	return &Backend{dir: dir}, nil
+}
+
 // Location returns the repository directory.
 func (b *Backend) Location() string { return b.dir }
 
