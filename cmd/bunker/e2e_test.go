@@ -77,6 +77,8 @@ type repoEnv struct {
 	repo   string
 	pwFile string
 	cred   *syscall.Credential // run as this user if set
+	// extraEnv is added to every run (a remote repository's credentials).
+	extraEnv map[string]string
 }
 
 // runOpts changes one run.
@@ -147,6 +149,9 @@ func (e *repoEnv) runWith(o runOpts, args ...string) result {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bunkerBin, args...)
 	vars := map[string]string{"BUNKER_REPOSITORY": e.repo, "BUNKER_PASSWORD_FILE": e.pwFile}
+	for k, v := range e.extraEnv {
+		vars[k] = v
+	}
 	for k, v := range o.env {
 		vars[k] = v
 	}

@@ -16,6 +16,7 @@ import (
 
 	"bunker/internal/backend"
 	"bunker/internal/backend/local"
+	"bunker/internal/backend/rest"
 	"bunker/internal/backend/s3"
 	"bunker/internal/repo/repository"
 )
@@ -27,6 +28,7 @@ type globalOptions struct {
 	quiet        bool
 	compression  string
 	cacert       string
+	clientCert   string
 	bucketLookup string
 	connections  int
 }
@@ -39,6 +41,7 @@ func (g *globalOptions) register(c *cobra.Command) {
 	f.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors and the result")
 	f.StringVar(&g.compression, "compression", "auto", "compression for new data: auto, fastest, max, off")
 	f.StringVar(&g.cacert, "cacert", "", "PEM `file` of CA certificates to trust for the storage server (env BUNKER_CACERT)")
+	f.StringVar(&g.clientCert, "tls-client-cert", "", "PEM `file` with a client certificate and key for the repository server (env BUNKER_TLS_CLIENT_CERT)")
 	f.StringVar(&g.bucketLookup, "s3-bucket-lookup", "auto", "S3 addressing: auto, path (host/bucket/key) or dns (bucket.host/key)")
 	f.IntVar(&g.connections, "connections", 0, "at most this many connections to the storage (0: the backend's default)")
 }
@@ -52,6 +55,41 @@ func (g *globalOptions) repoLocation() (string, error) {
 		return "", usagef("no repository given: use --repo or set BUNKER_REPOSITORY")
 	}
 	return loc, nil
+}
+
+// restConfig builds the repository-server settings: the password from
+// BUNKER_REST_PASSWORD_FILE or BUNKER_REST_PASSWORD, a client certificate
+// from --tls-client-cert or BUNKER_TLS_CLIENT_CERT.
+func (g *globalOptions) restConfig(loc string) (rest.Config, error) {
+	cfg, err := rest.ParseURL(loc)
+	if err != nil {
+		return cfg, usageError{err}
+	}
+	cfg.CACert = g.cacert
+	if cfg.CACert == "" {
+		cfg.CACert = os.Getenv("BUNKER_CACERT")
+	}
+	cfg.ClientCert = g.clientCert
+	if cfg.ClientCert == "" {
+		cfg.ClientCert = os.Getenv("BUNKER_TLS_CLIENT_CERT")
+	}
+	if f := os.Getenv("BUNKER_REST_PASSWORD_FILE"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return cfg, fmt.Errorf("BUNKER_REST_PASSWORD_FILE: %w", err)
+		}
+		cfg.Password = string(firstLine(b))
+	} else {
+		cfg.Password = os.Getenv("BUNKER_REST_PASSWORD")
+	}
+	if cfg.User != "" && cfg.Password == "" {
+		return cfg, usagef("rest user %q has no password: set BUNKER_REST_PASSWORD_FILE", cfg.User)
+	}
+	if g.connections < 0 {
+		return cfg, usagef("--connections must be positive")
+	}
+	cfg.Connections = g.connections
+	return cfg, nil
 }
 
 // s3Config builds the S3 settings from the location and the flags.
@@ -192,6 +230,18 @@ func (g *globalOptions) openBackend(ctx context.Context) (backend.Backend, error
 		if err != nil {
 			return nil, err
 		}
+	case strings.HasPrefix(loc, "rest:"):
+		cfg, err := g.restConfig(loc)
+		if err != nil {
+			return nil, err
+		}
+		be, err = rest.Open(ctx, cfg)
+		if errors.Is(err, backend.ErrNotExist) {
+			return nil, fmt.Errorf("%w at %s", repository.ErrNotFound, loc)
+		}
+		if err != nil {
+			return nil, err
+		}
 	default:
 		be, err = local.Open(ctx, strings.TrimPrefix(loc, "local:"))
 		if errors.Is(err, backend.ErrNotExist) {
@@ -223,6 +273,21 @@ func (g *globalOptions) createBackend(ctx context.Context, lock *s3.LockConfig) 
 			if errors.Is(err, backend.ErrExists) {
 				return nil, fmt.Errorf("%w at %s", repository.ErrAlreadyExists, loc)
 			}
+			return nil, err
+		}
+	case strings.HasPrefix(loc, "rest:"):
+		if lock != nil {
+			return nil, usagef("--object-lock needs an s3: repository")
+		}
+		cfg, err := g.restConfig(loc)
+		if err != nil {
+			return nil, err
+		}
+		be, err = rest.Create(ctx, cfg)
+		if errors.Is(err, backend.ErrExists) {
+			return nil, fmt.Errorf("%w at %s", repository.ErrAlreadyExists, loc)
+		}
+		if err != nil {
 			return nil, err
 		}
 	default:
@@ -279,6 +344,14 @@ func (g *globalOptions) openRepoLocked(ctx context.Context, withIndex, exclusive
 	r, err = g.openRepo(ctx, false)
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	if exclusive {
+		// Commands that take the exclusive lock delete or replace: with an
+		// append-only credential they stop here, before writing anything.
+		if err := r.CheckCanDelete(ctx); err != nil {
+			closeRepo(r)
+			return nil, nil, nil, err
+		}
 	}
 	lock, err = r.Lock(ctx, exclusive)
 	if err != nil {

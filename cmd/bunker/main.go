@@ -35,6 +35,7 @@ const (
 	exitNoRepo      = 10
 	exitLocked      = 11
 	exitWrongPass   = 12
+	exitPermission  = 13
 	exitInterrupted = 130
 )
 
@@ -47,6 +48,7 @@ const exitCodesHelp = `Exit codes:
   10   the repository does not exist
   11   the repository is locked by another process, or this process lost its lock
   12   wrong password (no key slot matches)
+  13   the storage refused: this credential may not do that (append-only, read-only, wrong role)
   130  interrupted (SIGINT/SIGTERM)`
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -84,6 +86,8 @@ func exitCode(err error) int {
 		return exitLocked
 	case errors.Is(err, repository.ErrWrongPassword):
 		return exitWrongPass
+	case errors.Is(err, repository.ErrAppendOnly), errors.Is(err, backend.ErrPermission):
+		return exitPermission
 	case errors.Is(err, archiver.ErrPathNotExist):
 		return exitFailure
 	case errors.As(err, &pe), errors.Is(err, backend.ErrNoSpace):
@@ -197,7 +201,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newInitCmd(g), newBackupCmd(g), newSnapshotsCmd(g), newLsCmd(g), newDiffCmd(g),
 		newStatsCmd(g), newRestoreCmd(g), newDumpCmd(g), newCheckCmd(g), newKeyCmd(g),
-		newForgetCmd(g), newPruneCmd(g), newUnlockCmd(g), newRepairCmd(g), newConfigCmd(g),
+		newForgetCmd(g), newPruneCmd(g), newUnlockCmd(g), newRepairCmd(g), newConfigCmd(g), newServeCmd(g),
 		&cobra.Command{Use: "exit-codes", Short: "List the exit codes", Run: func(c *cobra.Command, _ []string) {
 			fmt.Fprintln(c.OutOrStdout(), exitCodesHelp)
 		}},

@@ -13,6 +13,7 @@ import (
 
 	"bunker/internal/backend"
 	"bunker/internal/repo"
+	"bunker/internal/repo/crypto"
 )
 
 // ErrLocked is returned when a lock conflicts with one another process holds.
@@ -320,4 +321,23 @@ func (r *Repository) checkLocksOnce(ctx context.Context, exclusive bool, own rep
 		}
 	}
 	return nil
+}
+
+// ErrAppendOnly: the storage credential may add data but not delete it.
+var ErrAppendOnly = errors.New("this credential may not delete from the repository (append-only)")
+
+// CheckCanDelete asks the storage to delete a lock file that does not exist:
+// a refusal means the credential is append-only, and a command that would
+// delete must stop before it writes anything.
+func (r *Repository) CheckCanDelete(ctx context.Context) error {
+	var probe repo.ID
+	crypto.Random(probe[:])
+	err := r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: probe.String()})
+	switch {
+	case err == nil, errors.Is(err, backend.ErrNotExist):
+		return nil
+	case errors.Is(err, backend.ErrPermission):
+		return fmt.Errorf("%w: %w", ErrAppendOnly, err)
+	}
+	return fmt.Errorf("check delete permission: %w", err)
 }
