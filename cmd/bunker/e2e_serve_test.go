@@ -14,8 +14,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 	"testing"
+	"time"
 
 	"bunker/internal/fs/fstest"
 	"bunker/internal/server/servertest"

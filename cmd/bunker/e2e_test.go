@@ -1135,13 +1135,13 @@ func TestExitCodes(t *testing.T) {
 		codes[f[0]] = strings.Join(f[1:], " ")
 	}
 	for code, word := range map[string]string{"0": "success", "1": "failure", "2": "usage", "3": "incomplete", "4": "damaged",
-		"10": "does not exist", "11": "locked", "12": "wrong password", "130": "interrupted"} {
+		"10": "does not exist", "11": "locked", "12": "wrong password", "13": "refused", "130": "interrupted"} {
 		if !strings.Contains(codes[code], word) {
 			t.Errorf("exit-codes: code %s is %q, want it to mention %q", code, codes[code], word)
 		}
 	}
-	if len(codes) != 9 {
-		t.Errorf("exit-codes: %d codes, want 9:\n%s", len(codes), out)
+	if len(codes) != 10 {
+		t.Errorf("exit-codes: %d codes, want 10:\n%s", len(codes), out)
 	}
 	if help := e.ok("--help"); !strings.Contains(help, out) {
 		t.Errorf("--help does not include the exit codes:\n%s", help)
