@@ -12,6 +12,7 @@ import (
 
 	"bunker/internal/backend"
 	"bunker/internal/policy"
+	"bunker/internal/pruner"
 	"bunker/internal/repo"
 	"bunker/internal/repo/repository"
 	"bunker/internal/snapshot"
@@ -237,17 +238,51 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 		fmt.Fprintln(w)
 	}
 
-	var removed []string
-	if !o.dryRun && len(remove) > 0 {
+	var removed, stillLocked []string
+	if !o.dryRun {
 		if err := lock.Check(ctx); err != nil {
 			return fmt.Errorf("nothing removed: %w", err)
 		}
+		rt, locked := r.Retainer()
 		for _, sn := range remove {
-			if err := r.Backend().Remove(ctx, backend.Handle{Type: backend.SnapshotFile, Name: sn.ID.String()}); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			h := backend.Handle{Type: backend.SnapshotFile, Name: sn.ID.String()}
+			if locked {
+				// Object Lock: a snapshot whose lock has not expired stays
+				// until it has; a later forget removes it.
+				_, until, err := rt.Retention(ctx, h)
+				if err != nil && !errors.Is(err, backend.ErrNotExist) {
+					return err
+				}
+				if until.After(time.Now()) {
+					stillLocked = append(stillLocked, sn.ID.String())
+					g.msgf(c, "snapshot %s is locked until %s: it will be removed by a forget after that\n", sn.ID.Short(), until.Local().Format(time.DateTime))
+					continue
+				}
+			}
+			if err := r.Backend().Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
 				return fmt.Errorf("remove snapshot %s (removed %d before it): %w", sn.ID.Short(), len(removed), err)
 			}
 			removed = append(removed, sn.ID.String())
 			g.msgf(c, "removed snapshot %s\n", sn.ID.Short())
+		}
+		if locked {
+			// The snapshots kept stay locked: extend the locks that end
+			// within half the period.
+			// Every snapshot not removed is kept (also those the filters
+			// left out of this forget).
+			gone := map[string]bool{}
+			for _, sn := range remove {
+				gone[sn.ID.String()] = true
+			}
+			var keep []backend.Handle
+			for _, sn := range snaps {
+				if !gone[sn.ID.String()] {
+					keep = append(keep, backend.Handle{Type: backend.SnapshotFile, Name: sn.ID.String()})
+				}
+			}
+			if _, err := pruner.ExtendHandles(ctx, r, rt, keep); err != nil {
+				return fmt.Errorf("extend the locks of kept snapshots: %w", err)
+			}
 		}
 	}
 	if o.dryRun {
@@ -263,7 +298,8 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 		if groups == nil {
 			groups = []forgetGroup{}
 		}
-		if err := printJSON(c.OutOrStdout(), map[string]any{"message_type": "forget", "dry_run": o.dryRun, "groups": groups, "removed": removed}); err != nil {
+		if err := printJSON(c.OutOrStdout(), map[string]any{"message_type": "forget", "dry_run": o.dryRun, "groups": groups, "removed": removed,
+			"still_locked": stillLocked}); err != nil {
 			return err
 		}
 	}

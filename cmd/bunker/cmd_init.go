@@ -3,11 +3,14 @@ package main
 import (
 	"github.com/spf13/cobra"
 
+	"bunker/internal/backend/s3"
 	"bunker/internal/repo/repository"
 )
 
 func newInitCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var lockMode string
+	var lockDays int
+	c := &cobra.Command{
 		Use:   "init",
 		Short: "Create a new repository",
 		Args:  cobra.NoArgs,
@@ -25,7 +28,20 @@ func newInitCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			be, err := g.createBackend(ctx, nil)
+			var lock *s3.LockConfig
+			switch {
+			case lockMode == "" && c.Flags().Changed("lock-days"):
+				return usagef("--lock-days goes with --object-lock")
+			case lockMode == "":
+			case lockMode != "compliance" && lockMode != "governance":
+				return usagef("--object-lock %q: want compliance or governance", lockMode)
+			case lockDays < 1 || lockDays > 36500:
+				return usagef("--lock-days must be between 1 and 36500, got %d", lockDays)
+			default:
+				lock = &s3.LockConfig{Mode: lockMode, Days: lockDays}
+				opts.ObjectLock = &repository.ObjectLock{Mode: lockMode, Days: lockDays}
+			}
+			be, err := g.createBackend(ctx, lock)
 			if err != nil {
 				return err
 			}
@@ -40,7 +56,13 @@ func newInitCmd(g *globalOptions) *cobra.Command {
 			}
 			g.msgf(c, "created repository %s at %s\n", r.Config().ID[:8], loc)
 			g.msgf(c, "Keep the password safe: without it the data cannot be read back.\n")
+			if lock != nil {
+				g.msgf(c, "Every object is locked (%s mode) for %d days; prune deletes only what has expired.\n", lock.Mode, lock.Days)
+			}
 			return nil
 		},
 	}
+	c.Flags().StringVar(&lockMode, "object-lock", "", "lock every object with S3 Object Lock: `mode` compliance or governance (s3: repositories; the bucket must have Object Lock, a new one gets it)")
+	c.Flags().IntVar(&lockDays, "lock-days", 30, "with --object-lock: how many `days` each object stays locked (prune extends what kept snapshots use)")
+	return c
 }

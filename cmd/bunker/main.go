@@ -100,7 +100,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	stopProfile := startProfile()
 	setMemoryLimit(0)
-	if err := testLockTiming(); err != nil {
+	if err := errors.Join(testLockTiming(), testLockDay()); err != nil {
 		fmt.Fprintf(os.Stderr, "bunker: %v\n", err)
 		os.Exit(exitUsage)
 	}
@@ -240,5 +240,21 @@ func testLockTiming() error {
 		return fmt.Errorf("BUNKER_TEST_LOCK_TIMING %q: want refresh/stale durations, refresh < stale", v)
 	}
 	repository.LockRefresh, repository.LockStale = refresh, stale
+	return nil
+}
+
+// testLockDay applies BUNKER_TEST_LOCK_DAY (a duration): the length of one
+// day of --lock-days, so that Object Lock tests see locks expire in seconds.
+// Not for production use.
+func testLockDay() error {
+	v := os.Getenv("BUNKER_TEST_LOCK_DAY")
+	if v == "" {
+		return nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return fmt.Errorf("BUNKER_TEST_LOCK_DAY %q: want a positive duration", v)
+	}
+	repository.LockDay = d
 	return nil
 }

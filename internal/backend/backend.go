@@ -187,3 +187,17 @@ func CheckHandle(h Handle) error {
 	}
 	return nil
 }
+
+// Retainer is an optional extension of a Backend whose storage can lock
+// objects against deletion until a date (S3 Object Lock).
+type Retainer interface {
+	// SetRetention makes every object stored from now on locked for d in
+	// mode ("compliance" or "governance").
+	SetRetention(mode string, d time.Duration)
+	// Retention returns an object's lock: its mode and retain-until date
+	// (the zero time and "" for an object without a lock).
+	Retention(ctx context.Context, h Handle) (mode string, until time.Time, err error)
+	// ExtendRetention moves an object's retain-until date to until; it
+	// never shortens a lock.
+	ExtendRetention(ctx context.Context, h Handle, until time.Time) error
+}

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -73,6 +74,9 @@ type checker struct {
 	packs map[repo.ID][]pack.Blob
 	bad   map[repo.ID]repo.ID // damaged blob -> pack
 	quiet bool                // set while tracing damage: problems were reported already
+	// superseded index files (names); they and unindexed packs are no
+	// longer used, so their locks may run out.
+	superseded map[string]bool
 }
 
 func (c *checker) problem(kind, obj, format string, args ...any) {
@@ -96,6 +100,9 @@ func Check(ctx context.Context, r *repository.Repository, opts Options) (*Result
 		return nil, err
 	}
 	snaps := c.checkSnapshots(ctx)
+	if err := c.checkObjectLocks(ctx); err != nil {
+		return nil, err
+	}
 	if opts.ReadData {
 		if err := c.readData(ctx, stored, opts); err != nil {
 			return nil, err
@@ -124,6 +131,12 @@ func (c *checker) checkIndex(ctx context.Context) error {
 			continue
 		}
 		files[id] = f
+	}
+	c.superseded = map[string]bool{}
+	for _, f := range files {
+		for _, id := range f.Supersedes {
+			c.superseded[id.String()] = true
+		}
 	}
 	idx := c.repo.Index()
 	for _, p := range index.Live(files) {
@@ -370,4 +383,56 @@ func appendOnce(s []string, v string) []string {
 		}
 	}
 	return append(s, v)
+}
+
+// checkObjectLocks reports, for a repository under Object Lock, every object
+// whose lock is missing, of another mode, or ends within a quarter of the
+// lock period (prune extends locks at half of it; a quarter means prune has
+// not run for a long time).
+func (c *checker) checkObjectLocks(ctx context.Context) error {
+	rt, ok := c.repo.Retainer()
+	if !ok {
+		return nil
+	}
+	mode := c.repo.Config().ObjectLock.Mode
+	minUntil := time.Now().Add(c.repo.LockDuration() / 4)
+	for _, t := range backend.AllTypes {
+		if t == backend.LockFile {
+			continue
+		}
+		var names []string
+		err := c.repo.Backend().List(ctx, t, func(fi backend.FileInfo) error {
+			if t == backend.IndexFile && c.superseded[fi.Name] {
+				return nil
+			}
+			if id, err := repo.ParseID(fi.Name); t == backend.PackFile && (err != nil || c.packs[id] == nil) {
+				return nil
+			}
+			names = append(names, fi.Name)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, name := range names {
+			h := backend.Handle{Type: t, Name: name}
+			m, until, err := rt.Retention(ctx, h)
+			switch {
+			case errors.Is(err, backend.ErrNotExist):
+			case err != nil:
+				return err
+			case m == "" || until.IsZero():
+				c.problem("lock", h.String(), "no Object Lock retention")
+			case m != mode:
+				c.problem("lock", h.String(), "Object Lock mode %s, the repository asks for %s", m, mode)
+			case until.Before(minUntil):
+				fix := "prune"
+				if t == backend.SnapshotFile {
+					fix = "forget with the retention policy"
+				}
+				c.problem("lock", h.String(), "locked only until %s (run %s to extend the locks)", until.Local().Format(time.DateTime), fix)
+			}
+		}
+	}
+	return nil
 }

@@ -20,6 +20,8 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -381,7 +383,11 @@ type Result struct {
 	DeletedBytes   int64     `json:"deleted_bytes"`
 	DeletedIndexes int       `json:"deleted_index_files"`
 	Rescued        []repo.ID `json:"rescued_packs,omitempty"`
-	NewIndex       repo.ID   `json:"new_index"`
+	// StillLocked: packs to delete that Object Lock still holds; a later
+	// prune deletes them once they expire.
+	StillLocked   []repo.ID `json:"still_locked_packs,omitempty"`
+	LocksExtended int       `json:"locks_extended,omitempty"`
+	NewIndex      repo.ID   `json:"new_index"`
 }
 
 // Execute carries out a plan made by MakePlan on the same handle.
@@ -389,6 +395,11 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 	opts.defaults()
 	res := &Result{}
 	if p.Nothing() {
+		if rt, ok := r.Retainer(); ok {
+			n, err := ExtendLocks(ctx, r, rt, nil, nil)
+			res.LocksExtended = n
+			return res, err
+		}
 		return res, nil
 	}
 	progress := func(format string, args ...any) {
@@ -499,6 +510,26 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 		}
 	}
 	progress("deleting %d packs", len(victims))
+	rt, locked := r.Retainer()
+	// remove deletes one file unless Object Lock still holds it (then it
+	// stays, unindexed or superseded, for a later prune).
+	remove := func(ctx context.Context, h backend.Handle) (bool, error) {
+		if locked {
+			_, until, err := rt.Retention(ctx, h)
+			if err != nil && !errors.Is(err, backend.ErrNotExist) {
+				return false, err
+			}
+			if until.After(time.Now()) {
+				return false, nil
+			}
+		}
+		err := r.Backend().Remove(ctx, h)
+		if errors.Is(err, backend.ErrNotExist) {
+			return true, nil
+		}
+		return err == nil, err
+	}
+	var mu sync.Mutex
 	const batch = 64
 	for i := 0; i < len(victims); i += batch {
 		if err := check(); err != nil {
@@ -508,9 +539,14 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 		g.SetLimit(8)
 		for _, pi := range victims[i:min(i+batch, len(victims))] {
 			g.Go(func() error {
-				err := r.Backend().Remove(gctx, backend.Handle{Type: backend.PackFile, Name: pi.ID.String()})
-				if errors.Is(err, backend.ErrNotExist) {
-					return nil
+				done, err := remove(gctx, backend.Handle{Type: backend.PackFile, Name: pi.ID.String()})
+				mu.Lock()
+				defer mu.Unlock()
+				if done {
+					res.DeletedPacks++
+					res.DeletedBytes += pi.Size
+				} else if err == nil {
+					res.StillLocked = append(res.StillLocked, pi.ID)
 				}
 				return err
 			})
@@ -518,23 +554,93 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 		if err := g.Wait(); err != nil {
 			return res, fmt.Errorf("delete packs: %w", err)
 		}
-		for _, pi := range victims[i:min(i+batch, len(victims))] {
-			res.DeletedPacks++
-			res.DeletedBytes += pi.Size
-		}
 		repository.Failpoint(FailpointDeleting)
 	}
 	if err := check(); err != nil {
 		return res, err
 	}
 	for _, id := range p.indexFiles {
-		err := r.Backend().Remove(ctx, backend.Handle{Type: backend.IndexFile, Name: id.String()})
-		if err != nil && !errors.Is(err, backend.ErrNotExist) {
+		done, err := remove(ctx, backend.Handle{Type: backend.IndexFile, Name: id.String()})
+		if err != nil {
 			return res, fmt.Errorf("delete superseded index %s: %w", id.Short(), err)
 		}
-		res.DeletedIndexes++
+		if done {
+			res.DeletedIndexes++
+		}
+	}
+	if locked {
+		n, err := ExtendLocks(ctx, r, rt, res.StillLocked, p.indexFiles)
+		res.LocksExtended = n
+		if err != nil {
+			return res, err
+		}
 	}
 	return res, nil
+}
+
+// ExtendLocks makes sure every object that the repository still uses stays
+// locked for at least half the lock period: objects whose retain-until date
+// is nearer are extended to a full period from now. Packs in skipPacks and
+// index files in skipIndex (deleted in spirit, but still locked) are left
+// to expire, and so are snapshot files, which forget extends for the
+// snapshots it keeps. It returns how many locks it extended.
+func ExtendLocks(ctx context.Context, r *repository.Repository, rt backend.Retainer, skipPacks, skipIndex []repo.ID) (int, error) {
+	skip := map[backend.Handle]bool{}
+	for _, id := range skipPacks {
+		skip[backend.Handle{Type: backend.PackFile, Name: id.String()}] = true
+	}
+	for _, id := range skipIndex {
+		skip[backend.Handle{Type: backend.IndexFile, Name: id.String()}] = true
+	}
+	var handles []backend.Handle
+	for _, t := range backend.AllTypes {
+		// Snapshot files are forget's to extend: it knows which are kept.
+		if t == backend.LockFile || t == backend.SnapshotFile {
+			continue
+		}
+		err := r.Backend().List(ctx, t, func(fi backend.FileInfo) error {
+			h := backend.Handle{Type: t, Name: fi.Name}
+			if !skip[h] {
+				handles = append(handles, h)
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	return ExtendHandles(ctx, r, rt, handles)
+}
+
+// ExtendHandles extends the locks of the given objects that end within half
+// the lock period to a full period from now.
+func ExtendHandles(ctx context.Context, r *repository.Repository, rt backend.Retainer, handles []backend.Handle) (int, error) {
+	period := r.LockDuration()
+	now := time.Now()
+	var extended atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for _, h := range handles {
+		g.Go(func() error {
+			_, until, err := rt.Retention(gctx, h)
+			if errors.Is(err, backend.ErrNotExist) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if until.Sub(now) >= period/2 {
+				return nil
+			}
+			if err := rt.ExtendRetention(gctx, h, now.Add(period)); err != nil {
+				return err
+			}
+			extended.Add(1)
+			return nil
+		})
+	}
+	err := g.Wait()
+	return int(extended.Load()), err
 }
 
 // rescan looks at what appeared since the plan: snapshots written by backups

@@ -24,6 +24,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -99,9 +100,16 @@ type Backend struct {
 	cfg    Config
 	client *minio.Client
 	core   *minio.Core
+
+	lockMu   sync.RWMutex
+	lockMode string        // "" for no Object Lock retention on new objects
+	lockFor  time.Duration // how long new objects are locked
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend  = (*Backend)(nil)
+	_ backend.Retainer = (*Backend)(nil)
+)
 
 func newClient(cfg Config) (*Backend, error) {
 	if cfg.Connections <= 0 {
@@ -160,7 +168,62 @@ func newClient(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("s3 %s: %w", cfg.Endpoint, err)
 	}
-	return &Backend{cfg: cfg, client: client, core: &minio.Core{Client: client}}, nil
+	b := &Backend{cfg: cfg, client: client, core: &minio.Core{Client: client}}
+	if cfg.Lock != nil {
+		b.SetRetention(cfg.Lock.Mode, time.Duration(cfg.Lock.Days)*24*time.Hour)
+	}
+	return b, nil
+}
+
+// SetRetention locks every object stored from now on for d in mode.
+func (b *Backend) SetRetention(mode string, d time.Duration) {
+	b.lockMu.Lock()
+	b.lockMode, b.lockFor = mode, d
+	b.lockMu.Unlock()
+}
+
+// Retention returns an object's Object Lock mode and retain-until date,
+// from the headers of a HEAD request (servers differ in how they answer
+// GetObjectRetention; the headers are common ground).
+func (b *Backend) Retention(ctx context.Context, h backend.Handle) (string, time.Time, error) {
+	if err := backend.CheckHandle(h); err != nil {
+		return "", time.Time{}, err
+	}
+	oi, err := b.client.StatObject(ctx, b.cfg.Bucket, b.key(h), minio.StatObjectOptions{})
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("retention of %v: %w", h, mapErr(err))
+	}
+	mode := strings.ToLower(oi.Metadata.Get("X-Amz-Object-Lock-Mode"))
+	var until time.Time
+	if v := oi.Metadata.Get("X-Amz-Object-Lock-Retain-Until-Date"); v != "" {
+		if until, err = time.Parse(time.RFC3339, v); err != nil {
+			return "", time.Time{}, fmt.Errorf("retention of %v: bad retain-until date %q", h, v)
+		}
+	}
+	return mode, until, nil
+}
+
+// ExtendRetention moves an object's retain-until date to until (never back).
+func (b *Backend) ExtendRetention(ctx context.Context, h backend.Handle, until time.Time) error {
+	mode, cur, err := b.Retention(ctx, h)
+	if err != nil {
+		return err
+	}
+	if !until.After(cur) {
+		return nil
+	}
+	if mode == "" {
+		b.lockMu.RLock()
+		mode = b.lockMode
+		b.lockMu.RUnlock()
+	}
+	rm := retentionMode(mode)
+	until = until.UTC().Truncate(time.Second).Add(time.Second)
+	err = b.client.PutObjectRetention(ctx, b.cfg.Bucket, b.key(h), minio.PutObjectRetentionOptions{Mode: &rm, RetainUntilDate: &until})
+	if err != nil {
+		return fmt.Errorf("extend the lock of %v: %w", h, mapErr(err))
+	}
+	return nil
 }
 
 // Open opens a repository in an existing bucket.
@@ -294,10 +357,12 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) error
 		DisableMultipart: len(data) <= 64<<20,
 	}
 	opts.SetMatchETagExcept("*") // servers that know conditional writes refuse to replace
-	if l := b.cfg.Lock; l != nil {
-		opts.Mode = retentionMode(l.Mode)
-		opts.RetainUntilDate = time.Now().Add(time.Duration(l.Days) * 24 * time.Hour).UTC()
+	b.lockMu.RLock()
+	if b.lockMode != "" {
+		opts.Mode = retentionMode(b.lockMode)
+		opts.RetainUntilDate = time.Now().Add(b.lockFor).UTC().Truncate(time.Second).Add(time.Second)
 	}
+	b.lockMu.RUnlock()
 	_, err := b.client.PutObject(ctx, b.cfg.Bucket, b.key(h), bytes.NewReader(data), int64(len(data)), opts)
 	if err != nil {
 		return fmt.Errorf("save %v: %w", h, mapErr(err))

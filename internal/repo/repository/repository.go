@@ -51,7 +51,23 @@ type Config struct {
 	Created    time.Time      `json:"created"`
 	Chunker    chunker.Params `json:"chunker"`
 	ChunkerKey []byte         `json:"chunker_key"`
+	// ObjectLock, when set, says that every object is stored under an
+	// Object Lock retention of Days days in Mode; prune deletes only what
+	// has expired and extends what kept snapshots use.
+	ObjectLock *ObjectLock `json:"object_lock,omitempty"`
 }
+
+// ObjectLock is a repository's Object Lock policy.
+type ObjectLock struct {
+	Mode string `json:"mode"` // compliance or governance
+	Days int    `json:"days"`
+}
+
+// LockDay is the length of one day of ObjectLock.Days. Only tests change it.
+var LockDay = 24 * time.Hour
+
+// ErrNoObjectLock: the repository needs Object Lock and the storage cannot.
+var ErrNoObjectLock = errors.New("the repository requires Object Lock, which this storage does not provide")
 
 // Compression selects the zstd level for new blobs.
 type Compression int
@@ -88,6 +104,9 @@ type Options struct {
 	Uploads int
 	// KDF is used for new key slots; the zero value means crypto.DefaultKDF.
 	KDF crypto.KDFParams
+	// ObjectLock, for Create only, makes a repository whose objects are all
+	// locked (the backend must be a backend.Retainer).
+	ObjectLock *ObjectLock
 }
 
 // DefaultPackSize suits object stores: large enough that request overhead is
@@ -216,8 +235,12 @@ func Create(ctx context.Context, be backend.Backend, password []byte, opts Optio
 	crypto.Random(rid[:])
 	ck := make([]byte, 32)
 	crypto.Random(ck)
-	r.cfg = Config{Version: FormatVersion, ID: fmt.Sprintf("%x", rid), Created: time.Now().UTC(), Chunker: chunker.DefaultParams(), ChunkerKey: ck}
+	r.cfg = Config{Version: FormatVersion, ID: fmt.Sprintf("%x", rid), Created: time.Now().UTC(), Chunker: chunker.DefaultParams(), ChunkerKey: ck,
+		ObjectLock: opts.ObjectLock}
 	r.table = chunker.NewTable([32]byte(ck))
+	if err := r.applyObjectLock(); err != nil {
+		return nil, err
+	}
 	// Key slot first, then config: a repository without config is not one yet,
 	// and a half-made one can simply be removed and made again.
 	if r.keyName, err = r.AddKey(ctx, password); err != nil {
@@ -293,7 +316,46 @@ func Open(ctx context.Context, be backend.Backend, password []byte, opts Options
 		return nil, fmt.Errorf("config: %w: bad chunker parameters", ErrCorrupt)
 	}
 	r.table = chunker.NewTable([32]byte(r.cfg.ChunkerKey))
+	if err := r.applyObjectLock(); err != nil {
+		return nil, err
+	}
 	return r, nil
+}
+
+// applyObjectLock makes the backend lock every new object, if the
+// repository says so.
+func (r *Repository) applyObjectLock() error {
+	ol := r.cfg.ObjectLock
+	if ol == nil {
+		return nil
+	}
+	if ol.Days < 1 || (ol.Mode != "compliance" && ol.Mode != "governance") {
+		return fmt.Errorf("config: %w: bad object lock %+v", ErrCorrupt, *ol)
+	}
+	rt, ok := r.be.(backend.Retainer)
+	if !ok {
+		return fmt.Errorf("%w (%s)", ErrNoObjectLock, r.be.Location())
+	}
+	rt.SetRetention(ol.Mode, r.LockDuration())
+	return nil
+}
+
+// LockDuration is how long each object is locked (0 without Object Lock).
+func (r *Repository) LockDuration() time.Duration {
+	if r.cfg.ObjectLock == nil {
+		return 0
+	}
+	return time.Duration(r.cfg.ObjectLock.Days) * LockDay
+}
+
+// Retainer returns the backend's Object Lock calls, if the repository uses
+// Object Lock.
+func (r *Repository) Retainer() (backend.Retainer, bool) {
+	if r.cfg.ObjectLock == nil {
+		return nil, false
+	}
+	rt, ok := r.be.(backend.Retainer)
+	return rt, ok
 }
 
 func (r *Repository) tryKey(ctx context.Context, name string, password []byte) (*crypto.MasterKey, error) {
