@@ -136,7 +136,7 @@ func TestS3ObjectLock(t *testing.T) {
 	}
 
 	// Past half the lock period prune extends the locks of what is used.
-	time.Sleep(time.Until(start.Add(lockDay*6/10)))
+	time.Sleep(time.Until(start.Add(lockDay * 6 / 10)))
 	prune()
 	if res.Result.LocksExtended == 0 {
 		t.Error("prune extended no lock past half the period")
