@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"bunker/internal/backend"
+	"bunker/internal/backend/limit"
 	"bunker/internal/backend/local"
 	"bunker/internal/backend/rest"
 	"bunker/internal/backend/s3"
@@ -27,6 +28,8 @@ type globalOptions struct {
 	json         bool
 	quiet        bool
 	compression  string
+	limitUp      int
+	limitDown    int
 	cacert       string
 	clientCert   string
 	bucketLookup string
@@ -40,6 +43,8 @@ func (g *globalOptions) register(c *cobra.Command) {
 	f.BoolVar(&g.json, "json", false, "print machine-readable JSON")
 	f.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors and the result")
 	f.StringVar(&g.compression, "compression", "auto", "compression for new data: auto, fastest, max, off")
+	f.IntVar(&g.limitUp, "limit-upload", 0, "limit uploads to this many `KiB/s` (0: unlimited)")
+	f.IntVar(&g.limitDown, "limit-download", 0, "limit downloads to this many `KiB/s` (0: unlimited)")
 	f.StringVar(&g.cacert, "cacert", "", "PEM `file` of CA certificates to trust for the storage server (env BUNKER_CACERT)")
 	f.StringVar(&g.clientCert, "tls-client-cert", "", "PEM `file` with a client certificate and key for the repository server (env BUNKER_TLS_CLIENT_CERT)")
 	f.StringVar(&g.bucketLookup, "s3-bucket-lookup", "auto", "S3 addressing: auto, path (host/bucket/key) or dns (bucket.host/key)")
@@ -213,6 +218,15 @@ func (g *globalOptions) repoOptions() (repository.Options, error) {
 	return repository.Options{Compression: comp}, nil
 }
 
+// limits wraps be with the bandwidth and connection limits of the flags.
+func (g *globalOptions) limits(be backend.Backend) (backend.Backend, error) {
+	if g.limitUp < 0 || g.limitDown < 0 || g.connections < 0 {
+		be.Close()
+		return nil, usagef("--limit-upload, --limit-download and --connections must not be negative")
+	}
+	return limit.Wrap(be, limit.Options{Upload: int64(g.limitUp) << 10, Download: int64(g.limitDown) << 10, Connections: g.connections}), nil
+}
+
 // openBackend opens the storage of an existing repository.
 func (g *globalOptions) openBackend(ctx context.Context) (backend.Backend, error) {
 	loc, err := g.repoLocation()
@@ -251,7 +265,7 @@ func (g *globalOptions) openBackend(ctx context.Context) (backend.Backend, error
 			return nil, err
 		}
 	}
-	return be, nil
+	return g.limits(be)
 }
 
 // createBackend prepares the storage of a new repository.
@@ -302,7 +316,7 @@ func (g *globalOptions) createBackend(ctx context.Context, lock *s3.LockConfig) 
 			return nil, fmt.Errorf("create repository: %w", err)
 		}
 	}
-	return be, nil
+	return g.limits(be)
 }
 
 // openRepo opens the repository and, if withIndex, loads its index.

@@ -201,3 +201,26 @@ type Retainer interface {
 	// never shortens a lock.
 	ExtendRetention(ctx context.Context, h Handle, until time.Time) error
 }
+
+// Unwrapper is implemented by backends that decorate another (limits,
+// fault injection), so that the optional interfaces of the one below can be
+// found.
+type Unwrapper interface {
+	Unwrap() Backend
+}
+
+// As finds, in be or the backends it wraps, one that implements T.
+func As[T any](be Backend) (T, bool) {
+	for be != nil {
+		if t, ok := be.(T); ok {
+			return t, true
+		}
+		u, ok := be.(Unwrapper)
+		if !ok {
+			break
+		}
+		be = u.Unwrap()
+	}
+	var zero T
+	return zero, false
+}

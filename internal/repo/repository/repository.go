@@ -332,7 +332,7 @@ func (r *Repository) applyObjectLock() error {
 	if ol.Days < 1 || (ol.Mode != "compliance" && ol.Mode != "governance") {
 		return fmt.Errorf("config: %w: bad object lock %+v", ErrCorrupt, *ol)
 	}
-	rt, ok := r.be.(backend.Retainer)
+	rt, ok := backend.As[backend.Retainer](r.be)
 	if !ok {
 		return fmt.Errorf("%w (%s)", ErrNoObjectLock, r.be.Location())
 	}
@@ -354,8 +354,7 @@ func (r *Repository) Retainer() (backend.Retainer, bool) {
 	if r.cfg.ObjectLock == nil {
 		return nil, false
 	}
-	rt, ok := r.be.(backend.Retainer)
-	return rt, ok
+	return backend.As[backend.Retainer](r.be)
 }
 
 func (r *Repository) tryKey(ctx context.Context, name string, password []byte) (*crypto.MasterKey, error) {
