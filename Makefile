@@ -11,7 +11,7 @@ VERSITYGW := $(CURDIR)/.tools/versitygw-$(VERSITYGW_VERSION)/versitygw
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 FUZZTIME  ?= 20000x
 
-.PHONY: all build tools test test-short lint fuzz bench bench-prune soak demo clean
+.PHONY: all build tools test test-short lint fuzz bench bench-prune bench-s3 soak demo clean
 
 all: build
 
@@ -56,9 +56,13 @@ soak: $(VERSITYGW)
 	$(MAKE) fuzz FUZZTIME=5m
 	BUNKER_SOAK=1 BUNKER_VERSITYGW=$(VERSITYGW) $(GO) test -count=1 -timeout 2h ./...
 
-bench: build
+bench: build $(VERSITYGW)
 	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/run.sh
 	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/prune.sh
+	BUNKER_BIN=$(CURDIR)/$(BIN) BUNKER_VERSITYGW=$(VERSITYGW) bash scripts/bench/s3.sh
+
+bench-s3: build $(VERSITYGW)
+	BUNKER_BIN=$(CURDIR)/$(BIN) BUNKER_VERSITYGW=$(VERSITYGW) bash scripts/bench/s3.sh
 
 bench-prune: build
 	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/prune.sh
