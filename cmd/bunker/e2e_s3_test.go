@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -183,4 +185,68 @@ func bucketOf(url string) (string, string) {
 	path = path[strings.Index(path, "/")+1:]
 	bucket, prefix, _ := strings.Cut(path, "/")
 	return bucket, prefix
+}
+
+// TestS3AppendOnly is RELIABILITY G1 against S3 with a restricted user (the
+// bucket policy of s3test.AppendOnlyPolicy): backups and restores work;
+// forget, prune, repair, config set and key changes are refused (exit 13)
+// and the bucket is unchanged.
+func TestS3AppendOnly(t *testing.T) {
+	t.Parallel()
+	srv := s3test.StartIAM(t)
+	srv.CreateUser(t, "agentak", "agent-secret-0123456789")
+	admin := s3Env(t, srv)
+	admin.ok("init")
+	bucket, prefix := bucketOf(admin.repo)
+	ctx := context.Background()
+	root, err := minio.New(srv.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(srv.AccessKey, srv.SecretKey, ""), BucketLookup: minio.BucketLookupPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := root.SetBucketPolicy(ctx, bucket, s3test.AppendOnlyPolicy(bucket, prefix, "agentak")); err != nil {
+		t.Fatal(err)
+	}
+	agent := *admin
+	agent.t = t
+	agent.extraEnv = map[string]string{"AWS_ACCESS_KEY_ID": "agentak", "AWS_SECRET_ACCESS_KEY": "agent-secret-0123456789"}
+	src := filepath.Join(t.TempDir(), "src")
+	for i := 0; i < 2; i++ {
+		writeFile(t, filepath.Join(src, "f"), string(randomData(uint64(i), 200<<10)))
+		agent.ok("backup", src)
+	}
+	want := fstest.Manifest(t, src)
+	target := t.TempDir()
+	agent.ok("restore", "latest", "--target", target)
+	compareTrees(t, "restore by the append-only user", want, inTarget(target, src), fstest.CompareOptions{})
+
+	listing := func() []string {
+		var out []string
+		for oi := range root.ListObjects(ctx, bucket, minio.ListObjectsOptions{Recursive: true}) {
+			if !strings.Contains(oi.Key, "/locks/") {
+				out = append(out, fmt.Sprintf("%s %d", oi.Key, oi.Size))
+			}
+		}
+		return out
+	}
+	before := listing()
+	newPW := filepath.Join(agent.dir, "new-key")
+	writeFile(t, newPW, "another password\n")
+	for _, args := range [][]string{
+		{"forget", "--keep-last", "1"},
+		{"forget", "--keep-last", "1", "--prune"},
+		{"prune"},
+		{"repair", "index"},
+		{"repair", "snapshots", "--forget"},
+		{"config", "set", "min-retention", "1d"},
+		{"key", "add", "--new-password-file", newPW},
+		{"key", "passwd", "--new-password-file", newPW},
+	} {
+		if r := agent.run(args...); r.code != 13 {
+			t.Errorf("append-only S3 user: bunker %s: exit %d, want 13: %s", strings.Join(args, " "), r.code, r.stderr)
+		}
+	}
+	if after := listing(); !slices.Equal(before, after) {
+		t.Errorf("refused commands changed the bucket:\nbefore %v\nafter  %v", before, after)
+	}
+	admin.ok("check", "--read-data")
 }

@@ -202,6 +202,14 @@ type Retainer interface {
 	ExtendRetention(ctx context.Context, h Handle, until time.Time) error
 }
 
+// DeleteProber is an optional extension of a Backend whose Remove looks
+// before it deletes (and so never asks the storage to delete a missing
+// file): ProbeDelete asks the storage to delete h even if it does not
+// exist, and returns an error wrapping ErrPermission if it refuses.
+type DeleteProber interface {
+	ProbeDelete(ctx context.Context, h Handle) error
+}
+
 // Unwrapper is implemented by backends that decorate another (limits,
 // fault injection), so that the optional interfaces of the one below can be
 // found.

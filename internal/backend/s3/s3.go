@@ -472,6 +472,18 @@ func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
 	return nil
 }
 
+// ProbeDelete sends a DELETE for h without looking first (S3 answers 204 for
+// a missing object when the credential may delete, 403 when it may not).
+func (b *Backend) ProbeDelete(ctx context.Context, h backend.Handle) error {
+	if err := backend.CheckHandle(h); err != nil {
+		return err
+	}
+	if err := b.client.RemoveObject(ctx, b.cfg.Bucket, b.key(h), minio.RemoveObjectOptions{}); err != nil {
+		return fmt.Errorf("remove %v: %w", h, mapErr(err))
+	}
+	return nil
+}
+
 // List calls fn for each object of type t.
 func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.FileInfo) error) error {
 	if t == backend.ConfigFile {

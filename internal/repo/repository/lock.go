@@ -326,13 +326,20 @@ func (r *Repository) checkLocksOnce(ctx context.Context, exclusive bool, own rep
 // ErrAppendOnly: the storage credential may add data but not delete it.
 var ErrAppendOnly = errors.New("this credential may not delete from the repository (append-only)")
 
-// CheckCanDelete asks the storage to delete a lock file that does not exist:
+// CheckCanDelete asks the storage to delete a snapshot that does not exist:
 // a refusal means the credential is append-only, and a command that would
-// delete must stop before it writes anything.
+// delete must stop before it writes anything. (Snapshots, not locks: an
+// append-only credential may be allowed to delete lock files.)
 func (r *Repository) CheckCanDelete(ctx context.Context) error {
 	var probe repo.ID
 	crypto.Random(probe[:])
-	err := r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: probe.String()})
+	h := backend.Handle{Type: backend.SnapshotFile, Name: probe.String()}
+	var err error
+	if p, ok := backend.As[backend.DeleteProber](r.be); ok {
+		err = p.ProbeDelete(ctx, h)
+	} else {
+		err = r.be.Remove(ctx, h)
+	}
 	switch {
 	case err == nil, errors.Is(err, backend.ErrNotExist):
 		return nil

@@ -31,6 +31,9 @@ type Server struct {
 	SecretKey string
 	Dir       string // its storage root
 	cmd       *exec.Cmd
+	bin       string
+	// adminEndpoint serves the user administration API (StartIAM).
+	adminEndpoint string
 }
 
 // Binary finds versitygw: $BUNKER_VERSITYGW, then PATH, then $(go env
@@ -59,7 +62,13 @@ func Binary() (string, error) {
 
 // Start starts a server for the test and stops it when the test ends. In CI
 // (CI=true) a missing binary fails the test; elsewhere it skips it.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB) *Server { return start(t, false) }
+
+// StartIAM starts a server with its own user database, so that tests can
+// add users (CreateUser) with restricted rights (SetPolicy).
+func StartIAM(t testing.TB) *Server { return start(t, true) }
+
+func start(t testing.TB, iam bool) *Server {
 	t.Helper()
 	bin, err := Binary()
 	if err != nil {
@@ -78,7 +87,16 @@ func Start(t testing.TB) *Server {
 	s := &Server{AccessKey: "bunker-test-" + randHex(4), SecretKey: randHex(20), Dir: root}
 	for attempt := 0; ; attempt++ {
 		s.Endpoint = freeAddr(t)
-		cmd := exec.Command(bin, "--port", s.Endpoint, "--quiet", "posix", "--versioning-dir", versions, root)
+		args := []string{"--port", s.Endpoint, "--quiet"}
+		if iam {
+			s.adminEndpoint = freeAddr(t)
+			iamDir := filepath.Join(dir, "iam")
+			if err := os.MkdirAll(iamDir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			args = append(args, "--admin-port", s.adminEndpoint, "--iam-dir", iamDir)
+		}
+		cmd := exec.Command(bin, append(args, "posix", "--versioning-dir", versions, root)...)
 		// Credentials through the environment, never the command line.
 		cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+s.AccessKey, "ROOT_SECRET_ACCESS_KEY="+s.SecretKey)
 		logf, err := os.Create(filepath.Join(dir, "versitygw.log"))
@@ -89,7 +107,7 @@ func Start(t testing.TB) *Server {
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("start versitygw: %v", err)
 		}
-		s.cmd = cmd
+		s.cmd, s.bin = cmd, bin
 		if waitListening(s.Endpoint, 20*time.Second) {
 			break
 		}
@@ -163,4 +181,29 @@ func (s *Server) NewBackend(t testing.TB) *s3.Backend {
 		t.Fatal(err)
 	}
 	return be
+}
+
+// CreateUser adds a user with the "user" role (StartIAM only).
+func (s *Server) CreateUser(t testing.TB, access, secret string) {
+	t.Helper()
+	cmd := exec.Command(s.bin, "admin", "--endpoint-url", "http://"+s.adminEndpoint, "create-user", "--access", access, "--secret", secret, "--role", "user")
+	cmd.Env = append(os.Environ(), "ADMIN_ACCESS_KEY_ID="+s.AccessKey, "ADMIN_SECRET_ACCESS_KEY="+s.SecretKey)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("create user: %v\n%s", err, out)
+	}
+}
+
+// AppendOnlyPolicy is the bucket policy that makes user an append-only
+// client of the repository at prefix: it may read everything, create
+// objects in data/, index/, snapshots/ and locks/, and delete lock files;
+// never delete anything else, nor write keys, the config or the settings.
+// docs/operations.md recommends the same policy.
+func AppendOnlyPolicy(bucket, prefix, user string) string {
+	arn := "arn:aws:s3:::" + bucket
+	p := arn + "/" + prefix
+	return `{"Version":"2012-10-17","Statement":[` +
+		`{"Effect":"Allow","Principal":{"AWS":["` + user + `"]},"Action":["s3:ListBucket","s3:GetBucketLocation"],"Resource":["` + arn + `"]},` +
+		`{"Effect":"Allow","Principal":{"AWS":["` + user + `"]},"Action":["s3:GetObject"],"Resource":["` + arn + `/*"]},` +
+		`{"Effect":"Allow","Principal":{"AWS":["` + user + `"]},"Action":["s3:PutObject"],"Resource":["` + p + `/data/*","` + p + `/index/*","` + p + `/snapshots/*","` + p + `/locks/*"]},` +
+		`{"Effect":"Allow","Principal":{"AWS":["` + user + `"]},"Action":["s3:DeleteObject"],"Resource":["` + p + `/locks/*"]}]}`
 }
