@@ -43,6 +43,7 @@ var rules = []rule{
 	{"internal/repair", []string{"internal/repo/...", "internal/snapshot", "internal/backend"}},
 	{"internal/ui", []string{}},
 	{"internal/server", []string{"internal/backend/...", "internal/repo/crypto"}},
+	{"internal/server/servertest", []string{"internal/server"}},
 }
 
 func allowedImport(pkg, imp string) (bool, string) {

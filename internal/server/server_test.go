@@ -314,10 +314,13 @@ func TestMetrics(t *testing.T) {
 	name := ts.newRepo(t)
 	agent, _ := rest.NewForTest(ts.config(t, name, "agent", appendPW))
 	_ = agent.Remove(context.Background(), named([]byte("x")))
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
 	resp, err := client.Get(ts.url + "/metrics")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if resp.ProtoMajor != 2 {
+		t.Errorf("the server spoke %s, want HTTP/2", resp.Proto)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
