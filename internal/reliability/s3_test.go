@@ -33,7 +33,7 @@ type faultProxy struct {
 	rng      *rand.Rand
 	rate     float64 // share of requests broken
 	dropPuts bool    // acknowledge some PUTs without storing them
-	delay    time.Duration
+	delay    atomic.Int64 // nanoseconds added to every request
 	faults   atomic.Int64
 }
 
@@ -44,7 +44,7 @@ func newFaultProxy(t *testing.T, upstream string, seed uint64) *faultProxy {
 	rp.ErrorLog = nil
 	p := &faultProxy{rng: rand.New(rand.NewPCG(seed, 0xc1))}
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if d := p.delay; d > 0 {
+		if d := time.Duration(p.delay.Load()); d > 0 {
 			time.Sleep(d)
 		}
 		p.mu.Lock()
@@ -214,13 +214,13 @@ func TestC2SlowS3(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "src")
 	makeSource(t, src, 12, 3<<20)
 	want := manifest(t, src)
-	proxy.delay = 150 * time.Millisecond
+	proxy.delay.Store(int64(150 * time.Millisecond))
 	start := time.Now()
 	// The lock is refreshed every 500 ms and counts as stale after 4 s; the
 	// backup takes several seconds of 150 ms requests.
 	res := s3Run(t, srv, endpoint, cfg.Bucket, pwFile, []string{"BUNKER_TEST_LOCK_TIMING=500ms/4s"}, "backup", "--host", "reliability", src)
 	took := time.Since(start)
-	proxy.delay = 0
+	proxy.delay.Store(0)
 	if res.code != 0 {
 		t.Fatalf("backup on slow storage: %v", res)
 	}
