@@ -70,10 +70,7 @@ func (g *globalOptions) restConfig(loc string) (rest.Config, error) {
 	if err != nil {
 		return cfg, usageError{err}
 	}
-	cfg.CACert = g.cacert
-	if cfg.CACert == "" {
-		cfg.CACert = os.Getenv("BUNKER_CACERT")
-	}
+	cfg.CACert = g.caCert()
 	cfg.ClientCert = g.clientCert
 	if cfg.ClientCert == "" {
 		cfg.ClientCert = os.Getenv("BUNKER_TLS_CLIENT_CERT")
@@ -90,11 +87,16 @@ func (g *globalOptions) restConfig(loc string) (rest.Config, error) {
 	if cfg.User != "" && cfg.Password == "" {
 		return cfg, usagef("rest user %q has no password: set BUNKER_REST_PASSWORD_FILE", cfg.User)
 	}
-	if g.connections < 0 {
-		return cfg, usagef("--connections must be positive")
-	}
 	cfg.Connections = g.connections
 	return cfg, nil
+}
+
+// caCert is the CA file for TLS to the storage: --cacert or BUNKER_CACERT.
+func (g *globalOptions) caCert() string {
+	if g.cacert != "" {
+		return g.cacert
+	}
+	return os.Getenv("BUNKER_CACERT")
 }
 
 // s3Config builds the S3 settings from the location and the flags.
@@ -103,10 +105,7 @@ func (g *globalOptions) s3Config(loc string) (s3.Config, error) {
 	if err != nil {
 		return cfg, usageError{err}
 	}
-	cfg.CACert = g.cacert
-	if cfg.CACert == "" {
-		cfg.CACert = os.Getenv("BUNKER_CACERT")
-	}
+	cfg.CACert = g.caCert()
 	switch g.bucketLookup {
 	case "auto", "":
 	case "path":
@@ -115,9 +114,6 @@ func (g *globalOptions) s3Config(loc string) (s3.Config, error) {
 		cfg.VirtualHost = true
 	default:
 		return cfg, usagef("--s3-bucket-lookup %q: want auto, path or dns", g.bucketLookup)
-	}
-	if g.connections < 0 {
-		return cfg, usagef("--connections must be positive")
 	}
 	cfg.Connections = g.connections
 	cfg.Region = os.Getenv("AWS_DEFAULT_REGION")

@@ -232,3 +232,31 @@ func As[T any](be Backend) (T, bool) {
 	var zero T
 	return zero, false
 }
+
+// ExactReader returns a reader of exactly n bytes from r: if r ends early,
+// the read that finds it out returns io.ErrUnexpectedEOF, so that a body cut
+// short by the network is an error and never a short file.
+func ExactReader(r io.Reader, n int64) io.Reader { return &exactReader{r: r, left: n} }
+
+type exactReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (e *exactReader) Read(p []byte) (int, error) {
+	if e.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > e.left {
+		p = p[:e.left]
+	}
+	n, err := e.r.Read(p)
+	e.left -= int64(n)
+	if err == io.EOF && e.left > 0 {
+		return n, io.ErrUnexpectedEOF
+	}
+	if err == io.EOF {
+		err = nil
+	}
+	return n, err
+}

@@ -31,8 +31,8 @@ type faultProxy struct {
 	srv      *httptest.Server
 	mu       sync.Mutex
 	rng      *rand.Rand
-	rate     float64 // share of requests broken
-	dropPuts bool    // acknowledge some PUTs without storing them
+	rate     float64      // share of requests broken
+	dropPuts bool         // acknowledge some PUTs without storing them
 	delay    atomic.Int64 // nanoseconds added to every request
 	faults   atomic.Int64
 }

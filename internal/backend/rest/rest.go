@@ -312,31 +312,7 @@ func (b *Backend) Load(ctx context.Context, h backend.Handle, length int, offset
 	if resp.ContentLength < 0 || (length > 0 && resp.ContentLength != int64(length)) {
 		return fmt.Errorf("load %v: %d bytes at offset %d, the server sends %d: %w", h, length, offset, resp.ContentLength, io.ErrUnexpectedEOF)
 	}
-	return fn(&exactReader{r: resp.Body, left: resp.ContentLength})
-}
-
-// exactReader returns io.ErrUnexpectedEOF if its source ends early.
-type exactReader struct {
-	r    io.Reader
-	left int64
-}
-
-func (e *exactReader) Read(p []byte) (int, error) {
-	if e.left <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > e.left {
-		p = p[:e.left]
-	}
-	n, err := e.r.Read(p)
-	e.left -= int64(n)
-	if err == io.EOF && e.left > 0 {
-		return n, io.ErrUnexpectedEOF
-	}
-	if err == io.EOF {
-		err = nil
-	}
-	return n, err
+	return fn(backend.ExactReader(resp.Body, resp.ContentLength))
 }
 
 // Stat returns the size and time of h.

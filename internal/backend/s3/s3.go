@@ -413,35 +413,11 @@ func (b *Backend) Load(ctx context.Context, h backend.Handle, length int, offset
 		return fmt.Errorf("load %v: %d bytes at offset %d, the server has %d: %w", h, length, offset, want, io.ErrUnexpectedEOF)
 	}
 	// A body cut short is an error, never a short file.
-	rd := &exactReader{r: body, left: want}
+	rd := backend.ExactReader(body, want)
 	if err := fn(rd); err != nil {
 		return err
 	}
 	return nil
-}
-
-// exactReader returns io.ErrUnexpectedEOF if its source ends before left bytes.
-type exactReader struct {
-	r    io.Reader
-	left int64
-}
-
-func (e *exactReader) Read(p []byte) (int, error) {
-	if e.left <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > e.left {
-		p = p[:e.left]
-	}
-	n, err := e.r.Read(p)
-	e.left -= int64(n)
-	if err == io.EOF && e.left > 0 {
-		return n, io.ErrUnexpectedEOF
-	}
-	if err == io.EOF {
-		err = nil
-	}
-	return n, err
 }
 
 // Stat returns the size and time of h.

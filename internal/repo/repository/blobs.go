@@ -309,6 +309,12 @@ func (r *Repository) partialIndex(ctx context.Context) error {
 	r.newPacks = nil
 	r.lastIndex = time.Now()
 	r.mu.Unlock()
+	return r.saveOwnIndex(ctx, packs)
+}
+
+// saveOwnIndex writes an index file for packs this handle stored and
+// remembers it as its own (CheckCommit checks its packs).
+func (r *Repository) saveOwnIndex(ctx context.Context, packs []index.PackEntry) error {
 	id, err := r.SaveIndex(ctx, &index.File{Packs: packs})
 	if err != nil {
 		return err
@@ -351,13 +357,9 @@ func (r *Repository) Flush(ctx context.Context) error {
 	if err != nil || len(packs) == 0 {
 		return err
 	}
-	id, err := r.SaveIndex(ctx, &index.File{Packs: packs})
-	if err != nil {
+	if err := r.saveOwnIndex(ctx, packs); err != nil {
 		return err
 	}
-	r.mu.Lock()
-	r.ownIndex[id] = packs
-	r.mu.Unlock()
 	Failpoint(FailpointIndexStored)
 	return nil
 }
