@@ -43,7 +43,18 @@ type LockInfo struct {
 	Hostname  string    `json:"hostname"`
 	Username  string    `json:"username,omitempty"`
 	PID       int       `json:"pid"`
+	// PIDNamespace identifies the holder's PID namespace: containers that
+	// share a hostname have PIDs of their own, so a PID is checked only
+	// from the same namespace.
+	PIDNamespace string `json:"pid_ns,omitempty"`
 }
+
+// pidNamespace is this process's PID namespace ("pid:[4026531836]"), or ""
+// where it cannot be read.
+var pidNamespace = func() string {
+	ns, _ := os.Readlink("/proc/self/ns/pid")
+	return ns
+}()
 
 // Stale reports whether the lock's holder is gone: not refreshed for
 // LockStale, or held by a process of this host that no longer exists.
@@ -51,7 +62,7 @@ func (l LockInfo) Stale(now time.Time) bool {
 	if now.Sub(l.Time) > LockStale {
 		return true
 	}
-	if h, _ := os.Hostname(); h == l.Hostname && l.PID > 0 {
+	if h, _ := os.Hostname(); h == l.Hostname && l.PID > 0 && l.PIDNamespace != "" && l.PIDNamespace == pidNamespace {
 		if err := syscall.Kill(l.PID, 0); errors.Is(err, syscall.ESRCH) {
 			return true
 		}
@@ -88,7 +99,7 @@ func (r *Repository) Lock(ctx context.Context, exclusive bool) (*Lock, error) {
 		if err := r.checkLocks(ctx, exclusive, repo.ID{}); err != nil {
 			return nil, err
 		}
-		l := &Lock{r: r, info: LockInfo{Created: created, Exclusive: exclusive, Hostname: host, PID: os.Getpid()},
+		l := &Lock{r: r, info: LockInfo{Created: created, Exclusive: exclusive, Hostname: host, PID: os.Getpid(), PIDNamespace: pidNamespace},
 			stop: make(chan struct{}), done: make(chan struct{})}
 		if err := l.write(ctx); err != nil {
 			return nil, err

@@ -112,6 +112,7 @@ func TestLockConflicts(t *testing.T) {
 		heldExclusive
 		heldStaleByTime      // an exclusive lock not refreshed for longer than LockStale
 		heldDeadProcess      // an exclusive lock of a process of this host that is gone
+		heldOtherNamespace   // an exclusive lock of this hostname, from another PID namespace
 		heldOtherHost        // a live exclusive lock of another host
 		heldOtherHostShared  // a live shared lock of another host
 		heldOtherHostExpired // another host's shared lock, long stale
@@ -125,6 +126,7 @@ func TestLockConflicts(t *testing.T) {
 		{"exclusive", heldExclusive, false, false},
 		{"stale by time", heldStaleByTime, true, true},
 		{"dead process", heldDeadProcess, true, true},
+		{"same PID number in another PID namespace", heldOtherNamespace, false, false},
 		{"other host exclusive", heldOtherHost, false, false},
 		{"other host shared", heldOtherHostShared, true, false},
 		{"other host stale", heldOtherHostExpired, true, true},
@@ -141,7 +143,10 @@ func TestLockConflicts(t *testing.T) {
 				old := now.Add(-repository.LockStale - time.Minute)
 				writeLockFile(t, r, repository.LockInfo{Time: old, Created: old, Exclusive: true, Hostname: host, PID: os.Getpid()})
 			case heldDeadProcess:
-				writeLockFile(t, r, repository.LockInfo{Time: now, Created: now, Exclusive: true, Hostname: host, PID: math.MaxInt32})
+				writeLockFile(t, r, repository.LockInfo{Time: now, Created: now, Exclusive: true, Hostname: host, PID: math.MaxInt32, PIDNamespace: ownPIDNamespace(t)})
+			case heldOtherNamespace:
+				// A container with the same hostname: its PID means nothing here.
+				writeLockFile(t, r, repository.LockInfo{Time: now, Created: now, Exclusive: true, Hostname: host, PID: math.MaxInt32, PIDNamespace: "pid:[1]"})
 			case heldOtherHost, heldOtherHostShared:
 				writeLockFile(t, r, repository.LockInfo{Time: now, Created: now, Exclusive: tc.held == heldOtherHost, Hostname: "elsewhere.invalid", PID: 1})
 			case heldOtherHostExpired:
@@ -460,4 +465,13 @@ func TestLockRace(t *testing.T) {
 			}
 		})
 	}
+}
+
+func ownPIDNamespace(t *testing.T) string {
+	t.Helper()
+	ns, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil {
+		t.Skip("no /proc/self/ns/pid")
+	}
+	return ns
 }
