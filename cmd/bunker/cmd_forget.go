@@ -177,7 +177,11 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 			if err != nil {
 				return usageError{err}
 			}
-			if floor > 0 && now.Sub(sn.Time) < floor {
+			young, err := storedWithin(ctx, r, sn, now, floor)
+			if err != nil {
+				return err
+			}
+			if floor > 0 && (now.Sub(sn.Time) < floor || young) {
 				return usagef("snapshot %s is younger than the repository's min-retention %s: not removing it (nor any other)", sn.ID.Short(), settings.MinRetention)
 			}
 			ds = append(ds, decision(sn, false, []string{}))
@@ -204,6 +208,17 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 				reasons := d.Reasons
 				if reasons == nil {
 					reasons = []string{}
+				}
+				if !d.Keep && floor > 0 {
+					// The floor also holds by the storage's clock: a host
+					// whose clock runs behind writes snapshots that look old.
+					young, err := storedWithin(ctx, r, d.Snapshot, now, floor)
+					if err != nil {
+						return err
+					}
+					if young {
+						d.Keep, reasons = true, []string{"min-retention " + settings.MinRetention + " (by the time it was stored)"}
+					}
 				}
 				fg.Decisions = append(fg.Decisions, decision(d.Snapshot, d.Keep, reasons))
 				if !d.Keep {
@@ -351,4 +366,17 @@ func retentionFloor(ctx context.Context, r *repository.Repository, now time.Time
 	}
 	cutoff := now.AddDate(-d.Years, -d.Months, -d.Days).Add(-time.Duration(d.Hours) * time.Hour)
 	return now.Sub(cutoff), nil
+}
+
+// storedWithin reports whether the storage stored sn's file less than floor
+// before now (0 floor: never).
+func storedWithin(ctx context.Context, r *repository.Repository, sn *snapshot.Snapshot, now time.Time, floor time.Duration) (bool, error) {
+	if floor <= 0 {
+		return false, nil
+	}
+	fi, err := r.Backend().Stat(ctx, backend.Handle{Type: backend.SnapshotFile, Name: sn.ID.String()})
+	if err != nil {
+		return false, fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
+	}
+	return now.Sub(fi.ModTime) < floor, nil
 }

@@ -14,8 +14,10 @@ import (
 
 	"bunker/internal/backend/local"
 	"bunker/internal/fs/fstest"
+	"bunker/internal/repo"
 	"bunker/internal/repo/crypto"
 	"bunker/internal/repo/repository"
+	"bunker/internal/snapshot"
 )
 
 // fastPrune shortens prune's wait between its new index and its deletions.
@@ -298,17 +300,48 @@ func TestMinRetention(t *testing.T) {
 			t.Errorf("snapshot %.8s: keep %v, reasons %v", s.ID, s.Keep, s.Reasons)
 		}
 	}
+	// A snapshot dated a year ago (a host whose clock is wrong) but stored
+	// just now is under the floor too.
+	ctx := context.Background()
+	be, err := local.Open(ctx, e.repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := repository.Open(ctx, be, []byte("correct horse battery staple"), repository.Options{KDF: crypto.TestKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest := e.snapshots()[2]
+	tree, _ := repo.ParseID(latest.Tree)
+	backdated := &snapshot.Snapshot{Time: time.Now().AddDate(-1, 0, 0), Tree: tree, Paths: latest.Paths, Hostname: latest.Hostname}
+	if _, err := r.SaveSnapshot(ctx, backdated); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	e.okJSON(&f, "forget", "--json", "--keep-last", "1")
+	if len(f.Removed) != 0 {
+		t.Fatalf("removed %v under a 14d floor (one dated a year ago, stored now)", f.Removed)
+	}
+	found := false
+	for _, s := range f.Groups[0].Snapshots {
+		if s.ID == backdated.ID.String() {
+			found = s.Keep && slices.ContainsFunc(s.Reasons, func(r string) bool { return strings.Contains(r, "by the time it was stored") })
+		}
+	}
+	if !found {
+		t.Errorf("the backdated snapshot was not kept by the floor: %+v", f.Groups)
+	}
 	first := e.snapshots()[0].ID
 	if res := e.fails(2, "forget", first); !strings.Contains(res.stderr, "min-retention") {
 		t.Errorf("forget by ID under the floor: %q", res.stderr)
 	}
-	if n := len(e.snapshots()); n != 3 {
-		t.Fatalf("%d snapshots, want 3", n)
+	if n := len(e.snapshots()); n != 4 {
+		t.Fatalf("%d snapshots, want 4", n)
 	}
 	e.ok("config", "set", "min-retention", "off")
 	e.okJSON(&f, "forget", "--json", "--keep-last", "1")
-	if len(f.Removed) != 2 {
-		t.Fatalf("removed %v without the floor, want 2", f.Removed)
+	if len(f.Removed) != 3 {
+		t.Fatalf("removed %v without the floor, want 3", f.Removed)
 	}
 }
 
