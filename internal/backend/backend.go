@@ -260,3 +260,16 @@ func (e *exactReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// ListConfig is List for ConfigFile on backends whose storage has no
+// listing of the config alone: fn gets the config's FileInfo if it exists.
+func ListConfig(ctx context.Context, be Backend, fn func(FileInfo) error) error {
+	fi, err := be.Stat(ctx, Handle{Type: ConfigFile})
+	if errors.Is(err, ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return fn(fi)
+}

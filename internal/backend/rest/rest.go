@@ -345,14 +345,7 @@ func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
 // List calls fn for each file of type t.
 func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.FileInfo) error) error {
 	if t == backend.ConfigFile {
-		fi, err := b.Stat(ctx, backend.Handle{Type: backend.ConfigFile})
-		if errors.Is(err, backend.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		return fn(fi)
+		return backend.ListConfig(ctx, b, fn)
 	}
 	name, ok := typeNames[t]
 	if !ok {

@@ -463,14 +463,7 @@ func (b *Backend) ProbeDelete(ctx context.Context, h backend.Handle) error {
 // List calls fn for each object of type t.
 func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.FileInfo) error) error {
 	if t == backend.ConfigFile {
-		fi, err := b.Stat(ctx, backend.Handle{Type: backend.ConfigFile})
-		if errors.Is(err, backend.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		return fn(fi)
+		return backend.ListConfig(ctx, b, fn)
 	}
 	if _, ok := typeDirs[t]; !ok {
 		return fmt.Errorf("list %v: %w: unknown file type %d", t, backend.ErrInvalidHandle, int(t))
