@@ -234,6 +234,10 @@ func TestForgetPruneBadInput(t *testing.T) {
 		{"max-unused negative", []string{"prune", "--max-unused", "-1"}, 2},
 		{"unknown setting", []string{"config", "set", "colour", "blue"}, 2},
 		{"bad min-retention", []string{"config", "set", "min-retention", "forever"}, 2},
+		{"negative upload limit", []string{"snapshots", "--limit-upload", "-1"}, 2},
+		{"negative connections", []string{"prune", "--connections", "-2"}, 2},
+		{"object lock on a local repository", []string{"init", "--object-lock", "compliance"}, 2},
+		{"unknown bucket lookup", []string{"snapshots", "--s3-bucket-lookup", "sideways", "--repo", "s3:http://127.0.0.1:1/b/p"}, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := e.contents(t)

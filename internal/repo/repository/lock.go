@@ -135,6 +135,11 @@ func (l *Lock) write(ctx context.Context) error {
 	b, _ := json.Marshal(l.info)
 	id, err := l.r.SaveUnpacked(ctx, backend.LockFile, b)
 	if err != nil {
+		if !id.IsNull() {
+			// It may be stored even so (the confirmation failed): do not
+			// leave a live-looking lock behind.
+			_ = l.r.be.Remove(context.WithoutCancel(ctx), backend.Handle{Type: backend.LockFile, Name: id.String()})
+		}
 		return fmt.Errorf("write lock: %w", err)
 	}
 	l.mu.Lock()
