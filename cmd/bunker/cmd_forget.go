@@ -275,6 +275,12 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 				}
 			}
 			if err := r.Backend().Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
+				if locked && errors.Is(err, backend.ErrPermission) {
+					// The storage's clock says it is still locked.
+					stillLocked = append(stillLocked, sn.ID.String())
+					g.msgf(c, "snapshot %s is still locked: it will be removed by a later forget\n", sn.ID.Short())
+					continue
+				}
 				return fmt.Errorf("remove snapshot %s (removed %d before it): %w", sn.ID.Short(), len(removed), err)
 			}
 			removed = append(removed, sn.ID.String())

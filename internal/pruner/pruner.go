@@ -527,6 +527,10 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 		if errors.Is(err, backend.ErrNotExist) {
 			return true, nil
 		}
+		if locked && errors.Is(err, backend.ErrPermission) {
+			// The storage's clock says it is still locked.
+			return false, nil
+		}
 		return err == nil, err
 	}
 	var mu sync.Mutex

@@ -37,6 +37,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -189,6 +190,7 @@ type Server struct {
 	authOK  map[string]string // user -> the password that last verified
 	// lockOwners: repo/lock name -> the non-admin user who stored it.
 	lockOwners sync.Map
+	hashSem    chan struct{} // bounds concurrent password verifications
 }
 
 type metrics struct {
@@ -216,7 +218,8 @@ func New(opts Options) *Server {
 		reg:      reg,
 	}
 	reg.MustRegister(m.requests, m.refused, m.bytesIn, m.bytesOut)
-	s := &Server{opts: opts, repos: map[string]*local.Backend{}, metrics: m, authOK: map[string]string{}}
+	s := &Server{opts: opts, repos: map[string]*local.Backend{}, metrics: m, authOK: map[string]string{},
+		hashSem: make(chan struct{}, max(2, runtime.NumCPU()))}
 	s.mux = http.NewServeMux()
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("/", s.serveRepo)
@@ -274,7 +277,13 @@ func (s *Server) authenticate(r *http.Request) (User, bool) {
 	if hit && subtle.ConstantTimeCompare([]byte(cached), []byte(pw)) == 1 {
 		return u, true
 	}
-	if !checkPassword(u.Hash, []byte(pw)) {
+	// Each verification costs 32 MiB and tens of milliseconds: at most a
+	// few run at once, so that a flood of wrong passwords cannot exhaust
+	// the server's memory.
+	s.hashSem <- struct{}{}
+	ok = checkPassword(u.Hash, []byte(pw))
+	<-s.hashSem
+	if !ok {
 		return User{}, false
 	}
 	s.authMu.Lock()
@@ -447,18 +456,33 @@ func (s *Server) load(w http.ResponseWriter, r *http.Request, user User, be *loc
 		http.Error(w, err.Error(), http.StatusRequestedRangeNotSatisfiable)
 		return
 	}
-	err = be.Load(r.Context(), h, int(length), offset, func(rd io.Reader) error {
+	w.Header().Set("X-Bunker-Size", strconv.FormatInt(fi.Size, 10))
+	writeHeader := func() {
 		w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
 		w.Header().Set("Content-Type", "application/octet-stream")
 		if partial {
 			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", offset, offset+length-1, fi.Size))
 			w.WriteHeader(http.StatusPartialContent)
 		}
+	}
+	if length == 0 { // an empty object, or an empty range at its end
+		writeHeader()
+		return
+	}
+	started := false
+	err = be.Load(r.Context(), h, int(length), offset, func(rd io.Reader) error {
+		started = true
+		writeHeader()
 		n, err := io.Copy(w, rd)
 		s.metrics.bytesOut.Add(float64(n))
 		return err
 	})
-	if err != nil && length > 0 {
+	if err != nil && !started {
+		// Nothing is sent yet: answer the error, never an empty success.
+		s.fail(w, r, user, err)
+		return
+	}
+	if err != nil {
 		s.opts.Log.Error("read failed", "user", user.Name, "path", r.URL.Path, "error", err.Error())
 	}
 }

@@ -154,14 +154,28 @@ func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
 	return b.inner.Remove(ctx, h)
 }
 
-// List asks the wrapped backend.
+// List asks the wrapped backend. The listing is collected first, so that
+// fn may call the backend without waiting for the slot List holds.
 func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.FileInfo) error) error {
 	release, err := b.acquire(ctx)
 	if err != nil {
 		return err
 	}
-	defer release()
-	return b.inner.List(ctx, t, fn)
+	var infos []backend.FileInfo
+	err = b.inner.List(ctx, t, func(fi backend.FileInfo) error {
+		infos = append(infos, fi)
+		return nil
+	})
+	release()
+	if err != nil {
+		return err
+	}
+	for _, fi := range infos {
+		if err := fn(fi); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Unwrap returns the wrapped backend (for its optional interfaces).

@@ -263,7 +263,7 @@ func (b *Backend) do(ctx context.Context, method, p string, body []byte, hdr htt
 		// A POST that failed after the server stored the object comes back
 		// 409 on the next attempt: the same name is the same content.
 		var se *statusError
-		if attempt > 0 && method == http.MethodPost && errors.As(err, &se) && se.code == http.StatusConflict && p != "" {
+		if attempt > 0 && method == http.MethodPost && errors.As(err, &se) && se.code == http.StatusConflict && p != "" && p != "config" {
 			return &http.Response{StatusCode: http.StatusCreated, Body: http.NoBody}, nil
 		}
 		lastErr = err
@@ -309,10 +309,22 @@ func (b *Backend) Load(ctx context.Context, h backend.Handle, length int, offset
 		return fmt.Errorf("load %v: %w", h, err)
 	}
 	defer resp.Body.Close()
-	if resp.ContentLength < 0 || (length > 0 && resp.ContentLength != int64(length)) {
-		return fmt.Errorf("load %v: %d bytes at offset %d, the server sends %d: %w", h, length, offset, resp.ContentLength, io.ErrUnexpectedEOF)
+	want := int64(length)
+	if length == 0 {
+		// A whole read (or to the end): the server says the object's size.
+		size, err := strconv.ParseInt(resp.Header.Get("X-Bunker-Size"), 10, 64)
+		if err != nil || size < offset {
+			return fmt.Errorf("load %v: the server did not say the object's size: %w", h, io.ErrUnexpectedEOF)
+		}
+		want = size - offset
 	}
-	return fn(backend.ExactReader(resp.Body, resp.ContentLength))
+	if hdr.Get("Range") != "" && resp.StatusCode != http.StatusPartialContent && !(want == 0 && resp.StatusCode == http.StatusOK) {
+		return fmt.Errorf("load %v: asked for a range, the server answered %d", h, resp.StatusCode)
+	}
+	if resp.ContentLength != want {
+		return fmt.Errorf("load %v: %d bytes at offset %d, the server sends %d: %w", h, want, offset, resp.ContentLength, io.ErrUnexpectedEOF)
+	}
+	return fn(backend.ExactReader(resp.Body, want))
 }
 
 // Stat returns the size and time of h.

@@ -395,7 +395,7 @@ func (b *Backend) Load(ctx context.Context, h backend.Handle, length int, offset
 			return err
 		}
 	}
-	body, info, _, err := b.core.GetObject(ctx, b.cfg.Bucket, b.key(h), opts)
+	body, info, hdr, err := b.core.GetObject(ctx, b.cfg.Bucket, b.key(h), opts)
 	if err != nil {
 		resp := minio.ToErrorResponse(err)
 		if resp.Code == "InvalidRange" {
@@ -409,6 +409,12 @@ func (b *Backend) Load(ctx context.Context, h backend.Handle, length int, offset
 	}
 	defer body.Close()
 	want := info.Size // what the server says it sends
+	if want < 0 {
+		return fmt.Errorf("load %v: the server did not say how many bytes it sends: %w", h, io.ErrUnexpectedEOF)
+	}
+	if (length > 0 || offset > 0) && !strings.HasPrefix(hdr.Get("Content-Range"), fmt.Sprintf("bytes %d-", offset)) {
+		return fmt.Errorf("load %v: asked for bytes from %d, the server answered %q", h, offset, hdr.Get("Content-Range"))
+	}
 	if length > 0 && want != int64(length) {
 		return fmt.Errorf("load %v: %d bytes at offset %d, the server has %d: %w", h, length, offset, want, io.ErrUnexpectedEOF)
 	}
