@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: a local repository, no servers. Backs up
 # this source tree, changes a file, backs up again, restores the latest
-# snapshot, verifies every byte and checks the whole repository.
+# snapshot, verifies every byte and checks the whole repository, then shows
+# what a retention policy would keep (forget --dry-run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bunker=${BUNKER_BIN:-$PWD/bin/bunker}
@@ -26,3 +27,4 @@ echo; echo "\$ diff -r data restored/...data"
 diff -r "$demo/data" "$demo/restored$demo/data" && echo "identical"
 run check --read-data
 run stats
+run forget --keep-last 1 --dry-run
