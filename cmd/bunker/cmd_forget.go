@@ -154,15 +154,12 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 		return err
 	}
 	defer release()
-	settings, _, err := r.LoadSettings(ctx)
-	if err != nil {
-		return err
-	}
 	now := time.Now()
-	floor, err := retentionFloor(ctx, r, now)
+	fl, err := loadFloor(ctx, r, now)
 	if err != nil {
 		return err
 	}
+	floor := fl.age
 	snaps, err := r.Snapshots(ctx)
 	if err != nil {
 		return err
@@ -177,12 +174,12 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 			if err != nil {
 				return usageError{err}
 			}
-			young, err := storedWithin(ctx, r, sn, now, floor)
+			young, err := fl.holds(ctx, sn)
 			if err != nil {
 				return err
 			}
-			if floor > 0 && (now.Sub(sn.Time) < floor || young) {
-				return usagef("snapshot %s is younger than the repository's min-retention %s: not removing it (nor any other)", sn.ID.Short(), settings.MinRetention)
+			if young {
+				return usagef("snapshot %s is younger than the repository's min-retention %s: not removing it (nor any other)", sn.ID.Short(), fl.text)
 			}
 			ds = append(ds, decision(sn, false, []string{}))
 			remove = append(remove, sn)
@@ -196,7 +193,7 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 			}
 		}
 		for _, grp := range policy.GroupSnapshots(selected, by) {
-			decisions, err := policy.Apply(grp.Snapshots, pol, time.Local, now, floor, settings.MinRetention)
+			decisions, err := policy.Apply(grp.Snapshots, pol, time.Local, now, floor, fl.text)
 			if err != nil {
 				if errors.Is(err, policy.ErrKeepsNothing) {
 					return usagef("%s: %v; nothing removed", groupName(grp.Key), err)
@@ -209,15 +206,15 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 				if reasons == nil {
 					reasons = []string{}
 				}
-				if !d.Keep && floor > 0 {
-					// The floor also holds by the storage's clock: a host
-					// whose clock runs behind writes snapshots that look old.
-					young, err := storedWithin(ctx, r, d.Snapshot, now, floor)
+				if !d.Keep {
+					// Apply judged the floor by the snapshot's own time;
+					// holds also asks the storage when it stored it.
+					young, err := fl.holds(ctx, d.Snapshot)
 					if err != nil {
 						return err
 					}
 					if young {
-						d.Keep, reasons = true, []string{"min-retention " + settings.MinRetention + " (by the time it was stored)"}
+						d.Keep, reasons = true, []string{"min-retention " + fl.text + " (by the time it was stored)"}
 					}
 				}
 				fg.Decisions = append(fg.Decisions, decision(d.Snapshot, d.Keep, reasons))
@@ -233,8 +230,8 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 		w := c.OutOrStdout()
 		if !byID {
 			fmt.Fprintf(w, "policy: %s\n", pol)
-			if settings.MinRetention != "" {
-				fmt.Fprintf(w, "min-retention: %s (snapshots younger than that are always kept)\n", settings.MinRetention)
+			if fl.text != "" {
+				fmt.Fprintf(w, "min-retention: %s (snapshots younger than that are always kept)\n", fl.text)
 			}
 		}
 		for _, grp := range groups {
@@ -359,30 +356,43 @@ func countKept(groups []forgetGroup) int {
 	return n
 }
 
-// retentionFloor returns the repository's min-retention as the age under
-// which no snapshot may be forgotten at now (0: no floor).
-func retentionFloor(ctx context.Context, r *repository.Repository, now time.Time) (time.Duration, error) {
+// floor is the repository's min-retention at a moment: no snapshot younger
+// than age, by its own time or by the time the storage stored it (a host
+// whose clock runs behind writes snapshots that look old), is forgotten.
+type floor struct {
+	r    *repository.Repository
+	now  time.Time
+	age  time.Duration // 0: no floor
+	text string        // the setting as written, "14d"
+}
+
+// loadFloor reads the repository's min-retention.
+func loadFloor(ctx context.Context, r *repository.Repository, now time.Time) (floor, error) {
+	f := floor{r: r, now: now}
 	settings, _, err := r.LoadSettings(ctx)
 	if err != nil || settings.MinRetention == "" {
-		return 0, err
+		return f, err
 	}
 	d, err := policy.ParseDuration(settings.MinRetention)
 	if err != nil {
-		return 0, fmt.Errorf("repository setting min-retention %q: %w", settings.MinRetention, err)
+		return f, fmt.Errorf("repository setting min-retention %q: %w", settings.MinRetention, err)
 	}
 	cutoff := now.AddDate(-d.Years, -d.Months, -d.Days).Add(-time.Duration(d.Hours) * time.Hour)
-	return now.Sub(cutoff), nil
+	f.age, f.text = now.Sub(cutoff), settings.MinRetention
+	return f, nil
 }
 
-// storedWithin reports whether the storage stored sn's file less than floor
-// before now (0 floor: never).
-func storedWithin(ctx context.Context, r *repository.Repository, sn *snapshot.Snapshot, now time.Time, floor time.Duration) (bool, error) {
-	if floor <= 0 {
+// holds reports whether the floor keeps sn.
+func (f floor) holds(ctx context.Context, sn *snapshot.Snapshot) (bool, error) {
+	if f.age <= 0 {
 		return false, nil
 	}
-	fi, err := r.Backend().Stat(ctx, backend.Handle{Type: backend.SnapshotFile, Name: sn.ID.String()})
+	if f.now.Sub(sn.Time) < f.age {
+		return true, nil
+	}
+	fi, err := f.r.Backend().Stat(ctx, backend.Handle{Type: backend.SnapshotFile, Name: sn.ID.String()})
 	if err != nil {
 		return false, fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
 	}
-	return now.Sub(fi.ModTime) < floor, nil
+	return f.now.Sub(fi.ModTime) < f.age, nil
 }

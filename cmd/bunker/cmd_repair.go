@@ -61,11 +61,14 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			defer release()
-			floor, err := retentionFloor(ctx, r, time.Now())
+			fl, err := loadFloor(ctx, r, time.Now())
 			if err != nil {
 				return err
 			}
-			keep := func(sn *snapshot.Snapshot) bool { return floor > 0 && time.Since(sn.Time) < floor }
+			keep := func(sn *snapshot.Snapshot) bool {
+				young, err := fl.holds(ctx, sn)
+				return young || err != nil // when in doubt, keep the original
+			}
 			res, err := repair.Snapshots(ctx, r, dryRun, forget, repair.WithLock(lock), repair.KeepSnapshots(keep))
 			if err != nil {
 				return err

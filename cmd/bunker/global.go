@@ -225,92 +225,65 @@ func (g *globalOptions) limits(be backend.Backend) (backend.Backend, error) {
 
 // openBackend opens the storage of an existing repository.
 func (g *globalOptions) openBackend(ctx context.Context) (backend.Backend, error) {
-	loc, err := g.repoLocation()
-	if err != nil {
-		return nil, err
-	}
-	var be backend.Backend
-	switch {
-	case strings.HasPrefix(loc, "s3:"):
-		cfg, err := g.s3Config(loc)
-		if err != nil {
-			return nil, err
-		}
-		be, err = s3.Open(ctx, cfg)
-		if err != nil {
-			return nil, err
-		}
-	case strings.HasPrefix(loc, "rest:"):
-		cfg, err := g.restConfig(loc)
-		if err != nil {
-			return nil, err
-		}
-		be, err = rest.Open(ctx, cfg)
-		if errors.Is(err, backend.ErrNotExist) {
-			return nil, fmt.Errorf("%w at %s", repository.ErrNotFound, loc)
-		}
-		if err != nil {
-			return nil, err
-		}
-	default:
-		be, err = local.Open(ctx, strings.TrimPrefix(loc, "local:"))
-		if errors.Is(err, backend.ErrNotExist) {
-			return nil, fmt.Errorf("%w at %s", repository.ErrNotFound, loc)
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	return g.limits(be)
+	return g.backend(ctx, false, nil)
 }
 
 // createBackend prepares the storage of a new repository.
 func (g *globalOptions) createBackend(ctx context.Context, lock *s3.LockConfig) (backend.Backend, error) {
+	return g.backend(ctx, true, lock)
+}
+
+// backend opens (or, with create, prepares) the storage the location names,
+// with the limits of the flags; missing and existing repositories map to
+// the repository's errors the same way for every kind of storage.
+func (g *globalOptions) backend(ctx context.Context, create bool, lock *s3.LockConfig) (backend.Backend, error) {
 	loc, err := g.repoLocation()
 	if err != nil {
 		return nil, err
 	}
+	if lock != nil && !strings.HasPrefix(loc, "s3:") {
+		return nil, usagef("--object-lock needs an s3: repository")
+	}
 	var be backend.Backend
 	switch {
 	case strings.HasPrefix(loc, "s3:"):
-		cfg, err := g.s3Config(loc)
-		if err != nil {
-			return nil, err
+		cfg, cerr := g.s3Config(loc)
+		if cerr != nil {
+			return nil, cerr
 		}
 		cfg.Lock = lock
-		be, err = s3.Create(ctx, cfg)
-		if err != nil {
-			if errors.Is(err, backend.ErrExists) {
-				return nil, fmt.Errorf("%w at %s", repository.ErrAlreadyExists, loc)
-			}
-			return nil, err
+		if create {
+			be, err = s3.Create(ctx, cfg)
+		} else {
+			be, err = s3.Open(ctx, cfg)
 		}
 	case strings.HasPrefix(loc, "rest:"):
-		if lock != nil {
-			return nil, usagef("--object-lock needs an s3: repository")
+		cfg, cerr := g.restConfig(loc)
+		if cerr != nil {
+			return nil, cerr
 		}
-		cfg, err := g.restConfig(loc)
-		if err != nil {
-			return nil, err
-		}
-		be, err = rest.Create(ctx, cfg)
-		if errors.Is(err, backend.ErrExists) {
-			return nil, fmt.Errorf("%w at %s", repository.ErrAlreadyExists, loc)
-		}
-		if err != nil {
-			return nil, err
+		if create {
+			be, err = rest.Create(ctx, cfg)
+		} else {
+			be, err = rest.Open(ctx, cfg)
 		}
 	default:
-		if lock != nil {
-			return nil, usagef("--object-lock needs an s3: repository")
+		dir := strings.TrimPrefix(loc, "local:")
+		if create {
+			be, err = local.Create(ctx, dir)
+		} else {
+			be, err = local.Open(ctx, dir)
 		}
-		be, err = local.Create(ctx, strings.TrimPrefix(loc, "local:"))
-		if errors.Is(err, backend.ErrExists) {
-			return nil, fmt.Errorf("%w at %s", repository.ErrAlreadyExists, loc)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("create repository: %w", err)
-		}
+	}
+	switch {
+	case create && errors.Is(err, backend.ErrExists):
+		return nil, fmt.Errorf("%w at %s", repository.ErrAlreadyExists, loc)
+	case !create && errors.Is(err, backend.ErrNotExist):
+		return nil, fmt.Errorf("%w at %s", repository.ErrNotFound, loc)
+	case create && err != nil:
+		return nil, fmt.Errorf("create repository: %w", err)
+	case err != nil:
+		return nil, err
 	}
 	return g.limits(be)
 }

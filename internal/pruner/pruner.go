@@ -396,7 +396,7 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 	res := &Result{}
 	if p.Nothing() {
 		if rt, ok := r.Retainer(); ok {
-			n, err := ExtendLocks(ctx, r, rt, nil, nil)
+			n, err := ExtendLocks(ctx, r, rt)
 			res.LocksExtended = n
 			return res, err
 		}
@@ -573,7 +573,7 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 		}
 	}
 	if locked {
-		n, err := ExtendLocks(ctx, r, rt, res.StillLocked, p.indexFiles)
+		n, err := ExtendLocks(ctx, r, rt)
 		res.LocksExtended = n
 		if err != nil {
 			return res, err
@@ -584,29 +584,42 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 
 // ExtendLocks makes sure every object that the repository still uses stays
 // locked for at least half the lock period: objects whose retain-until date
-// is nearer are extended to a full period from now. Packs in skipPacks and
-// index files in skipIndex (deleted in spirit, but still locked) are left
-// to expire, and so are snapshot files, which forget extends for the
-// snapshots it keeps. It returns how many locks it extended.
-func ExtendLocks(ctx context.Context, r *repository.Repository, rt backend.Retainer, skipPacks, skipIndex []repo.ID) (int, error) {
-	skip := map[backend.Handle]bool{}
-	for _, id := range skipPacks {
-		skip[backend.Handle{Type: backend.PackFile, Name: id.String()}] = true
+// is nearer are extended to a full period from now. In use are the index
+// files no other supersedes, the packs they name, the keys, the config and
+// the settings; what is no longer used (superseded index files, packs no
+// index names, which prune deletes once they expire) is left to expire, and
+// so are snapshot files, which forget extends for the snapshots it keeps.
+// It returns how many locks it extended.
+func ExtendLocks(ctx context.Context, r *repository.Repository, rt backend.Retainer) (int, error) {
+	ids, files, err := r.LoadIndexFiles(ctx)
+	if err != nil {
+		return 0, err
 	}
-	for _, id := range skipIndex {
-		skip[backend.Handle{Type: backend.IndexFile, Name: id.String()}] = true
+	byID := make(map[repo.ID]*index.File, len(ids))
+	superseded := map[repo.ID]bool{}
+	for i, id := range ids {
+		byID[id] = files[i]
+		for _, s := range files[i].Supersedes {
+			superseded[s] = true
+		}
 	}
 	var handles []backend.Handle
-	for _, t := range backend.AllTypes {
-		// Snapshot files are forget's to extend: it knows which are kept.
-		if t == backend.LockFile || t == backend.SnapshotFile {
-			continue
+	for _, id := range ids {
+		if !superseded[id] {
+			handles = append(handles, backend.Handle{Type: backend.IndexFile, Name: id.String()})
 		}
+	}
+	seen := map[repo.ID]bool{}
+	for _, e := range index.Live(byID) {
+		if !seen[e.ID] {
+			seen[e.ID] = true
+			handles = append(handles, backend.Handle{Type: backend.PackFile, Name: e.ID.String()})
+		}
+	}
+	handles = append(handles, backend.Handle{Type: backend.ConfigFile})
+	for _, t := range []backend.FileType{backend.KeyFile, backend.SettingsFile} {
 		err := r.Backend().List(ctx, t, func(fi backend.FileInfo) error {
-			h := backend.Handle{Type: t, Name: fi.Name}
-			if !skip[h] {
-				handles = append(handles, h)
-			}
+			handles = append(handles, backend.Handle{Type: t, Name: fi.Name})
 			return nil
 		})
 		if err != nil {

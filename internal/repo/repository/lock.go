@@ -263,12 +263,10 @@ func (r *Repository) Locks(ctx context.Context) ([]LockEntry, error) {
 	var out []LockEntry
 	for _, id := range ids {
 		e := LockEntry{ID: id}
-		plain, err := r.LoadUnpacked(ctx, backend.LockFile, id)
+		var err error
+		e.Info, err = r.readLock(ctx, id)
 		if errors.Is(err, backend.ErrNotExist) {
 			continue
-		}
-		if err == nil {
-			err = json.Unmarshal(plain, &e.Info)
 		}
 		if err != nil {
 			e.Err = err
@@ -313,16 +311,12 @@ func (r *Repository) checkLocksOnce(ctx context.Context, exclusive bool, own rep
 		if id == own {
 			continue
 		}
-		plain, err := r.LoadUnpacked(ctx, backend.LockFile, id)
+		li, err := r.readLock(ctx, id)
 		if errors.Is(err, backend.ErrNotExist) {
 			return errLockVanished
 		}
 		if err != nil {
-			return fmt.Errorf("read lock %s: %w", id.Short(), err)
-		}
-		var li LockInfo
-		if err := json.Unmarshal(plain, &li); err != nil {
-			return fmt.Errorf("lock %s: %w", id.Short(), ErrCorrupt)
+			return err
 		}
 		if li.Stale(now) {
 			continue
@@ -363,4 +357,17 @@ func (r *Repository) CheckCanDelete(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", ErrAppendOnly, err)
 	}
 	return fmt.Errorf("check delete permission: %w", err)
+}
+
+// readLock loads and decodes one lock file.
+func (r *Repository) readLock(ctx context.Context, id repo.ID) (LockInfo, error) {
+	var li LockInfo
+	plain, err := r.LoadUnpacked(ctx, backend.LockFile, id)
+	if err != nil {
+		return li, fmt.Errorf("read lock %s: %w", id.Short(), err)
+	}
+	if err := json.Unmarshal(plain, &li); err != nil {
+		return li, fmt.Errorf("lock %s: %w", id.Short(), ErrCorrupt)
+	}
+	return li, nil
 }
