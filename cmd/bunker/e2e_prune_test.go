@@ -381,12 +381,12 @@ func TestUnlock(t *testing.T) {
 	if !strings.Contains(out, "removed stale lock") || !strings.Contains(out, "kept live lock") {
 		t.Errorf("unlock: %q", out)
 	}
-	if n := len(e.lockFiles()); n != 1 {
+	if n := len(e.files("locks")); n != 1 {
 		t.Fatalf("%d lock files after unlock, want the live one", n)
 	}
 	out = e.ok("unlock", "--remove-all")
-	if !strings.Contains(out, "removed live lock") || len(e.lockFiles()) != 0 {
-		t.Errorf("unlock --remove-all: %q, %d locks left", out, len(e.lockFiles()))
+	if !strings.Contains(out, "removed live lock") || len(e.files("locks")) != 0 {
+		t.Errorf("unlock --remove-all: %q, %d locks left", out, len(e.files("locks")))
 	}
 	if err := live.Check(ctx); err == nil {
 		t.Error("the holder of a removed lock still trusts it")
@@ -395,20 +395,6 @@ func TestUnlock(t *testing.T) {
 	if out := e.ok("unlock"); out != "no locks\n" {
 		t.Errorf("unlock with no locks: %q", out)
 	}
-}
-
-func (e *repoEnv) lockFiles() []string {
-	entries, err := os.ReadDir(filepath.Join(e.repo, "locks"))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	var out []string
-	for _, d := range entries {
-		if !strings.HasPrefix(d.Name(), ".") {
-			out = append(out, d.Name())
-		}
-	}
-	return out
 }
 
 // TestRepair (RELIABILITY B2): a lost pack makes check fail and prune
@@ -420,12 +406,12 @@ func TestRepair(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "src")
 	writeFile(t, filepath.Join(src, "a"), string(randomData(7, 256<<10)))
 	e.ok("backup", src)
-	packsBefore := e.packFiles()
+	packsBefore := e.files("data")
 	writeFile(t, filepath.Join(src, "b"), string(randomData(8, 256<<10)))
 	e.ok("backup", src)
 	var biggest string
 	var size int64
-	for _, p := range e.packFiles() {
+	for _, p := range e.files("data") {
 		if slices.Contains(packsBefore, p) {
 			continue
 		}
@@ -490,9 +476,11 @@ func TestRepair(t *testing.T) {
 	e.ok("check", "--read-data")
 }
 
-func (e *repoEnv) packFiles() []string {
+// files lists the names of the repository's files below sub (temporary
+// files left out).
+func (e *repoEnv) files(sub string) []string {
 	var out []string
-	err := filepath.WalkDir(filepath.Join(e.repo, "data"), func(p string, d os.DirEntry, err error) error {
+	err := filepath.WalkDir(filepath.Join(e.repo, sub), func(p string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
