@@ -251,14 +251,7 @@ func TestForgetPruneBadInput(t *testing.T) {
 	// A prune or forget while another process holds a lock: exit 11, the
 	// holder named, nothing changed.
 	ctx := context.Background()
-	be, err := local.Open(ctx, e.repo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := repository.Open(ctx, be, []byte("correct horse battery staple"), repository.Options{KDF: crypto.TestKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := e.openInProcess(t)
 	defer r.Close()
 	lock, err := r.Lock(ctx, false)
 	if err != nil {
@@ -307,14 +300,7 @@ func TestMinRetention(t *testing.T) {
 	// A snapshot dated a year ago (a host whose clock is wrong) but stored
 	// just now is under the floor too.
 	ctx := context.Background()
-	be, err := local.Open(ctx, e.repo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := repository.Open(ctx, be, []byte("correct horse battery staple"), repository.Options{KDF: crypto.TestKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := e.openInProcess(t)
 	latest := e.snapshots()[2]
 	tree, _ := repo.ParseID(latest.Tree)
 	backdated := &snapshot.Snapshot{Time: time.Now().AddDate(-1, 0, 0), Tree: tree, Paths: latest.Paths, Hostname: latest.Hostname}
@@ -354,14 +340,7 @@ func TestUnlock(t *testing.T) {
 	t.Parallel()
 	e := newFastRepo(t)
 	ctx := context.Background()
-	be, err := local.Open(ctx, e.repo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := repository.Open(ctx, be, []byte("correct horse battery staple"), repository.Options{KDF: crypto.TestKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := e.openInProcess(t)
 	defer r.Close()
 	old := time.Now().Add(-2 * time.Hour).UTC()
 	stale, _ := json.Marshal(repository.LockInfo{Time: old, Created: old, Exclusive: true, Hostname: "gone-host", PID: 4242})
@@ -501,4 +480,20 @@ func (e *repoEnv) contents(t *testing.T) []string {
 	t.Helper()
 	locks := filepath.Join(e.repo, "locks")
 	return slices.DeleteFunc(listRepo(t, e.repo), func(l string) bool { return strings.HasPrefix(l, locks+" ") || strings.HasPrefix(l, locks+"/") })
+}
+
+// openInProcess opens the repository in this process (to hold a lock, or
+// write what the CLI cannot); the caller closes it.
+func (e *repoEnv) openInProcess(t *testing.T) *repository.Repository {
+	t.Helper()
+	ctx := context.Background()
+	be, err := local.Open(ctx, e.repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := repository.Open(ctx, be, []byte("correct horse battery staple"), repository.Options{KDF: crypto.TestKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
