@@ -135,6 +135,11 @@ func (l *Lock) write(ctx context.Context) error {
 	b, _ := json.Marshal(l.info)
 	id, err := l.r.SaveUnpacked(ctx, backend.LockFile, b)
 	if err != nil {
+		if errors.Is(err, ErrUploadLost) {
+			// Stored, then gone before it could be confirmed: removed by
+			// someone else (or lost by the storage). Either way it is not ours.
+			return fmt.Errorf("%w: lock file %s was removed by someone else as it was written", ErrLockLost, id.Short())
+		}
 		if !id.IsNull() {
 			// It may be stored even so (the confirmation failed): do not
 			// leave a live-looking lock behind.
