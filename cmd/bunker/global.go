@@ -34,6 +34,33 @@ type globalOptions struct {
 	clientCert   string
 	bucketLookup string
 	connections  int
+
+	// side, for a command that opens two repositories (copy, init
+	// --copy-params-from), holds the environment of one of them; nil for
+	// the process environment.
+	side *sideEnv
+}
+
+// sideEnv is the environment of one repository of a two-repository
+// command: vars replaces the process environment for the names it holds
+// (an empty value is unset); creds holds storage credentials read from a
+// --from-credentials-file or --to-credentials-file.
+type sideEnv struct {
+	vars  map[string]string
+	creds map[string]string
+}
+
+// getenv reads an environment variable as this side sees it.
+func (g *globalOptions) getenv(name string) string {
+	if g.side != nil {
+		if v, ok := g.side.creds[name]; ok {
+			return v
+		}
+		if v, ok := g.side.vars[name]; ok {
+			return v
+		}
+	}
+	return os.Getenv(name)
 }
 
 func (g *globalOptions) register(c *cobra.Command) {
@@ -54,7 +81,7 @@ func (g *globalOptions) register(c *cobra.Command) {
 func (g *globalOptions) repoLocation() (string, error) {
 	loc := g.repo
 	if loc == "" {
-		loc = os.Getenv("BUNKER_REPOSITORY")
+		loc = g.getenv("BUNKER_REPOSITORY")
 	}
 	if loc == "" {
 		return "", usagef("no repository given: use --repo or set BUNKER_REPOSITORY")
@@ -73,16 +100,16 @@ func (g *globalOptions) restConfig(loc string) (rest.Config, error) {
 	cfg.CACert = g.caCert()
 	cfg.ClientCert = g.clientCert
 	if cfg.ClientCert == "" {
-		cfg.ClientCert = os.Getenv("BUNKER_TLS_CLIENT_CERT")
+		cfg.ClientCert = g.getenv("BUNKER_TLS_CLIENT_CERT")
 	}
-	if f := os.Getenv("BUNKER_REST_PASSWORD_FILE"); f != "" {
+	if f := g.getenv("BUNKER_REST_PASSWORD_FILE"); f != "" {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return cfg, fmt.Errorf("BUNKER_REST_PASSWORD_FILE: %w", err)
 		}
 		cfg.Password = string(firstLine(b))
 	} else {
-		cfg.Password = os.Getenv("BUNKER_REST_PASSWORD")
+		cfg.Password = g.getenv("BUNKER_REST_PASSWORD")
 	}
 	if cfg.User != "" && cfg.Password == "" {
 		return cfg, usagef("rest user %q has no password: set BUNKER_REST_PASSWORD_FILE", cfg.User)
@@ -96,7 +123,7 @@ func (g *globalOptions) caCert() string {
 	if g.cacert != "" {
 		return g.cacert
 	}
-	return os.Getenv("BUNKER_CACERT")
+	return g.getenv("BUNKER_CACERT")
 }
 
 // s3Config builds the S3 settings from the location and the flags.
@@ -116,7 +143,11 @@ func (g *globalOptions) s3Config(loc string) (s3.Config, error) {
 		return cfg, usagef("--s3-bucket-lookup %q: want auto, path or dns", g.bucketLookup)
 	}
 	cfg.Connections = g.connections
-	cfg.Region = os.Getenv("AWS_DEFAULT_REGION")
+	cfg.Region = g.getenv("AWS_DEFAULT_REGION")
+	if g.side != nil && g.side.creds["AWS_ACCESS_KEY_ID"] != "" {
+		cfg.AccessKey, cfg.SecretKey = g.side.creds["AWS_ACCESS_KEY_ID"], g.side.creds["AWS_SECRET_ACCESS_KEY"]
+		cfg.SessionToken = g.side.creds["AWS_SESSION_TOKEN"]
+	}
 	return cfg, nil
 }
 
@@ -126,7 +157,7 @@ func (g *globalOptions) s3Config(loc string) (s3.Config, error) {
 func (g *globalOptions) password(prompt string, confirm bool) ([]byte, error) {
 	file := g.passwordFile
 	if file == "" {
-		file = os.Getenv("BUNKER_PASSWORD_FILE")
+		file = g.getenv("BUNKER_PASSWORD_FILE")
 	}
 	if file != "" {
 		b, err := os.ReadFile(file)
@@ -135,7 +166,7 @@ func (g *globalOptions) password(prompt string, confirm bool) ([]byte, error) {
 		}
 		return checkPassword(firstLine(b))
 	}
-	if cmd := os.Getenv("BUNKER_PASSWORD_COMMAND"); cmd != "" {
+	if cmd := g.getenv("BUNKER_PASSWORD_COMMAND"); cmd != "" {
 		var out bytes.Buffer
 		c := exec.Command("/bin/sh", "-c", cmd)
 		c.Stdout, c.Stderr = &out, os.Stderr

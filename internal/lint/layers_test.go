@@ -41,6 +41,7 @@ var rules = []rule{
 	{"internal/checker", []string{"internal/repo/...", "internal/snapshot", "internal/backend"}},
 	{"internal/pruner", []string{"internal/repo/...", "internal/snapshot", "internal/backend"}},
 	{"internal/repair", []string{"internal/repo/...", "internal/snapshot", "internal/backend"}},
+	{"internal/replicate", []string{"internal/repo/...", "internal/snapshot", "internal/backend"}},
 	{"internal/ui", []string{}},
 	{"internal/server", []string{"internal/backend/...", "internal/repo/crypto"}},
 	{"internal/server/servertest", []string{"internal/server"}},
@@ -63,7 +64,7 @@ func allowedImport(pkg, imp string) (bool, string) {
 		return true, "" // own subpackages (tests helpers and the like)
 	}
 	for _, fi := range formatInternals {
-		if (imp == fi || strings.HasPrefix(imp, fi+"/")) && !strings.HasPrefix(pkg, "internal/repo") && pkg != "internal/checker" && pkg != "internal/pruner" && pkg != "internal/repair" && pkg != "internal/server" {
+		if (imp == fi || strings.HasPrefix(imp, fi+"/")) && !strings.HasPrefix(pkg, "internal/repo") && pkg != "internal/checker" && pkg != "internal/pruner" && pkg != "internal/repair" && pkg != "internal/replicate" && pkg != "internal/server" {
 			return false, "format internals are imported only by internal/repo/..."
 		}
 	}

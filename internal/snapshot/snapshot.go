@@ -25,6 +25,11 @@ type Snapshot struct {
 	// ProgramVersion is the version of bunker that wrote the snapshot.
 	ProgramVersion string   `json:"program_version"`
 	Summary        *Summary `json:"summary,omitempty"`
+	// Original and OriginalRepo name the snapshot this one is a copy of
+	// (`bunker copy`): its ID and its repository's ID, kept through
+	// copies of copies. A snapshot and its copies share them (see Origin).
+	Original     *repo.ID `json:"original,omitempty"`
+	OriginalRepo string   `json:"original_repo,omitempty"`
 
 	// ID is the snapshot's file name; not stored.
 	ID repo.ID `json:"-"`
@@ -47,6 +52,16 @@ type Summary struct {
 	FilesProcessed uint64    `json:"files_processed"`      // files in the snapshot
 	Errors         uint64    `json:"errors"`               // entries that could not be read
 	Incomplete     bool      `json:"incomplete,omitempty"` // some entries were skipped
+}
+
+// Origin identifies a snapshot across copies: the repository and ID of the
+// snapshot it was first written as. repoID is the ID of the repository sn
+// was read from.
+func (s *Snapshot) Origin(repoID string) string {
+	if s.Original != nil && s.OriginalRepo != "" {
+		return s.OriginalRepo + "/" + s.Original.String()
+	}
+	return repoID + "/" + s.ID.String()
 }
 
 // Decode parses a snapshot's JSON.

@@ -49,7 +49,7 @@ type Config struct {
 	// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), else the AWS credentials
 	// file (AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE), else MINIO_*.
 	// AccessKey/SecretKey, when set, take precedence (tests).
-	AccessKey, SecretKey string
+	AccessKey, SecretKey, SessionToken string
 	// Connections bounds the connections to the server (default 8).
 	Connections int
 	// Timeout bounds how long a request may wait for the server to start
@@ -147,7 +147,7 @@ func newClient(cfg Config) (*Backend, error) {
 	}
 	var creds *credentials.Credentials
 	if cfg.AccessKey != "" {
-		creds = credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, "")
+		creds = credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, cfg.SessionToken)
 	} else {
 		creds = credentials.NewChainCredentials([]credentials.Provider{
 			&credentials.EnvAWS{},

@@ -529,27 +529,7 @@ func (r *Repository) LoadPackRange(ctx context.Context, packID repo.ID, blobs []
 // decrypted, decompressed and checked against its ID. Blobs the index
 // already holds are skipped. Prune repacks with it: nothing is re-encoded.
 func (r *Repository) CopyBlobs(ctx context.Context, packID repo.ID, blobs []pack.Blob) error {
-	return r.loadPackRange(ctx, packID, blobs, true, func(b pack.Blob, sealed, _ []byte, err error) error {
-		if err != nil {
-			return fmt.Errorf("blob %s of pack %s: %w", b.ID.Short(), packID.Short(), err)
-		}
-		h := b.Handle()
-		if r.idx.Has(h) {
-			return nil
-		}
-		r.mu.Lock()
-		if err := r.uploadErr; err != nil {
-			r.mu.Unlock()
-			return err
-		}
-		if _, ok := r.pending[h]; ok {
-			r.mu.Unlock()
-			return nil
-		}
-		r.pending[h] = struct{}{}
-		r.mu.Unlock()
-		return r.addToPack(ctx, b.Type, b.ID, sealed, int(b.RawLength), b.Compressed)
-	})
+	return r.CopySealed(ctx, r, packID, blobs, nil)
 }
 
 func (r *Repository) loadPackRange(ctx context.Context, packID repo.ID, blobs []pack.Blob, keepSealed bool, fn func(b pack.Blob, sealed, plain []byte, err error) error) error {

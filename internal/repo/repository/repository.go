@@ -107,6 +107,11 @@ type Options struct {
 	// ObjectLock, for Create only, makes a repository whose objects are all
 	// locked (the backend must be a backend.Retainer).
 	ObjectLock *ObjectLock
+	// ParamsFrom, for Create only, makes the new repository share this
+	// repository's master keys and chunker parameters (its own ID, key
+	// slots and settings): copies between the two then move packs as they
+	// are (`init --copy-params-from`).
+	ParamsFrom *Repository
 }
 
 // DefaultPackSize suits object stores: large enough that request overhead is
@@ -228,14 +233,21 @@ func Create(ctx context.Context, be backend.Backend, password []byte, opts Optio
 		return nil, err
 	}
 	r.master = crypto.NewMasterKey()
+	params := chunker.DefaultParams()
+	ck := make([]byte, 32)
+	crypto.Random(ck)
+	if from := opts.ParamsFrom; from != nil {
+		m := *from.master
+		r.master = &m
+		params = from.cfg.Chunker
+		ck = slices.Clone(from.cfg.ChunkerKey)
+	}
 	if r.key, err = crypto.NewKey(r.master); err != nil {
 		return nil, err
 	}
 	var rid [32]byte
 	crypto.Random(rid[:])
-	ck := make([]byte, 32)
-	crypto.Random(ck)
-	r.cfg = Config{Version: FormatVersion, ID: fmt.Sprintf("%x", rid), Created: time.Now().UTC(), Chunker: chunker.DefaultParams(), ChunkerKey: ck,
+	r.cfg = Config{Version: FormatVersion, ID: fmt.Sprintf("%x", rid), Created: time.Now().UTC(), Chunker: params, ChunkerKey: ck,
 		ObjectLock: opts.ObjectLock}
 	r.table = chunker.NewTable([32]byte(ck))
 	if err := r.applyObjectLock(); err != nil {
