@@ -213,8 +213,12 @@ func runCopy(c *cobra.Command, g *globalOptions, o copyOptions, args []string) e
 	if o.dryRun {
 		verb = "would copy"
 	}
+	var prog replicate.Progress
+	stop := ui.StartProgress(c.ErrOrStderr(), !g.quiet && !g.json && isTerminal(os.Stderr), func() string {
+		return fmt.Sprintf("%d snapshots copied, %d blobs, %s moved", prog.Snapshots.Load(), prog.Blobs.Load(), ui.Bytes(uint64(prog.Bytes.Load())))
+	})
 	res, err := replicate.Copy(ctx, src, dst, dstLock, selected, replicate.Options{
-		Mode: mode, DryRun: o.dryRun, SourceLock: srcLock,
+		Mode: mode, DryRun: o.dryRun, SourceLock: srcLock, Progress: &prog,
 		Report: func(r replicate.SnapshotResult) {
 			sn := r.Source
 			desc := fmt.Sprintf("snapshot %s of %s at %s", sn.ID.Short(), sn.Hostname, sn.Time.Local().Format("2006-01-02 15:04:05"))
@@ -228,6 +232,7 @@ func runCopy(c *cobra.Command, g *globalOptions, o copyOptions, args []string) e
 			}
 		},
 	})
+	stop()
 	if errors.Is(err, replicate.ErrIncompatible) {
 		return usageError{err}
 	}

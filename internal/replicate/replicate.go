@@ -26,6 +26,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -89,6 +90,14 @@ type Options struct {
 	SourceLock *repository.Lock
 	// Now is the clock for the lag; nil means time.Now.
 	Now func() time.Time
+	// Progress, if set, is updated as data moves.
+	Progress *Progress
+}
+
+// Progress counts what has moved so far; safe to read while a copy runs.
+type Progress struct {
+	Blobs, Bytes atomic.Int64 // read from the source and stored (or found) in the target
+	Snapshots    atomic.Int64 // committed in the target
 }
 
 // SnapshotResult is what happened to one snapshot of the source.
@@ -176,6 +185,9 @@ func Copy(ctx context.Context, src, dst *repository.Repository, lock *repository
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Progress == nil {
+		opts.Progress = &Progress{}
 	}
 	c := &copier{
 		src: src, dst: dst, opts: opts, pack: shared && opts.Mode != ModeReencode, srcID: src.Config().ID,
@@ -338,6 +350,9 @@ func (c *copier) hintFor(sn *snapshot.Snapshot) *hint {
 	var best *hint
 	for i := range c.hints {
 		h := &c.hints[i]
+		if c.pack && h.srcTree != h.targetTree {
+			continue // not a copy made with the same keys
+		}
 		if h.sn.Hostname != sn.Hostname || !slices.Equal(h.sn.Paths, sn.Paths) || h.sn.Time.After(sn.Time) {
 			continue
 		}
@@ -604,6 +619,7 @@ func (c *copier) runBatch(ctx context.Context, lock *repository.Lock, batch []*s
 		}
 		c.hints = append(c.hints, hint{sn: sn, srcTree: sn.Tree, targetTree: roots[i]})
 		r := SnapshotResult{Source: sn, Target: id}
+		c.opts.Progress.Snapshots.Add(1)
 		c.res.Copied = append(c.res.Copied, r)
 		c.report(r)
 	}
@@ -648,6 +664,8 @@ func (c *copier) transferPack(ctx context.Context, id repo.ID, blobs []pack.Blob
 			c.mu.Lock()
 			c.blobMap[b.ID] = tid
 			c.mu.Unlock()
+			c.opts.Progress.Blobs.Add(1)
+			c.opts.Progress.Bytes.Add(int64(b.Length))
 			return nil
 		})
 		return c.packFailed(id, blobs, err)
@@ -659,15 +677,26 @@ func (c *copier) transferPack(ctx context.Context, id repo.ID, blobs []pack.Blob
 	if want*2 >= c.packSize[id] {
 		// Most of the pack is wanted: move it whole, once all of it checks.
 		err := c.wholePack(ctx, id)
-		if err == nil || !isSourceDamage(err) {
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, repository.ErrStoredDiffers):
+			// A damaged file of that name in the target (from an earlier
+			// run): the blobs go to new packs instead.
+		case !isSourceDamage(err):
 			return err
+		default:
+			c.mu.Lock()
+			c.res.Damaged = append(c.res.Damaged, err.Error())
+			c.mu.Unlock()
+			// Salvage what is intact, blob by blob.
 		}
-		c.mu.Lock()
-		c.res.Damaged = append(c.res.Damaged, err.Error())
-		c.mu.Unlock()
-		// Salvage what is intact, blob by blob.
 	}
 	err := c.dst.CopySealed(ctx, c.src, id, blobs, c.markBad)
+	if err == nil {
+		c.opts.Progress.Blobs.Add(int64(len(blobs)))
+		c.opts.Progress.Bytes.Add(want)
+	}
 	return c.packFailed(id, blobs, err)
 }
 
@@ -704,11 +733,16 @@ func (c *copier) wholePack(ctx context.Context, id repo.ID) error {
 		return err
 	}
 	if err := c.dst.StorePack(ctx, id, data, blobs); err != nil {
+		if errors.Is(err, repository.ErrStoredDiffers) {
+			return err
+		}
 		return targetErr(err)
 	}
 	c.mu.Lock()
 	c.res.WholePacks++
 	c.mu.Unlock()
+	c.opts.Progress.Blobs.Add(int64(len(blobs)))
+	c.opts.Progress.Bytes.Add(int64(len(data)))
 	return nil
 }
 

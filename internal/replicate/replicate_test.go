@@ -432,3 +432,30 @@ func TestCopyInterruptedResumes(t *testing.T) {
 		})
 	}
 }
+
+// A pack left damaged in the target under a source pack's name (by an
+// earlier run on a storage without atomic uploads) is never referred to:
+// its blobs go to new packs.
+func TestCopyDamagedLeftoverInTarget(t *testing.T) {
+	s := newSource(t)
+	id := s.snapshot(t)
+	be, dst := targets[1].make(t, s.r)
+	packs := repotest.Files(t, s.be, backend.PackFile)
+	for p, fi := range packs {
+		garbage := repotest.RandBytes(1, int(fi.Size))
+		if err := be.Save(context.Background(), backend.Handle{Type: backend.PackFile, Name: p.String()}, garbage); err != nil {
+			t.Fatal(err)
+		}
+		break
+	}
+	res := mustCopy(t, s.r, dst, replicate.Options{})
+	if len(res.Copied) != 1 || res.WholePacks != len(packs)-1 {
+		t.Fatalf("copy over a damaged leftover: %d copied, %d whole packs of %d", len(res.Copied), res.WholePacks, len(packs))
+	}
+	sameSnapshots(t, s.r, s.be, be, id)
+	r := fresh(t, be)
+	cres, err := checker.Check(context.Background(), r, checker.Options{ReadData: true})
+	if err != nil || !cres.OK() || cres.UnreferencedPacks != 1 {
+		t.Fatalf("check: %v %+v", err, cres)
+	}
+}

@@ -78,6 +78,11 @@ func (r *Repository) ReadVerifiedPack(ctx context.Context, id repo.ID, size int6
 	return data, blobs, nil
 }
 
+// ErrStoredDiffers: a file of that name is already stored, and its bytes
+// are not what the name says (damaged by the storage, or a partial upload
+// of a storage without atomic writes). It is never referred to.
+var ErrStoredDiffers = errors.New("a damaged file of that name is already stored")
+
 // StorePack stores a pack read (and verified) from a repository that shares
 // this one's keys, under its own name, and adds its blobs to the index like
 // a pack this handle wrote: the next Flush (or partial index) names it.
@@ -86,7 +91,18 @@ func (r *Repository) StorePack(ctx context.Context, id repo.ID, data []byte, blo
 	h := backend.Handle{Type: backend.PackFile, Name: id.String()}
 	err := r.be.Save(ctx, h, data)
 	if errors.Is(err, backend.ErrExists) {
-		err = nil
+		// Stored by an earlier, interrupted copy: refer to it only if it
+		// is intact.
+		hasher := crypto.NewFileHasher()
+		err = r.be.Load(ctx, h, 0, 0, func(rd io.Reader) error {
+			_, err := io.Copy(hasher, rd)
+			return err
+		})
+		var sum repo.ID
+		hasher.Sum(sum[:0])
+		if err == nil && sum != id {
+			return fmt.Errorf("pack %s: %w", id.Short(), ErrStoredDiffers)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("store pack %s: %w", id.Short(), err)
