@@ -11,7 +11,7 @@ VERSITYGW := $(CURDIR)/.tools/versitygw-$(VERSITYGW_VERSION)/versitygw
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 FUZZTIME  ?= 20000x
 
-.PHONY: all build tools test test-short lint fuzz bench bench-prune bench-s3 soak demo clean
+.PHONY: all build tools test test-short lint fuzz bench bench-prune bench-s3 bench-copy soak demo clean
 
 all: build
 
@@ -60,6 +60,10 @@ bench: build $(VERSITYGW)
 	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/run.sh
 	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/prune.sh
 	BUNKER_BIN=$(CURDIR)/$(BIN) BUNKER_VERSITYGW=$(VERSITYGW) bash scripts/bench/s3.sh
+	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/copy.sh
+
+bench-copy: build
+	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/copy.sh
 
 bench-s3: build $(VERSITYGW)
 	BUNKER_BIN=$(CURDIR)/$(BIN) BUNKER_VERSITYGW=$(VERSITYGW) bash scripts/bench/s3.sh

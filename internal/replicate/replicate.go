@@ -618,6 +618,7 @@ func (c *copier) runBatch(ctx context.Context, lock *repository.Lock, batch []*s
 			return targetErr(err)
 		}
 		c.hints = append(c.hints, hint{sn: sn, srcTree: sn.Tree, targetTree: roots[i]})
+		repository.Failpoint(repository.FailpointCopyCommitted)
 		r := SnapshotResult{Source: sn, Target: id}
 		c.opts.Progress.Snapshots.Add(1)
 		c.res.Copied = append(c.res.Copied, r)

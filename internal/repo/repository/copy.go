@@ -110,6 +110,7 @@ func (r *Repository) StorePack(ctx context.Context, id repo.ID, data []byte, blo
 	if err := r.confirmStored(ctx, h, len(data)); err != nil {
 		return err
 	}
+	Failpoint(FailpointPackStored)
 	blobs = append([]pack.Blob(nil), blobs...)
 	r.idx.AddPack(id, blobs)
 	r.mu.Lock()

@@ -12,6 +12,7 @@ const (
 	FailpointPackStored     = "pack-stored"     // a pack is stored, no index refers to it
 	FailpointIndexStored    = "index-stored"    // the index is stored, the snapshot is not
 	FailpointSnapshotStored = "snapshot-stored" // the snapshot is stored, the command has not returned
+	FailpointCopyCommitted  = "copy-committed"  // a copy stored its first snapshot in the target; more are to come
 )
 
 // Failpoint kills the process if BUNKER_FAILPOINT names this point.
