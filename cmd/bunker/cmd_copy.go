@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"bunker/internal/backend"
 	"bunker/internal/policy"
 	"bunker/internal/replicate"
 	"bunker/internal/repo/repository"
@@ -191,6 +192,17 @@ func runCopy(c *cobra.Command, g *globalOptions, o copyOptions, args []string) e
 		return usagef("the source and the target are the same repository (%s)", srcLoc)
 	}
 	src, srcLock, releaseSrc, err := srcOpts.openRepoLocked(ctx, false, false)
+	if errors.Is(err, backend.ErrPermission) {
+		// A read-only credential cannot take a lock. Copying without one is
+		// safe for the target (every blob is verified before the target
+		// refers to it); a prune of the source meanwhile can only make
+		// snapshots fail to copy.
+		src, err = srcOpts.openRepo(ctx, false)
+		if err == nil {
+			releaseSrc = func() { closeRepo(src) }
+			fmt.Fprintln(c.ErrOrStderr(), "note: the source's credential is read-only: copying without a lock on the source")
+		}
+	}
 	if err != nil {
 		return sideError("source", err)
 	}

@@ -106,8 +106,16 @@ func TestCopy(t *testing.T) {
 
 	t.Run("local-reencode", func(t *testing.T) {
 		dst := newFastRepo(t)
+		before := repoFiles(t, dst.repo)
+		out := copyFrom(dst.with(t), src.with(t), nil, 0, "--dry-run").stdout
+		if !strings.Contains(out, "would copy snapshot") || !strings.Contains(out, "dry run: 3 of 3 selected snapshots would be copied") {
+			t.Errorf("dry run: %q", out)
+		}
+		if after := repoFiles(t, dst.repo); strings.Join(before, "\n") != strings.Join(after, "\n") {
+			t.Errorf("the dry run changed the target")
+		}
 		copyTwice(t, src.with(t), dst.with(t), nil, data, want, "reencode")
-		out := copyFrom(dst.with(t), src.with(t), nil, 0).stdout
+		out = copyFrom(dst.with(t), src.with(t), nil, 0).stdout
 		if !strings.Contains(out, "0 of 3 selected snapshots copied (3 already in the target") || !strings.Contains(out, "replica lag: none") {
 			t.Errorf("summary of a copy with nothing new: %q", out)
 		}
@@ -141,6 +149,23 @@ func TestCopy(t *testing.T) {
 		copyTwice(t, src.with(t), agent, nil, data, want, "reencode")
 		if strings.Contains(p.log.String(), canaryRepoPW) || strings.Contains(p.log.String(), canaryAgentPW) {
 			t.Errorf("a secret reached the server log")
+		}
+
+		// And back: from the server with a read-only credential (no lock
+		// can be taken) to a local repository. The source's server
+		// password and CA come from BUNKER_FROM_* variables.
+		readerPW := filepath.Join(t.TempDir(), "reader-password")
+		writeFile(t, readerPW, canaryReaderPW+"\n")
+		back := newFastRepo(t)
+		srcSide := &repoEnv{repo: "rest:https://reader@" + p.addr + "/replica", pwFile: agent.pwFile}
+		env := map[string]string{"BUNKER_FROM_REST_PASSWORD_FILE": readerPW, "BUNKER_FROM_CACERT": p.ca}
+		r := copyFrom(back.with(t), srcSide, env, 0)
+		if !strings.Contains(r.stderr, "read-only") || !strings.Contains(r.stdout, "3 of 3 selected snapshots copied") {
+			t.Errorf("copy from a read-only source: %v", r)
+		}
+		verifyReplica(t, back.with(t), nil, data, want)
+		if strings.Contains(r.stdout+r.stderr+p.log.String(), canaryReaderPW) {
+			t.Errorf("the reader's password was printed or logged")
 		}
 	})
 }

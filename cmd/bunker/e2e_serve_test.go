@@ -28,6 +28,7 @@ const (
 	canaryAdminPW  = "CANARY-admin-password-91be"
 	canaryAgentPW  = "CANARY-agent-password-c24d"
 	canaryNewKeyPW = "CANARY-new-key-password-55e0"
+	canaryReaderPW = "CANARY-reader-password-3d19"
 )
 
 // serveProc is a running `bunker serve`.
@@ -64,7 +65,8 @@ func startServe(t *testing.T) *serveProc {
 	cert := ca.Issue(t, "127.0.0.1", true, nb, na)
 	users := servertest.WriteUsers(t,
 		servertest.UserSpec{Name: "admin", Role: "admin", Password: canaryAdminPW},
-		servertest.UserSpec{Name: "agent", Role: "append", Password: canaryAgentPW})
+		servertest.UserSpec{Name: "agent", Role: "append", Password: canaryAgentPW},
+		servertest.UserSpec{Name: "reader", Role: "read", Password: canaryReaderPW})
 	p := &serveProc{root: t.TempDir(), ca: ca.File, log: &lockedBuf{}}
 	p.cmd = exec.Command(bunkerBin, "serve", "--listen", "127.0.0.1:0", "--root", p.root, "--users", users, "--tls-cert", cert)
 	stdout, err := p.cmd.StdoutPipe()
