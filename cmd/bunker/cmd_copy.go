@@ -284,20 +284,9 @@ func selectForCopy(snaps []*snapshot.Snapshot, o copyOptions, ids []string) ([]*
 	if len(ids) > 0 {
 		var picked []*snapshot.Snapshot
 		for _, id := range ids {
-			if len(id) < 4 {
-				return nil, usagef("snapshot ID %q is too short (give at least 4 hex digits)", id)
-			}
-			var found *snapshot.Snapshot
-			for _, sn := range out {
-				if strings.HasPrefix(sn.ID.String(), id) {
-					if found != nil {
-						return nil, usagef("snapshot ID prefix %q is ambiguous", id)
-					}
-					found = sn
-				}
-			}
-			if found == nil {
-				return nil, fmt.Errorf("source repository: no snapshot %q", id)
+			found, err := byIDPrefix(out, id)
+			if err != nil {
+				return nil, sideError("source", err)
 			}
 			picked = append(picked, found)
 		}

@@ -65,20 +65,25 @@ func findSnapshot(ctx context.Context, r *repository.Repository, arg string, f s
 		}
 		return nil, fmt.Errorf("no snapshot found")
 	}
-	if len(arg) < 4 {
-		return nil, usagef("snapshot ID %q is too short (give at least 4 hex digits or 'latest')", arg)
+	return byIDPrefix(snaps, arg)
+}
+
+// byIDPrefix finds the one snapshot whose ID starts with prefix.
+func byIDPrefix(snaps []*snapshot.Snapshot, prefix string) (*snapshot.Snapshot, error) {
+	if len(prefix) < 4 {
+		return nil, usagef("snapshot ID %q is too short (give at least 4 hex digits or 'latest')", prefix)
 	}
 	var found *snapshot.Snapshot
 	for _, sn := range snaps {
-		if strings.HasPrefix(sn.ID.String(), arg) {
+		if strings.HasPrefix(sn.ID.String(), prefix) {
 			if found != nil {
-				return nil, usagef("snapshot ID prefix %q is ambiguous", arg)
+				return nil, usagef("snapshot ID prefix %q is ambiguous", prefix)
 			}
 			found = sn
 		}
 	}
 	if found == nil {
-		return nil, fmt.Errorf("no snapshot %q", arg)
+		return nil, fmt.Errorf("no snapshot %q", prefix)
 	}
 	return found, nil
 }

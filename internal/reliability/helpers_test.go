@@ -506,15 +506,7 @@ func restoreInProcess(ctx context.Context, r *repository.Repository, tree repo.I
 // loadTree loads and decodes a tree blob.
 func loadTree(t testing.TB, r *repository.Repository, id repo.ID) *snapshot.Tree {
 	t.Helper()
-	data, err := r.LoadBlob(context.Background(), repo.TreeBlob, id)
-	if err != nil {
-		t.Fatalf("load tree %s: %v", id.Short(), err)
-	}
-	tree, err := snapshot.DecodeTree(data)
-	if err != nil {
-		t.Fatalf("decode tree %s: %v", id.Short(), err)
-	}
-	return tree
+	return repotest.LoadTree(t, r, id)
 }
 
 // walkFiles calls fn for every node below the tree id, with its absolute

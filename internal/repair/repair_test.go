@@ -51,15 +51,7 @@ func walk(t testing.TB, r *repository.Repository, id repo.ID, dir string, out ma
 	if out == nil {
 		out = map[string]*snapshot.Node{}
 	}
-	data, err := r.LoadBlob(context.Background(), repo.TreeBlob, id)
-	if err != nil {
-		t.Fatalf("tree %s: %v", id.Short(), err)
-	}
-	tr, err := snapshot.DecodeTree(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range tr.Nodes {
+	for _, n := range repotest.LoadTree(t, r, id).Nodes {
 		p := path.Join(dir, n.Name)
 		out[p] = n
 		if n.Type == snapshot.TypeDir {

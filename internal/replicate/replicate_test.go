@@ -80,15 +80,7 @@ func contents(t *testing.T, r *repository.Repository, tree repo.ID) map[string]s
 	out := map[string]string{}
 	var walk func(id repo.ID, dir string)
 	walk = func(id repo.ID, dir string) {
-		data, err := r.LoadBlob(context.Background(), repo.TreeBlob, id)
-		if err != nil {
-			t.Fatalf("tree %s: %v", id.Short(), err)
-		}
-		tr, err := snapshot.DecodeTree(data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, n := range tr.Nodes {
+		for _, n := range repotest.LoadTree(t, r, id).Nodes {
 			p := path.Join(dir, n.Name)
 			if n.Type == snapshot.TypeDir {
 				walk(n.Subtree, p)

@@ -91,6 +91,20 @@ func DirNode(name string, sub repo.ID) *snapshot.Node {
 	return &snapshot.Node{Name: name, Type: snapshot.TypeDir, Mode: 0o755, ModTime: BaseTime, Subtree: sub}
 }
 
+// LoadTree loads and decodes tree id of r; the test fails if it cannot.
+func LoadTree(t testing.TB, r *repository.Repository, id repo.ID) *snapshot.Tree {
+	t.Helper()
+	data, err := r.LoadBlob(context.Background(), repo.TreeBlob, id)
+	if err != nil {
+		t.Fatalf("load tree %s: %v", id.Short(), err)
+	}
+	tree, err := snapshot.DecodeTree(data)
+	if err != nil {
+		t.Fatalf("decode tree %s: %v", id.Short(), err)
+	}
+	return tree
+}
+
 // Flush writes r's pending packs and index.
 func Flush(t testing.TB, r *repository.Repository) {
 	t.Helper()

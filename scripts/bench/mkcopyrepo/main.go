@@ -15,10 +15,10 @@ import (
 	"os"
 	"time"
 
-	"bunker/internal/backend/local"
 	"bunker/internal/repo"
 	"bunker/internal/repo/repository"
 	"bunker/internal/snapshot"
+	"bunker/scripts/bench/benchrepo"
 )
 
 const (
@@ -45,23 +45,11 @@ func main() {
 
 func run(dir, pwFile string, snaps int) error {
 	ctx := context.Background()
-	pw, err := os.ReadFile(pwFile)
+	r, closeRepo, err := benchrepo.Create(ctx, dir, pwFile)
 	if err != nil {
 		return err
 	}
-	if i := len(pw); i > 0 && pw[i-1] == '\n' {
-		pw = pw[:i-1]
-	}
-	be, err := local.Create(ctx, dir)
-	if err != nil {
-		return err
-	}
-	defer be.Close()
-	r, err := repository.Create(ctx, be, pw, repository.Options{})
-	if err != nil {
-		return err
-	}
-	defer r.Close()
+	defer closeRepo()
 	start := time.Now()
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	buf := make([]byte, perBlob)

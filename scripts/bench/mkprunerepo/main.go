@@ -21,10 +21,9 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"bunker/internal/backend/local"
 	"bunker/internal/repo"
-	"bunker/internal/repo/repository"
 	"bunker/internal/snapshot"
+	"bunker/scripts/bench/benchrepo"
 )
 
 func main() {
@@ -47,23 +46,11 @@ func main() {
 
 func run(dir, pwFile string, blobs, snaps, size, perFile int) error {
 	ctx := context.Background()
-	pw, err := os.ReadFile(pwFile)
+	r, closeRepo, err := benchrepo.Create(ctx, dir, pwFile)
 	if err != nil {
 		return err
 	}
-	if i := len(pw); i > 0 && pw[i-1] == '\n' {
-		pw = pw[:i-1]
-	}
-	be, err := local.Create(ctx, dir)
-	if err != nil {
-		return err
-	}
-	defer be.Close()
-	r, err := repository.Create(ctx, be, pw, repository.Options{})
-	if err != nil {
-		return err
-	}
-	defer r.Close()
+	defer closeRepo()
 	start := time.Now()
 
 	// Blob i belongs to snapshot i % snaps; workers take interleaved ranges
