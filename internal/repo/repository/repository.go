@@ -131,7 +131,6 @@ type Repository struct {
 	idx     *index.Index
 
 	enc     *zstd.Encoder
-	fastEnc *zstd.Encoder // for compressibility samples
 	dec     *zstd.Decoder
 	metaDc  *zstd.Decoder
 
@@ -185,10 +184,6 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	fastEnc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithZeroFrames(true))
-	if err != nil {
-		return nil, err
-	}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithDecoderMaxMemory(pack.MaxBlobSize), zstd.WithDecodeAllCapLimit(true), zstd.IgnoreChecksum(true))
 	if err != nil {
 		return nil, err
@@ -198,7 +193,7 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 		return nil, err
 	}
 	return &Repository{
-		be: be, opts: opts, idx: index.New(), enc: enc, fastEnc: fastEnc, dec: dec, metaDc: metaDc,
+		be: be, opts: opts, idx: index.New(), enc: enc, dec: dec, metaDc: metaDc,
 		packers:    make(map[repo.BlobType]*pack.Writer),
 		pending:    make(map[repo.BlobHandle]struct{}),
 		uploadSem:  make(chan struct{}, opts.Uploads),
@@ -509,7 +504,6 @@ func (r *Repository) BlobID(data []byte) repo.ID { return r.key.BlobID(data) }
 func (r *Repository) Close() error {
 	r.Abort() // nothing left open after a Flush; after a failure, clean up
 	r.enc.Close()
-	r.fastEnc.Close()
 	r.dec.Close()
 	r.metaDc.Close()
 	return nil
