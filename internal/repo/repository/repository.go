@@ -130,9 +130,9 @@ type Repository struct {
 	keyName string
 	idx     *index.Index
 
-	enc     *zstd.Encoder
-	dec     *zstd.Decoder
-	metaDc  *zstd.Decoder
+	enc    *zstd.Encoder
+	dec    *zstd.Decoder
+	metaDc *zstd.Decoder
 
 	mu        sync.Mutex
 	packers   map[repo.BlobType]*pack.Writer
