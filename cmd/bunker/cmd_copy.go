@@ -34,13 +34,14 @@ func (s *sideFlags) registerFrom(f *pflag.FlagSet) {
 	f.StringVar(&s.passwordFile, "from-password-file", "", "`file` holding the source repository's password (env BUNKER_FROM_PASSWORD_FILE or BUNKER_FROM_PASSWORD_COMMAND)")
 	f.StringVar(&s.cacert, "from-cacert", "", "PEM `file` of CA certificates to trust for the source's storage (env BUNKER_FROM_CACERT)")
 	f.StringVar(&s.clientCert, "from-tls-client-cert", "", "PEM `file` with a client certificate and key for the source's repository server (env BUNKER_FROM_TLS_CLIENT_CERT)")
-	f.StringVar(&s.credsFile, "from-credentials-file", "", "`file` of the source storage's credentials, NAME=value lines: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, BUNKER_REST_PASSWORD (default: the environment)")
+	f.StringVar(&s.credsFile, "from-credentials-file", "", "`file` of the source storage's credentials, NAME=value lines: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, BUNKER_REST_PASSWORD (default: BUNKER_FROM_AWS_* and BUNKER_FROM_REST_PASSWORD[_FILE]; never the target's)")
 }
 
 // sourceEnv maps what the source side reads from the environment to the
 // BUNKER_FROM_* variables: nothing of the target's password or repository
 // leaks to the source.
-var sourceEnv = []string{"BUNKER_REPOSITORY", "BUNKER_PASSWORD_FILE", "BUNKER_PASSWORD_COMMAND", "BUNKER_CACERT", "BUNKER_TLS_CLIENT_CERT", "BUNKER_REST_PASSWORD_FILE", "BUNKER_REST_PASSWORD"}
+var sourceEnv = []string{"BUNKER_REPOSITORY", "BUNKER_PASSWORD_FILE", "BUNKER_PASSWORD_COMMAND", "BUNKER_CACERT", "BUNKER_TLS_CLIENT_CERT", "BUNKER_REST_PASSWORD_FILE", "BUNKER_REST_PASSWORD",
+	"BUNKER_AWS_ACCESS_KEY_ID", "BUNKER_AWS_SECRET_ACCESS_KEY", "BUNKER_AWS_SESSION_TOKEN"}
 
 // sourceOptions returns the options that open the source repository.
 func (g *globalOptions) sourceOptions(s sideFlags) (*globalOptions, error) {
@@ -54,7 +55,17 @@ func (g *globalOptions) sourceOptions(s sideFlags) (*globalOptions, error) {
 	if err != nil {
 		return nil, err
 	}
-	o.side = &sideEnv{vars: vars, creds: creds}
+	// S3 credentials of the source: the file, else BUNKER_FROM_AWS_*; never
+	// the environment's AWS_* or ~/.aws, which are the target's.
+	if creds == nil {
+		creds = map[string]string{}
+	}
+	for _, name := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} {
+		if _, ok := creds[name]; !ok {
+			creds[name] = vars["BUNKER_"+name]
+		}
+	}
+	o.side = &sideEnv{vars: vars, creds: creds, isolated: true}
 	if _, err := o.repoLocation(); err != nil {
 		return nil, usagef("no source repository given: use --from-repo or set BUNKER_FROM_REPOSITORY")
 	}
@@ -230,7 +241,7 @@ func runCopy(c *cobra.Command, g *globalOptions, o copyOptions, args []string) e
 		return fmt.Sprintf("%d snapshots copied, %d blobs, %s moved", prog.Snapshots.Load(), prog.Blobs.Load(), ui.Bytes(uint64(prog.Bytes.Load())))
 	})
 	res, err := replicate.Copy(ctx, src, dst, dstLock, selected, replicate.Options{
-		Mode: mode, DryRun: o.dryRun, SourceLock: srcLock, Progress: &prog,
+		Mode: mode, DryRun: o.dryRun, SourceLock: srcLock, Progress: &prog, All: snaps,
 		Report: func(r replicate.SnapshotResult) {
 			sn := r.Source
 			desc := fmt.Sprintf("snapshot %s of %s at %s", sn.ID.Short(), sn.Hostname, sn.Time.Local().Format("2006-01-02 15:04:05"))

@@ -139,6 +139,19 @@ func TestCopy(t *testing.T) {
 		writeFile(t, creds, "# replica\nAWS_ACCESS_KEY_ID="+srv.AccessKey+"\nAWS_SECRET_ACCESS_KEY="+srv.SecretKey+"\n")
 		noEnv := map[string]string{"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
 		copyTwice(t, src.with(t), dst, noEnv, data, want, "pack", "--to-credentials-file", creds)
+
+		// And back to a local repository: the S3 source's credentials
+		// come from BUNKER_FROM_AWS_*, never from the (target's) AWS_*.
+		back := newFastRepo(t)
+		wrongEnv := map[string]string{"AWS_ACCESS_KEY_ID": srv.AccessKey, "AWS_SECRET_ACCESS_KEY": "the-target's-secret"}
+		r := back.with(t).failsWith(runOpts{env: wrongEnv}, 2, "copy", "--from-repo", dst.repo, "--from-password-file", dst.pwFile)
+		if !strings.Contains(r.stderr, "BUNKER_FROM_AWS_ACCESS_KEY_ID") {
+			t.Errorf("S3 source without its own credentials: %q", r.stderr)
+		}
+		fromEnv := map[string]string{"BUNKER_FROM_AWS_ACCESS_KEY_ID": srv.AccessKey, "BUNKER_FROM_AWS_SECRET_ACCESS_KEY": srv.SecretKey,
+			"AWS_ACCESS_KEY_ID": srv.AccessKey, "AWS_SECRET_ACCESS_KEY": "the-target's-secret"}
+		copyFrom(back.with(t), dst, fromEnv, 0)
+		verifyReplica(t, back.with(t), nil, data, want)
 	})
 	t.Run("serve", func(t *testing.T) {
 		p := startServe(t)

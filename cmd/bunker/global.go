@@ -48,6 +48,9 @@ type globalOptions struct {
 type sideEnv struct {
 	vars  map[string]string
 	creds map[string]string
+	// isolated: S3 credentials come only from creds, never from the
+	// process environment or ~/.aws (the source side of a copy).
+	isolated bool
 }
 
 // getenv reads an environment variable as this side sees it.
@@ -147,6 +150,8 @@ func (g *globalOptions) s3Config(loc string) (s3.Config, error) {
 	if g.side != nil && g.side.creds["AWS_ACCESS_KEY_ID"] != "" {
 		cfg.AccessKey, cfg.SecretKey = g.side.creds["AWS_ACCESS_KEY_ID"], g.side.creds["AWS_SECRET_ACCESS_KEY"]
 		cfg.SessionToken = g.side.creds["AWS_SESSION_TOKEN"]
+	} else if g.side != nil && g.side.isolated {
+		return cfg, usagef("no S3 credentials for %s: use --from-credentials-file or set BUNKER_FROM_AWS_ACCESS_KEY_ID and BUNKER_FROM_AWS_SECRET_ACCESS_KEY", cfg.Bucket)
 	}
 	return cfg, nil
 }

@@ -202,7 +202,7 @@ func KeepSnapshots(keep func(*snapshot.Snapshot) bool) Option {
 }
 
 // RepairedTag marks snapshots written by RepairSnapshots.
-const RepairedTag = "repaired"
+const RepairedTag = snapshot.RepairedTag
 
 // Snapshots rewrites every snapshot that refers to data the index does not
 // hold: files with a missing data blob and directories whose tree is missing
@@ -246,6 +246,9 @@ func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget boo
 			ns.Tree = newTree
 			ns.Tags = append(slices.Clone(sn.Tags), RepairedTag)
 			ns.Summary = nil
+			// No longer the copy of its original: a later copy must not
+			// take it as present, nor pair its trees with the source's.
+			ns.Original, ns.OriginalRepo = nil, ""
 			id, err := r.SaveSnapshot(ctx, &ns)
 			if err != nil {
 				return out, err

@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"sync"
@@ -92,6 +93,10 @@ type Options struct {
 	Now func() time.Time
 	// Progress, if set, is updated as data moves.
 	Progress *Progress
+	// All lists every snapshot of the source (selected or not); the copies
+	// the target holds of any of them speed up the copy of the selected
+	// ones. Nil means only the selected ones.
+	All []*snapshot.Snapshot
 }
 
 // Progress counts what has moved so far; safe to read while a copy runs.
@@ -315,12 +320,12 @@ func isSourceDamage(err error) bool {
 		return false
 	}
 	return errors.Is(err, repository.ErrCorrupt) || errors.Is(err, repository.ErrBlobNotFound) || errors.Is(err, ErrDamagedSource) ||
-		errors.Is(err, backend.ErrNotExist)
+		errors.Is(err, backend.ErrNotExist) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // missing returns the selected snapshots the target lacks, oldest first,
-// and gathers the hints: selected or not, every source snapshot the target
-// already holds.
+// and gathers the hints: every source snapshot (selected or not, of
+// Options.All) the target already holds a copy of.
 func (c *copier) missing(ctx context.Context, selected []*snapshot.Snapshot) ([]*snapshot.Snapshot, error) {
 	have, err := c.dst.Snapshots(ctx)
 	if err != nil {
@@ -329,15 +334,27 @@ func (c *copier) missing(ctx context.Context, selected []*snapshot.Snapshot) ([]
 	dstID := c.dst.Config().ID
 	byOrigin := make(map[string]*snapshot.Snapshot, len(have))
 	for _, sn := range have {
+		if slices.Contains(sn.Tags, snapshot.RepairedTag) {
+			// Rewritten without lost files: not a copy of anything any
+			// more (repair also drops its origin; this covers older ones).
+			continue
+		}
 		byOrigin[sn.Origin(dstID)] = sn
+	}
+	all := c.opts.All
+	if all == nil {
+		all = selected
+	}
+	for _, sn := range all {
+		if t, ok := byOrigin[sn.Origin(c.srcID)]; ok {
+			c.hints = append(c.hints, hint{sn: sn, srcTree: sn.Tree, targetTree: t.Tree})
+		}
 	}
 	var out []*snapshot.Snapshot
 	for _, sn := range selected {
-		if t, ok := byOrigin[sn.Origin(c.srcID)]; ok {
-			c.hints = append(c.hints, hint{sn: sn, srcTree: sn.Tree, targetTree: t.Tree})
-			continue
+		if _, ok := byOrigin[sn.Origin(c.srcID)]; !ok {
+			out = append(out, sn)
 		}
-		out = append(out, sn)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
 	return out, nil
@@ -383,7 +400,9 @@ func (c *copier) need(h repo.BlobHandle) error {
 	}
 	loc, ok := c.src.LookupBlob(h)
 	if !ok {
-		return fmt.Errorf("%v blob %s: %w", h.Type, h.ID.Short(), repository.ErrBlobNotFound)
+		err := fmt.Errorf("%v blob %s: %w", h.Type, h.ID.Short(), repository.ErrBlobNotFound)
+		c.bad[h] = err.Error()
+		return err
 	}
 	c.planned[h] = true
 	c.want[loc.Pack] = append(c.want[loc.Pack], pack.Blob{Type: h.Type, ID: h.ID, Compressed: loc.Compressed, Offset: loc.Offset, Length: loc.Length, RawLength: loc.RawLength})
@@ -420,6 +439,8 @@ func (c *copier) planPack(ctx context.Context, id, hintID repo.ID) error {
 	}
 	t, err := c.loadTree(ctx, c.src, id)
 	if err != nil {
+		// Later snapshots with this tree skip it (walked): remember why.
+		c.bad[th] = err.Error()
 		return err
 	}
 	var ht *snapshot.Tree
@@ -681,9 +702,9 @@ func (c *copier) transferPack(ctx context.Context, id repo.ID, blobs []pack.Blob
 		switch {
 		case err == nil:
 			return nil
-		case errors.Is(err, repository.ErrStoredDiffers):
-			// A damaged file of that name in the target (from an earlier
-			// run): the blobs go to new packs instead.
+		case errors.Is(err, repository.ErrAlreadyStored):
+			// Left by an earlier run: never adopted (see
+			// ErrAlreadyStored); the blobs go to new packs.
 		case !isSourceDamage(err):
 			return err
 		default:
@@ -734,7 +755,7 @@ func (c *copier) wholePack(ctx context.Context, id repo.ID) error {
 		return err
 	}
 	if err := c.dst.StorePack(ctx, id, data, blobs); err != nil {
-		if errors.Is(err, repository.ErrStoredDiffers) {
+		if errors.Is(err, repository.ErrAlreadyStored) {
 			return err
 		}
 		return targetErr(err)
@@ -796,20 +817,25 @@ func (c *copier) rewrite(ctx context.Context, id repo.ID) (repo.ID, error) {
 
 // checkComplete makes sure the target indexes every blob below tree id,
 // reading the target's own trees: the last word before a snapshot refers
-// to them.
+// to them. A blob missing because it failed its check in the source fails
+// the snapshot; anything else wrong in the target stops the copy.
 func (c *copier) checkComplete(ctx context.Context, id repo.ID) error {
 	if c.complete[id] {
 		return nil
 	}
+	th := repo.BlobHandle{Type: repo.TreeBlob, ID: id}
+	if !c.dst.HasBlob(th) {
+		return c.explain(th)
+	}
 	t, err := c.loadTree(ctx, c.dst, id)
 	if err != nil {
-		return c.explain(repo.BlobHandle{Type: repo.TreeBlob, ID: id}, err)
+		return targetErr(fmt.Errorf("read back tree %s: %w", id.Short(), err))
 	}
 	for _, n := range t.Nodes {
 		for _, b := range n.Content {
 			h := repo.BlobHandle{Type: repo.DataBlob, ID: b}
 			if !c.dst.HasBlob(h) {
-				return c.explain(h, repository.ErrBlobNotFound)
+				return c.explain(h)
 			}
 		}
 		if n.Type == snapshot.TypeDir {
@@ -822,14 +848,11 @@ func (c *copier) checkComplete(ctx context.Context, id repo.ID) error {
 	return nil
 }
 
-// explain turns a blob the target lacks into the reason: the damage found
-// in the source, if that is why.
-func (c *copier) explain(h repo.BlobHandle, err error) error {
-	if !errors.Is(err, repository.ErrBlobNotFound) {
-		return err
-	}
+// explain says why the target lacks a blob: damage found in the source, or
+// else something wrong with the target.
+func (c *copier) explain(h repo.BlobHandle) error {
 	if why, ok := c.bad[h]; ok {
 		return fmt.Errorf("%w: %s", ErrDamagedSource, why)
 	}
-	return fmt.Errorf("%v blob %s not copied: %w", h.Type, h.ID.Short(), ErrDamagedSource)
+	return targetErr(fmt.Errorf("%v blob %s is not in the target's index after the copy", h.Type, h.ID.Short()))
 }

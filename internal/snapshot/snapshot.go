@@ -54,6 +54,10 @@ type Summary struct {
 	Incomplete     bool      `json:"incomplete,omitempty"` // some entries were skipped
 }
 
+// RepairedTag marks a snapshot that `bunker repair snapshots` rewrote
+// without the files whose data was lost.
+const RepairedTag = "repaired"
+
 // Origin identifies a snapshot across copies: the repository and ID of the
 // snapshot it was first written as. repoID is the ID of the repository sn
 // was read from.
