@@ -43,6 +43,7 @@ var rules = []rule{
 	{"internal/repair", []string{"internal/repo/...", "internal/snapshot", "internal/backend"}},
 	{"internal/replicate", []string{"internal/repo/...", "internal/snapshot", "internal/backend"}},
 	{"internal/ui", []string{}},
+	{"internal/pki", []string{}},
 	{"internal/server", []string{"internal/backend/...", "internal/repo/crypto"}},
 	{"internal/server/servertest", []string{"internal/server"}},
 }
