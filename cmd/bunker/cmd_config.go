@@ -14,7 +14,7 @@ const settingKeys = "min-retention (a duration such as 14d, 2m, 1y; \"off\" for 
 func newConfigCmd(g *globalOptions) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "config",
-		Short: "Show or change repository settings",
+		Short: "Show or change repository settings; validate director and agent configuration files",
 		Long:  "Repository settings:\n  " + settingKeys,
 	}
 	get := &cobra.Command{
@@ -88,6 +88,6 @@ func newConfigCmd(g *globalOptions) *cobra.Command {
 			return nil
 		},
 	}
-	c.AddCommand(get, set)
+	c.AddCommand(get, set, newConfigValidateCmd(g))
 	return c
 }

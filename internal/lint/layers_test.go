@@ -44,6 +44,9 @@ var rules = []rule{
 	{"internal/replicate", []string{"internal/repo/...", "internal/snapshot", "internal/backend"}},
 	{"internal/ui", []string{}},
 	{"internal/pki", []string{}},
+	{"internal/conf", []string{}},
+	{"internal/director", []string{"internal/conf", "internal/pki", "internal/policy", "internal/api"}},
+	{"internal/agent", []string{"internal/conf", "internal/pki", "internal/api"}},
 	{"internal/server", []string{"internal/backend/...", "internal/repo/crypto"}},
 	{"internal/server/servertest", []string{"internal/server"}},
 }

@@ -1,0 +1,192 @@
+package agent
+
+import (
+	"net/url"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"bunker/internal/conf"
+	"bunker/internal/pki"
+)
+
+// Config is an agent's configuration file (agent.yaml). Everything an
+// agent may run is here: the director can only name one of these plans.
+type Config struct {
+	// Name is this node's name; it must be the name in the certificate.
+	Name string `yaml:"name"`
+	// Director is the director's URL (https://host:port).
+	Director string `yaml:"director"`
+	TLS      TLS    `yaml:"tls"`
+	// ThawDeadline: once frozen, the agent thaws by itself after this long
+	// whatever the director says or does. Default 30 s.
+	ThawDeadline conf.Duration   `yaml:"thaw_deadline"`
+	Plans        map[string]Plan `yaml:"plans"`
+}
+
+// TLS names the agent's certificate files.
+type TLS struct {
+	CA   string `yaml:"ca"`
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Repository is where a plan's snapshots go, with the node's own
+// (append-only) credential, referenced by file.
+type Repository struct {
+	Location        string `yaml:"location"`
+	PasswordFile    string `yaml:"password_file"`
+	CredentialsFile string `yaml:"credentials_file"`
+	CACert          string `yaml:"cacert"`
+}
+
+// Plan is what this node contributes to a director's plan.
+type Plan struct {
+	Repository Repository `yaml:"repository"`
+	// Paths are backed up (after the pre hooks, from the snapshots the
+	// providers made).
+	Paths    []string `yaml:"paths"`
+	Excludes []string `yaml:"excludes"`
+	Tags     []string `yaml:"tags"`
+	// Pre hooks run at prepare (in order), post hooks at thaw (in reverse).
+	Pre  []Hook `yaml:"pre"`
+	Post []Hook `yaml:"post"`
+	// Etcd and Postgres take a consistent copy of a database at prepare.
+	Etcd     *Etcd     `yaml:"etcd"`
+	Postgres *Postgres `yaml:"postgres"`
+}
+
+// Hook is a command run with a timeout, as a configured user.
+type Hook struct {
+	Exec    []string      `yaml:"exec"`
+	Timeout conf.Duration `yaml:"timeout"`
+	User    string        `yaml:"user"`
+}
+
+// Etcd takes a snapshot through the etcd v3 maintenance API.
+type Etcd struct {
+	Endpoints []string `yaml:"endpoints"`
+	CACert    string   `yaml:"cacert"`
+	Cert      string   `yaml:"cert"`
+	Key       string   `yaml:"key"`
+	// Filename is the snapshot's name in the backup (default etcd.snapshot).
+	Filename string `yaml:"filename"`
+}
+
+// Postgres dumps a database with pg_dump, streamed into the repository.
+type Postgres struct {
+	Host         string `yaml:"host"`
+	Port         int    `yaml:"port"`
+	User         string `yaml:"user"`
+	Database     string `yaml:"database"`
+	PasswordFile string `yaml:"password_file"`
+	// Filename is the dump's name in the backup (default <database>.dump).
+	Filename string `yaml:"filename"`
+}
+
+// DefaultThawDeadline is how long a node stays frozen at most by default.
+const DefaultThawDeadline = 30 * time.Second
+
+// LoadConfig reads and checks an agent configuration file. The error
+// lists every problem with its line.
+func LoadConfig(path string) (*Config, error) {
+	var c Config
+	doc, err := conf.Load(path, &c)
+	if err != nil {
+		return nil, err
+	}
+	if errs := c.check(doc); len(errs) > 0 {
+		return nil, errs
+	}
+	return &c, nil
+}
+
+func (c *Config) check(doc *conf.Doc) conf.Errors {
+	var errs conf.Errors
+	bad := func(path []string, format string, args ...any) {
+		errs = append(errs, doc.Errorf(path, format, args...))
+	}
+	if err := pki.CheckName(c.Name); err != nil {
+		bad([]string{"name"}, "%v", err)
+	}
+	if u, err := url.Parse(c.Director); err != nil || u.Scheme != "https" || u.Host == "" {
+		bad([]string{"director"}, "want https://host:port, got %q", c.Director)
+	}
+	for _, f := range []struct{ key, v string }{{"ca", c.TLS.CA}, {"cert", c.TLS.Cert}, {"key", c.TLS.Key}} {
+		if f.v == "" {
+			bad([]string{"tls", f.key}, "a file is required (see `bunker pki`)")
+		}
+	}
+	if d := time.Duration(c.ThawDeadline); d != 0 && (d < time.Second || d > 10*time.Minute) {
+		bad([]string{"thaw_deadline"}, "between 1s and 10m")
+	}
+	if len(c.Plans) == 0 {
+		bad([]string{"plans"}, "no plan")
+	}
+	names := make([]string, 0, len(c.Plans))
+	for n := range c.Plans {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		p := c.Plans[name]
+		at := func(keys ...string) []string { return append([]string{"plans", name}, keys...) }
+		if err := pki.CheckName(name); err != nil {
+			bad(at(), "%v", err)
+		}
+		if p.Repository.Location == "" {
+			bad(at("repository", "location"), "required")
+		}
+		if p.Repository.PasswordFile == "" {
+			bad(at("repository", "password_file"), "required (the password is never written in this file)")
+		}
+		if len(p.Paths) == 0 && p.Etcd == nil && p.Postgres == nil {
+			bad(at(), "nothing to back up: give paths, etcd or postgres")
+		}
+		for i, path := range p.Paths {
+			if !filepath.IsAbs(path) {
+				bad(at("paths"), "path %d (%q) must be absolute", i+1, path)
+			}
+		}
+		for _, hooks := range []struct {
+			key string
+			h   []Hook
+		}{{"pre", p.Pre}, {"post", p.Post}} {
+			for i, h := range hooks.h {
+				if len(h.Exec) == 0 || !filepath.IsAbs(h.Exec[0]) {
+					bad(at(hooks.key), "hook %d: exec must start with an absolute program path", i+1)
+				}
+				if d := time.Duration(h.Timeout); d != 0 && (d < 100*time.Millisecond || d > time.Hour) {
+					bad(at(hooks.key), "hook %d: timeout between 100ms and 1h", i+1)
+				}
+			}
+		}
+		if e := p.Etcd; e != nil {
+			if len(e.Endpoints) == 0 {
+				bad(at("etcd", "endpoints"), "at least one endpoint")
+			}
+			if (e.Cert == "") != (e.Key == "") {
+				bad(at("etcd"), "cert and key go together")
+			}
+		}
+		if pg := p.Postgres; pg != nil {
+			if pg.Database == "" {
+				bad(at("postgres", "database"), "required")
+			}
+			if pg.Port < 0 || pg.Port > 65535 {
+				bad(at("postgres", "port"), "not a port: %d", pg.Port)
+			}
+			if strings.ContainsAny(pg.Filename, "/\x00") {
+				bad(at("postgres", "filename"), "a file name, not a path")
+			}
+		}
+		if p.Etcd != nil && strings.ContainsAny(p.Etcd.Filename, "/\x00") {
+			bad(at("etcd", "filename"), "a file name, not a path")
+		}
+	}
+	return errs
+}
+
+// ThawAfter is the agent's own freeze deadline.
+func (c *Config) ThawAfter() time.Duration { return c.ThawDeadline.D(DefaultThawDeadline) }
