@@ -45,8 +45,8 @@ func newPKICmd(g *globalOptions) *cobra.Command {
 	var hosts []string
 	var days int
 	issueCmd := &cobra.Command{
-		Use:   "issue director|agent NAME",
-		Short: "Issue a certificate (and key) for the director or for one agent's node",
+		Use:   "issue director|agent|operator NAME",
+		Short: "Issue a certificate (and key) for the director, one agent's node, or an operator of the director's API",
 		Long: `Issue a certificate for the director or for an agent. An agent's certificate
 names its node: the director takes the node's identity from it, so an agent
 can never act as another node. The files are written next to the CA as
@@ -57,13 +57,13 @@ can never act as another node. The files are written next to the CA as
 				return usagef("--dir is required")
 			}
 			role, name := args[0], args[1]
-			if role != pki.RoleDirector && role != pki.RoleAgent {
-				return usagef("unknown role %q: want director or agent", role)
+			if role != pki.RoleDirector && role != pki.RoleAgent && role != pki.RoleOperator {
+				return usagef("unknown role %q: want director, agent or operator", role)
 			}
 			if days < 1 || days > 3650 {
 				return usagef("--days must be between 1 and 3650, got %d", days)
 			}
-			if role == pki.RoleAgent && len(hosts) > 0 {
+			if role != pki.RoleDirector && len(hosts) > 0 {
 				return usagef("--host is for a director's certificate")
 			}
 			ca, err := pki.Load(dir)

@@ -4,7 +4,6 @@ import (
 	"net/url"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"bunker/internal/conf"
@@ -52,9 +51,6 @@ type Plan struct {
 	// Pre hooks run at prepare (in order), post hooks at thaw (in reverse).
 	Pre  []Hook `yaml:"pre"`
 	Post []Hook `yaml:"post"`
-	// Etcd and Postgres take a consistent copy of a database at prepare.
-	Etcd     *Etcd     `yaml:"etcd"`
-	Postgres *Postgres `yaml:"postgres"`
 }
 
 // Hook is a command run with a timeout, as a configured user.
@@ -62,27 +58,6 @@ type Hook struct {
 	Exec    []string      `yaml:"exec"`
 	Timeout conf.Duration `yaml:"timeout"`
 	User    string        `yaml:"user"`
-}
-
-// Etcd takes a snapshot through the etcd v3 maintenance API.
-type Etcd struct {
-	Endpoints []string `yaml:"endpoints"`
-	CACert    string   `yaml:"cacert"`
-	Cert      string   `yaml:"cert"`
-	Key       string   `yaml:"key"`
-	// Filename is the snapshot's name in the backup (default etcd.snapshot).
-	Filename string `yaml:"filename"`
-}
-
-// Postgres dumps a database with pg_dump, streamed into the repository.
-type Postgres struct {
-	Host         string `yaml:"host"`
-	Port         int    `yaml:"port"`
-	User         string `yaml:"user"`
-	Database     string `yaml:"database"`
-	PasswordFile string `yaml:"password_file"`
-	// Filename is the dump's name in the backup (default <database>.dump).
-	Filename string `yaml:"filename"`
 }
 
 // DefaultThawDeadline is how long a node stays frozen at most by default.
@@ -141,8 +116,8 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 		if p.Repository.PasswordFile == "" {
 			bad(at("repository", "password_file"), "required (the password is never written in this file)")
 		}
-		if len(p.Paths) == 0 && p.Etcd == nil && p.Postgres == nil {
-			bad(at(), "nothing to back up: give paths, etcd or postgres")
+		if len(p.Paths) == 0 {
+			bad(at(), "nothing to back up: give paths")
 		}
 		for i, path := range p.Paths {
 			if !filepath.IsAbs(path) {
@@ -161,28 +136,6 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 					bad(at(hooks.key), "hook %d: timeout between 100ms and 1h", i+1)
 				}
 			}
-		}
-		if e := p.Etcd; e != nil {
-			if len(e.Endpoints) == 0 {
-				bad(at("etcd", "endpoints"), "at least one endpoint")
-			}
-			if (e.Cert == "") != (e.Key == "") {
-				bad(at("etcd"), "cert and key go together")
-			}
-		}
-		if pg := p.Postgres; pg != nil {
-			if pg.Database == "" {
-				bad(at("postgres", "database"), "required")
-			}
-			if pg.Port < 0 || pg.Port > 65535 {
-				bad(at("postgres", "port"), "not a port: %d", pg.Port)
-			}
-			if strings.ContainsAny(pg.Filename, "/\x00") {
-				bad(at("postgres", "filename"), "a file name, not a path")
-			}
-		}
-		if p.Etcd != nil && strings.ContainsAny(p.Etcd.Filename, "/\x00") {
-			bad(at("etcd", "filename"), "a file name, not a path")
 		}
 	}
 	return errs

@@ -13,7 +13,7 @@ func TestConfigGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Name != "db1" || c.ThawAfter() != 30*time.Second || c.Plans["db"].Postgres.Database != "app" || len(c.Plans["etcd"].Etcd.Endpoints) != 1 {
+	if c.Name != "db1" || c.ThawAfter() != 30*time.Second || c.Plans["db"].Pre[0].User != "app" || c.Plans["config"].Paths[0] != "/etc/app" {
 		t.Errorf("config: %+v", c)
 	}
 }
@@ -27,14 +27,14 @@ func TestConfigMistakes(t *testing.T) {
 		name, from, to string
 		want           string
 	}{
-		{"unknown field", "    paths:", "    path:", ":24: field path not found (unknown field)"},
-		{"relative path", "paths: [/srv/uploads]", "paths: [srv/uploads]", `:24: plans.db.paths: path 1 ("srv/uploads") must be absolute`},
-		{"relative hook", "[/usr/local/bin/app-resume]", "[app-resume]", ":30: plans.db.post: hook 1: exec must start with an absolute program path"},
+		{"unknown field", "    paths: [/srv", "    path: [/srv", ":20: field path not found (unknown field)"},
+		{"relative path", "paths: [/srv/uploads]", "paths: [srv/uploads]", `:20: plans.db.paths: path 1 ("srv/uploads") must be absolute`},
+		{"relative hook", "[/usr/local/bin/app-resume]", "[app-resume]", ":26: plans.db.post: hook 1: exec must start with an absolute program path"},
 		{"plain http director", "director: https://", "director: http://", ":3: director: want https://host:port"},
 		{"no repository", "      location: rest:https://db1@backup.example:8443/db1\n      password_file: /etc/bunker/repo-password\n    paths", "    paths", "plans.db.repository.location: required"},
-		{"etcd without endpoints", "      endpoints: [https://127.0.0.1:2379]\n", "", ":15: plans.etcd.etcd.endpoints: at least one endpoint"},
-		{"etcd key without cert", "      cert: /etc/etcd/client.pem\n", "", ":15: plans.etcd.etcd: cert and key go together"},
-		{"dump name with slash", "      database: app", "      database: app\n      filename: ../x", ":36: plans.db.postgres.filename: a file name, not a path"},
+		{"nothing to back up", "    paths: [/etc/app]\n", "", ":10: plans.config: nothing to back up"},
+		{"database provider not yet", "    paths: [/etc/app]", "    paths: [/etc/app]\n    postgres: {database: app}", ":16: field postgres not found (unknown field)"},
+		{"hook timeout", "timeout: 10s", "timeout: 2h", ":22: plans.db.pre: hook 1: timeout between 100ms and 1h"},
 		{"bad name", "name: db1", "name: DB1", `:2: name: "DB1": invalid name`},
 		{"thaw too long", "thaw_deadline: 30s", "thaw_deadline: 1h", ":8: thaw_deadline: between 1s and 10m"},
 	}

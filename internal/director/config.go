@@ -18,7 +18,10 @@ import (
 type Config struct {
 	// Listen is host:port for agents and the CLI (mutual TLS on both).
 	Listen string `yaml:"listen"`
-	TLS    TLS    `yaml:"tls"`
+	// HealthListen, if set, serves /healthz and /readyz without
+	// authentication (keep it on a local or probe-only address).
+	HealthListen string `yaml:"health_listen"`
+	TLS          TLS    `yaml:"tls"`
 	// State is the job store (a bbolt file).
 	State        string                `yaml:"state"`
 	Repositories map[string]Repository `yaml:"repositories"`
@@ -123,6 +126,9 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		bad([]string{"listen"}, "want host:port, got %q", c.Listen)
+	}
+	if _, _, err := net.SplitHostPort(c.HealthListen); c.HealthListen != "" && err != nil {
+		bad([]string{"health_listen"}, "want host:port, got %q", c.HealthListen)
 	}
 	for _, f := range []struct{ key, v string }{{"ca", c.TLS.CA}, {"cert", c.TLS.Cert}, {"key", c.TLS.Key}} {
 		if f.v == "" {

@@ -31,7 +31,13 @@ import (
 const (
 	RoleDirector = "director"
 	RoleAgent    = "agent"
+	// RoleOperator is a person or tool using the director's API (the CLI).
+	RoleOperator = "operator"
 )
+
+func knownRole(role string) bool {
+	return role == RoleDirector || role == RoleAgent || role == RoleOperator
+}
 
 // File names inside a PKI directory.
 const (
@@ -154,8 +160,8 @@ type Request struct {
 
 // Issue signs a certificate for pub. It returns the certificate's DER.
 func (ca *CA) Issue(req Request, pub any, now time.Time) ([]byte, error) {
-	if req.Role != RoleDirector && req.Role != RoleAgent {
-		return nil, fmt.Errorf("unknown role %q (want %s or %s)", req.Role, RoleDirector, RoleAgent)
+	if !knownRole(req.Role) {
+		return nil, fmt.Errorf("unknown role %q (want %s, %s or %s)", req.Role, RoleDirector, RoleAgent, RoleOperator)
 	}
 	if err := CheckName(req.Name); err != nil {
 		return nil, err
@@ -237,7 +243,7 @@ func IdentityOf(cert *x509.Certificate) (Identity, error) {
 		return Identity{}, ErrNotBunker
 	}
 	role := cert.Subject.OrganizationalUnit[0]
-	if role != RoleDirector && role != RoleAgent {
+	if !knownRole(role) {
 		return Identity{}, fmt.Errorf("%w (unit %q)", ErrNotBunker, role)
 	}
 	if err := CheckName(cert.Subject.CommonName); err != nil {

@@ -1,0 +1,325 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"bunker/internal/agent"
+	"bunker/internal/api"
+	"bunker/internal/director"
+	"bunker/internal/pki"
+	"bunker/internal/ui"
+)
+
+func newDirectorCmd(g *globalOptions) *cobra.Command {
+	c := &cobra.Command{Use: "director", Short: "The control plane: schedules and orchestrates plans across agents"}
+	var cfgFile string
+	serve := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the director",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, err := director.LoadConfig(cfgFile)
+			if err != nil {
+				return usageError{err}
+			}
+			log := slog.New(slog.NewTextHandler(c.ErrOrStderr(), nil))
+			d, err := director.New(cfg, director.Options{Log: log, PollTimeout: testDuration("BUNKER_TEST_POLL"), Tick: testDuration("BUNKER_TEST_TICK")})
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			ln, err := net.Listen("tcp", cfg.Listen)
+			if err != nil {
+				return err
+			}
+			ctx := c.Context()
+			if cfg.HealthListen != "" {
+				hl, err := net.Listen("tcp", cfg.HealthListen)
+				if err != nil {
+					ln.Close()
+					return err
+				}
+				hs := &http.Server{Handler: d.HealthHandler(), ReadHeaderTimeout: 5 * time.Second}
+				go func() { _ = hs.Serve(hl) }()
+				defer hs.Close()
+			}
+			go d.Schedule(ctx)
+			fmt.Fprintf(c.OutOrStdout(), "listening on %s\n", ln.Addr())
+			return d.Serve(ctx, ln)
+		},
+	}
+	serve.Flags().StringVar(&cfgFile, "config", "", "the director's configuration `file` (director.yaml)")
+	_ = serve.MarkFlagRequired("config")
+	c.AddCommand(serve)
+	return c
+}
+
+// testDuration reads a duration only tests set (0 when unset).
+func testDuration(name string) time.Duration {
+	d, _ := time.ParseDuration(os.Getenv(name))
+	return d
+}
+
+func newAgentCmd(g *globalOptions) *cobra.Command {
+	c := &cobra.Command{Use: "agent", Short: "Run on each node: runs the plans of its own configuration when the director asks"}
+	var cfgFile string
+	run := &cobra.Command{
+		Use:   "run",
+		Short: "Connect to the director and run plans when asked",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, err := agent.LoadConfig(cfgFile)
+			if err != nil {
+				return usageError{err}
+			}
+			log := slog.New(slog.NewTextHandler(c.ErrOrStderr(), nil))
+			a, err := agent.New(cfg, agent.Options{Log: log})
+			if err != nil {
+				return err
+			}
+			log.Info("agent started", "node", cfg.Name, "director", cfg.Director)
+			return a.Run(c.Context())
+		},
+	}
+	run.Flags().StringVar(&cfgFile, "config", "", "the agent's configuration `file` (agent.yaml)")
+	_ = run.MarkFlagRequired("config")
+	c.AddCommand(run)
+	return c
+}
+
+// directorClient talks to the director's API with an operator certificate.
+type directorClient struct {
+	url        string
+	ca         string
+	cert, key  string
+	httpClient *http.Client
+}
+
+func (dc *directorClient) register(c *cobra.Command) {
+	f := c.PersistentFlags()
+	f.StringVar(&dc.url, "director", "", "the director's `URL` (env BUNKER_DIRECTOR)")
+	f.StringVar(&dc.ca, "director-ca", "", "the deployment's CA `file` (env BUNKER_DIRECTOR_CA)")
+	f.StringVar(&dc.cert, "director-cert", "", "an operator certificate `file` (bunker pki issue operator NAME; env BUNKER_DIRECTOR_CERT)")
+	f.StringVar(&dc.key, "director-key", "", "its key `file` (env BUNKER_DIRECTOR_KEY)")
+}
+
+func (dc *directorClient) open() error {
+	for _, v := range []struct {
+		p   *string
+		env string
+	}{{&dc.url, "BUNKER_DIRECTOR"}, {&dc.ca, "BUNKER_DIRECTOR_CA"}, {&dc.cert, "BUNKER_DIRECTOR_CERT"}, {&dc.key, "BUNKER_DIRECTOR_KEY"}} {
+		if *v.p == "" {
+			*v.p = os.Getenv(v.env)
+		}
+		if *v.p == "" {
+			return usagef("no %s: use --%s or set %s", strings.ToLower(strings.TrimPrefix(v.env, "BUNKER_")), strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(v.env, "BUNKER_")), "_", "-"), v.env)
+		}
+	}
+	if u, err := url.Parse(dc.url); err != nil || u.Scheme != "https" {
+		return usagef("--director %q: want https://host:port", dc.url)
+	}
+	caPEM, err := pki.ReadCA(dc.ca)
+	if err != nil {
+		return err
+	}
+	tlsCfg, err := pki.ClientTLS(caPEM, dc.cert, dc.key)
+	if err != nil {
+		return err
+	}
+	dc.httpClient = &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}, Timeout: 30 * time.Second}
+	return nil
+}
+
+func (dc *directorClient) do(ctx context.Context, method, path string, body, out any) error {
+	if err := dc.open(); err != nil {
+		return err
+	}
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(dc.url, "/")+path, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := dc.httpClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("director: %w", err)
+	}
+	defer resp.Body.Close()
+	lr := io.LimitReader(resp.Body, api.MaxBody)
+	if resp.StatusCode != http.StatusOK {
+		var e api.Error
+		_ = json.NewDecoder(lr).Decode(&e)
+		err := fmt.Errorf("director: %s", e.Error)
+		if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusConflict {
+			return usageError{err}
+		}
+		return err
+	}
+	return json.NewDecoder(lr).Decode(out)
+}
+
+func newPlanCmd(g *globalOptions) *cobra.Command {
+	var dc directorClient
+	c := &cobra.Command{Use: "plan", Short: "The director's plans: list them, run one now"}
+	dc.register(c)
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the plans, their nodes and which agents are connected",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			var plans []api.Plan
+			if err := dc.do(c.Context(), http.MethodGet, api.PathPlans, nil, &plans); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(c.OutOrStdout(), plans)
+			}
+			var rows [][]string
+			for _, p := range plans {
+				last := "never"
+				if p.LastSuccess != nil {
+					last = p.LastSuccess.Local().Format("2006-01-02 15:04:05")
+				}
+				rows = append(rows, []string{p.Name, nodesOf(p.Nodes), strings.Join(p.Connected, ","), p.Schedule, p.RPO, last})
+			}
+			ui.Table(c.OutOrStdout(), []string{"Plan", "Nodes", "Connected", "Schedule", "RPO", "Last success"}, rows)
+			return nil
+		},
+	}
+	var wait bool
+	run := &cobra.Command{
+		Use:   "run NAME",
+		Short: "Run a plan now",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			var job api.Job
+			if err := dc.do(c.Context(), http.MethodPost, api.PathRun, api.RunRequest{Plan: args[0]}, &job); err != nil {
+				return err
+			}
+			if !wait {
+				if g.json {
+					return printJSON(c.OutOrStdout(), job)
+				}
+				g.msgf(c, "started job %s of plan %s\n", job.ID, job.Plan)
+				return nil
+			}
+			for job.State == api.JobRunning {
+				select {
+				case <-c.Context().Done():
+					return c.Context().Err()
+				case <-time.After(500 * time.Millisecond):
+				}
+				if err := dc.do(c.Context(), http.MethodGet, api.PathJob+"?id="+url.QueryEscape(job.ID), nil, &job); err != nil {
+					return err
+				}
+			}
+			return printJob(c, g, &job)
+		},
+	}
+	run.Flags().BoolVar(&wait, "wait", false, "wait for the job to end and show it (exit 1 if it failed)")
+	c.AddCommand(list, run)
+	return c
+}
+
+func nodesOf(m map[string][]string) string {
+	var parts []string
+	for n, ps := range m {
+		parts = append(parts, n+"("+strings.Join(ps, ",")+")")
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+var errJobFailed = errors.New("the job did not succeed")
+
+func printJob(c *cobra.Command, g *globalOptions, j *api.Job) error {
+	if g.json {
+		if err := printJSON(c.OutOrStdout(), j); err != nil {
+			return err
+		}
+	} else {
+		w := c.OutOrStdout()
+		fmt.Fprintf(w, "job %s of plan %s: %s (phase %s)\n", j.ID, j.Plan, j.State, j.Phase)
+		if j.Error != "" {
+			fmt.Fprintf(w, "  error: %s\n", j.Error)
+		}
+		var nodes []string
+		for n := range j.Nodes {
+			nodes = append(nodes, n)
+		}
+		sort.Strings(nodes)
+		for _, n := range nodes {
+			r := j.Nodes[n]
+			fmt.Fprintf(w, "  %s: prepared=%v thawed=%v snapshots=%v %s\n", n, r.Prepared, r.Thawed, r.Snapshots, r.Error)
+		}
+	}
+	if j.State == api.JobFailed || j.State == api.JobCanceled {
+		return errJobFailed
+	}
+	return nil
+}
+
+func newJobCmd(g *globalOptions) *cobra.Command {
+	var dc directorClient
+	c := &cobra.Command{Use: "job", Short: "The director's jobs: list, show, cancel"}
+	dc.register(c)
+	list := &cobra.Command{
+		Use: "list", Short: "List recent jobs", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			var jobs []api.Job
+			if err := dc.do(c.Context(), http.MethodGet, api.PathJobs, nil, &jobs); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(c.OutOrStdout(), jobs)
+			}
+			var rows [][]string
+			for _, j := range jobs {
+				rows = append(rows, []string{j.ID, j.Plan, j.State, j.Phase, j.Started.Local().Format("2006-01-02 15:04:05"), j.Error})
+			}
+			ui.Table(c.OutOrStdout(), []string{"Job", "Plan", "State", "Phase", "Started", "Error"}, rows)
+			return nil
+		},
+	}
+	show := &cobra.Command{
+		Use: "show ID", Short: "Show one job", Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			var j api.Job
+			if err := dc.do(c.Context(), http.MethodGet, api.PathJob+"?id="+url.QueryEscape(args[0]), nil, &j); err != nil {
+				return err
+			}
+			return printJob(c, g, &j)
+		},
+	}
+	cancel := &cobra.Command{
+		Use: "cancel ID", Short: "Cancel a running job (every node thaws and drops its part)", Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			var out struct{}
+			if err := dc.do(c.Context(), http.MethodPost, api.PathCancel+"?id="+url.QueryEscape(args[0]), nil, &out); err != nil {
+				return err
+			}
+			g.msgf(c, "canceled job %s\n", args[0])
+			return nil
+		},
+	}
+	c.AddCommand(list, show, cancel)
+	return c
+}

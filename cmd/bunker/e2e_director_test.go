@@ -1,0 +1,331 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// deployment is a director and its agents, all real processes of the
+// binary on 127.0.0.1, with a deployment CA and one local repository.
+type deployment struct {
+	t      *testing.T
+	dir    string
+	addr   string
+	repo   *repoEnv
+	nodes  []string
+	dirCmd *exec.Cmd
+	dirLog *lockedBuf
+	agents map[string]*exec.Cmd
+	logs   map[string]*lockedBuf
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// newDeployment writes the PKI, the repository and the configurations.
+// plans is the director's plans section; agentPlans(node) an agent's.
+func newDeployment(t *testing.T, nodes []string, plans string, agentPlans func(dp *deployment, node string) string) *deployment {
+	t.Helper()
+	dp := &deployment{t: t, nodes: nodes, agents: map[string]*exec.Cmd{}, logs: map[string]*lockedBuf{}}
+	dp.repo = newFastRepo(t)
+	dp.dir = dp.repo.dir
+	dp.addr = freePort(t)
+	pk := filepath.Join(dp.dir, "pki")
+	dp.repo.ok("pki", "init", "--dir", pk)
+	dp.repo.ok("pki", "issue", "director", "dir1", "--dir", pk, "--host", "127.0.0.1")
+	dp.repo.ok("pki", "issue", "operator", "ops", "--dir", pk)
+	var nodeList strings.Builder
+	for _, n := range nodes {
+		dp.repo.ok("pki", "issue", "agent", n, "--dir", pk)
+		fmt.Fprintf(&nodeList, "  %s: {}\n", n)
+		writeFile(t, filepath.Join(dp.dir, "data", n, "file"), "data of "+n+"\n")
+		writeFile(t, filepath.Join(dp.dir, "agent-"+n+".yaml"), fmt.Sprintf(`name: %s
+director: https://%s
+tls: {ca: %s/ca.pem, cert: %s/agent-%s.pem, key: %s/agent-%s.key}
+thaw_deadline: 8s
+plans:
+%s`, n, dp.addr, pk, pk, n, pk, n, agentPlans(dp, n)))
+	}
+	writeFile(t, filepath.Join(dp.dir, "director.yaml"), fmt.Sprintf(`listen: %s
+tls: {ca: %s/ca.pem, cert: %s/director-dir1.pem, key: %s/director-dir1.key}
+state: %s/director.db
+repositories:
+  main: {location: %s, password_file: %s}
+nodes:
+%splans:
+%s`, dp.addr, pk, pk, pk, dp.dir, dp.repo.repo, dp.repo.pwFile, nodeList.String(), plans))
+	return dp
+}
+
+// filesPlan is an agent plan backing up the node's data directory, with
+// hooks that record when the node froze and thawed; pre adds a command
+// before the freeze mark.
+func (dp *deployment) filesPlan(node, name, pre string) string {
+	d := filepath.Join(dp.dir, "data", node)
+	return fmt.Sprintf(`  %s:
+    repository: {location: %s, password_file: %s}
+    paths: [%s]
+    pre: [{exec: [/bin/sh, -c, "%sdate +%%s.%%N > %s/frozen-%s"], timeout: 20s}]
+    post: [{exec: [/bin/sh, -c, "date +%%s.%%N > %s/thawed-%s"]}]
+`, name, dp.repo.repo, dp.repo.pwFile, d, pre, dp.dir, node, dp.dir, node)
+}
+
+func (dp *deployment) start(name string, args ...string) (*exec.Cmd, *lockedBuf) {
+	cmd := exec.Command(bunkerBin, args...)
+	log := &lockedBuf{}
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.Env = append(os.Environ(), "BUNKER_TEST_POLL=2s", "BUNKER_TEST_TICK=1s")
+	if err := cmd.Start(); err != nil {
+		dp.t.Fatal(err)
+	}
+	dp.t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		if dp.t.Failed() {
+			dp.t.Logf("%s log:\n%s", name, log)
+		}
+	})
+	return cmd, log
+}
+
+func (dp *deployment) startDirector() {
+	dp.dirCmd, dp.dirLog = dp.start("director", "director", "serve", "--config", filepath.Join(dp.dir, "director.yaml"))
+	dp.waitFor("the director to listen", func() bool { return strings.Contains(dp.dirLog.String(), "listening on") })
+}
+
+func (dp *deployment) startAgents() {
+	for _, n := range dp.nodes {
+		dp.agents[n], dp.logs[n] = dp.start("agent "+n, "agent", "run", "--config", filepath.Join(dp.dir, "agent-"+n+".yaml"))
+	}
+	dp.waitFor("the agents to connect", func() bool {
+		return strings.Count(dp.dirLog.String(), "agent connected") >= len(dp.nodes)
+	})
+}
+
+func (dp *deployment) waitFor(what string, cond func() bool) {
+	dp.t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			dp.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// operator runs the CLI against the director with the operator certificate.
+func (dp *deployment) operator(code int, args ...string) result {
+	dp.t.Helper()
+	pk := filepath.Join(dp.dir, "pki")
+	r := dp.repo.runWith(runOpts{env: map[string]string{"BUNKER_DIRECTOR": "https://" + dp.addr, "BUNKER_DIRECTOR_CA": pk + "/ca.pem",
+		"BUNKER_DIRECTOR_CERT": pk + "/operator-ops.pem", "BUNKER_DIRECTOR_KEY": pk + "/operator-ops.key"}}, args...)
+	if r.code != code {
+		dp.t.Fatalf("want exit %d, got %v", code, r)
+	}
+	return r
+}
+
+type jobJSON struct {
+	ID    string `json:"id"`
+	State string `json:"state"`
+	Phase string `json:"phase"`
+	Error string `json:"error"`
+	Nodes map[string]struct {
+		Prepared  bool              `json:"prepared"`
+		Thawed    bool              `json:"thawed"`
+		Snapshots map[string]string `json:"snapshots"`
+	} `json:"nodes"`
+}
+
+func (dp *deployment) stamp(kind, node string) float64 {
+	dp.t.Helper()
+	b, err := os.ReadFile(filepath.Join(dp.dir, kind+"-"+node))
+	if err != nil {
+		dp.t.Fatalf("%s of %s: %v", kind, node, err)
+	}
+	f, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+	if err != nil {
+		dp.t.Fatal(err)
+	}
+	return f
+}
+
+// TestDirectorGroupRun: a director and three agents; one plan freezes all
+// three at one instant (every node froze before any thawed), uploads, and
+// commits the group: one snapshot per node, tagged with the job, each
+// restoring its node's data.
+func TestDirectorGroupRun(t *testing.T) {
+	t.Parallel()
+	nodes := []string{"node1", "node2", "node3"}
+	dp := newDeployment(t, nodes, `  cluster:
+    nodes: {node1: [files], node2: [files], node3: [files]}
+    schedule: "0 0 1 1 *"
+    repository: main
+    freeze_timeout: 10s
+  wrong:
+    nodes: {node1: [files, secret]}
+    schedule: "0 0 1 1 *"
+    repository: main
+`, func(dp *deployment, n string) string { return dp.filesPlan(n, "files", "") })
+	dp.startDirector()
+	dp.startAgents()
+	out := dp.operator(0, "plan", "list").stdout
+	if !strings.Contains(out, "node1,node2,node3") {
+		t.Errorf("plan list: %q", out)
+	}
+	var job jobJSON
+	r := dp.operator(0, "plan", "run", "cluster", "--wait", "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &job); err != nil || job.State != "succeeded" {
+		t.Fatalf("job: %v %+v", err, job)
+	}
+	var frozen, thawed []float64
+	for _, n := range nodes {
+		frozen, thawed = append(frozen, dp.stamp("frozen", n)), append(thawed, dp.stamp("thawed", n))
+	}
+	sort.Float64s(frozen)
+	sort.Float64s(thawed)
+	if frozen[len(frozen)-1] >= thawed[0] {
+		t.Errorf("not one instant: last freeze %f, first thaw %f", frozen[len(frozen)-1], thawed[0])
+	}
+	snaps := dp.repo.snapshots()
+	if len(snaps) != 3 {
+		t.Fatalf("%d snapshots, want 3", len(snaps))
+	}
+	for _, sn := range snaps {
+		if !contains(sn.Tags, "group:"+job.ID) || job.Nodes[sn.Hostname].Snapshots["files"] != sn.ID {
+			t.Errorf("snapshot %s of %s: tags %v; the job says %v", sn.ShortID, sn.Hostname, sn.Tags, job.Nodes[sn.Hostname].Snapshots)
+		}
+		target := t.TempDir()
+		dp.repo.ok("restore", sn.ID, "--target", target)
+		got, err := os.ReadFile(filepath.Join(target, dp.dir, "data", sn.Hostname, "file"))
+		if err != nil || string(got) != "data of "+sn.Hostname+"\n" {
+			t.Errorf("restore of %s: %q %v", sn.Hostname, got, err)
+		}
+	}
+
+	// E6: a plan asking an agent for a plan it does not have fails with
+	// the reason, and nothing runs.
+	r = dp.operator(1, "plan", "run", "wrong", "--wait")
+	if !strings.Contains(r.stdout, `its agent has no plan \"secret\"`) && !strings.Contains(r.stdout, `its agent has no plan "secret"`) {
+		t.Errorf("unknown agent plan: %q", r.stdout)
+	}
+	// Bad input.
+	if r := dp.operator(2, "plan", "run", "nosuch"); !strings.Contains(r.stderr, "unknown plan") {
+		t.Errorf("unknown plan: %q", r.stderr)
+	}
+	// An agent's certificate cannot act as an operator (G5).
+	pk := filepath.Join(dp.dir, "pki")
+	r = dp.repo.runWith(runOpts{env: map[string]string{"BUNKER_DIRECTOR": "https://" + dp.addr, "BUNKER_DIRECTOR_CA": pk + "/ca.pem",
+		"BUNKER_DIRECTOR_CERT": pk + "/agent-node1.pem", "BUNKER_DIRECTOR_KEY": pk + "/agent-node1.key"}}, "plan", "run", "cluster")
+	if r.code != 1 || !strings.Contains(r.stderr, "agent node1 may not use") {
+		t.Errorf("agent as operator: %v", r)
+	}
+	if !strings.Contains(dp.dirLog.String(), "refused: wrong role") {
+		t.Errorf("the refusal was not logged")
+	}
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDirectorKilledWhileFrozen is RELIABILITY E2 and a director restart
+// mid-job: the director is killed while two nodes are frozen and the third
+// is still preparing; every node thaws by its own deadline; the restarted
+// director marks the job failed (nothing recorded, no snapshot), and the
+// next run succeeds.
+func TestDirectorKilledWhileFrozen(t *testing.T) {
+	t.Parallel()
+	nodes := []string{"node1", "node2", "node3"}
+	dp := newDeployment(t, nodes, `  cluster:
+    nodes: {node1: [files], node2: [files], node3: [files]}
+    schedule: "0 0 1 1 *"
+    repository: main
+    freeze_timeout: 6s
+`, func(dp *deployment, n string) string {
+		pre := ""
+		if n == "node3" {
+			pre = "test -e " + filepath.Join(dp.dir, "fast") + " || sleep 3; "
+		}
+		return dp.filesPlan(n, "files", pre)
+	})
+	dp.startDirector()
+	dp.startAgents()
+	var job jobJSON
+	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--json").stdout), &job); err != nil {
+		t.Fatal(err)
+	}
+	dp.waitFor("node1 and node2 to freeze", func() bool {
+		_, e1 := os.Stat(filepath.Join(dp.dir, "frozen-node1"))
+		_, e2 := os.Stat(filepath.Join(dp.dir, "frozen-node2"))
+		return e1 == nil && e2 == nil
+	})
+	killed := time.Now()
+	_ = dp.dirCmd.Process.Signal(syscall.SIGKILL)
+	_ = dp.dirCmd.Wait()
+	// Every node thaws by the freeze deadline (6 s after the start) on its
+	// own; allow for slow machines, but far less than "never".
+	dp.waitFor("every node to thaw by its own deadline", func() bool {
+		for _, n := range nodes {
+			if _, err := os.Stat(filepath.Join(dp.dir, "thawed-"+n)); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	if d := time.Since(killed); d > 12*time.Second {
+		t.Errorf("thawed %v after the director died", d)
+	}
+	for _, n := range nodes {
+		if !strings.Contains(dp.logs[n].String(), "its own deadline") && n != "node3" {
+			t.Errorf("%s did not thaw by its own deadline:\n%s", n, dp.logs[n])
+		}
+	}
+	if n := len(dp.repo.snapshots()); n != 0 {
+		t.Errorf("%d snapshots after the killed run, want 0", n)
+	}
+
+	// The restarted director knows the job failed, and runs the plan anew.
+	writeFile(t, filepath.Join(dp.dir, "fast"), "")
+	for _, n := range nodes {
+		os.Remove(filepath.Join(dp.dir, "thawed-"+n))
+	}
+	dp.startDirector()
+	var old jobJSON
+	if err := json.Unmarshal([]byte(dp.operator(1, "job", "show", job.ID, "--json").stdout), &old); err != nil || old.State != "failed" || !strings.Contains(old.Error, "director stopped") {
+		t.Errorf("the interrupted job: %+v %v", old, err)
+	}
+	dp.waitFor("the agents to reconnect", func() bool { return strings.Count(dp.dirLog.String(), "agent connected") >= len(nodes) })
+	var next jobJSON
+	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--wait", "--json").stdout), &next); err != nil || next.State != "succeeded" {
+		t.Fatalf("run after the restart: %+v %v", next, err)
+	}
+	if n := len(dp.repo.snapshots()); n != 3 {
+		t.Errorf("%d snapshots, want 3 (one per node, of the second job only)", n)
+	}
+	var jobs []jobJSON
+	if err := json.Unmarshal([]byte(dp.operator(0, "job", "list", "--json").stdout), &jobs); err != nil || len(jobs) != 2 {
+		t.Errorf("jobs: %+v %v (want 2: none lost, none duplicated)", jobs, err)
+	}
+}

@@ -1,0 +1,441 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/user"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"bunker/internal/api"
+	"bunker/internal/pki"
+)
+
+// Options tune an agent; the zero value is production.
+type Options struct {
+	Log *slog.Logger
+	// Bunker is the bunker binary that uploads (default: this program).
+	Bunker string
+	// PollTimeout bounds one poll on the client side (director's + 15 s).
+	PollTimeout time.Duration
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg    *Config
+	opts   Options
+	log    *slog.Logger
+	client *http.Client
+	base   string
+
+	mu   sync.Mutex
+	seen map[string]bool      // command IDs taken
+	jobs map[string]*jobState // by job ID
+	wg   sync.WaitGroup
+}
+
+// jobState is this node's part of one job.
+type jobState struct {
+	mu     sync.Mutex
+	plans  []string
+	frozen bool // pre hooks ran, post hooks not yet
+	timer  *time.Timer
+}
+
+// New prepares an agent from its configuration.
+func New(cfg *Config, opts Options) (*Agent, error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Bunker == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		opts.Bunker = exe
+	}
+	if opts.PollTimeout <= 0 {
+		opts.PollTimeout = 40 * time.Second
+	}
+	caPEM, err := pki.ReadCA(cfg.TLS.CA)
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, err := pki.ClientTLS(caPEM, cfg.TLS.Cert, cfg.TLS.Key)
+	if err != nil {
+		return nil, err
+	}
+	// The certificate names the node: refuse to start as anyone else.
+	certPEM, err := os.ReadFile(cfg.TLS.Cert)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := pki.ParseCert(certPEM)
+	if err != nil {
+		return nil, err
+	}
+	id, err := pki.IdentityOf(cert)
+	if err != nil || id.Role != pki.RoleAgent || id.Name != cfg.Name {
+		return nil, fmt.Errorf("%s is not the agent certificate of %q (it names %s %s)", cfg.TLS.Cert, cfg.Name, id.Role, id.Name)
+	}
+	tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true, ResponseHeaderTimeout: opts.PollTimeout, IdleConnTimeout: time.Minute}
+	return &Agent{cfg: cfg, opts: opts, log: opts.Log, client: &http.Client{Transport: tr, Timeout: opts.PollTimeout + 5*time.Second},
+		base: strings.TrimSuffix(cfg.Director, "/"), seen: map[string]bool{}, jobs: map[string]*jobState{}}, nil
+}
+
+// Run polls the director for work until ctx ends, reconnecting with
+// backoff. On return every frozen job has been thawed.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.thawAll()
+	plans := make([]string, 0, len(a.cfg.Plans))
+	for p := range a.cfg.Plans {
+		plans = append(plans, p)
+	}
+	slices.Sort(plans)
+	backoff := time.Second
+	for ctx.Err() == nil {
+		var resp api.PollResponse
+		err := a.call(ctx, api.PathPoll, api.Poll{Version: api.Version, Plans: plans}, &resp)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			a.log.Warn("director unreachable; retrying", "err", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff + rand.N(backoff/2+1)):
+			}
+			backoff = min(backoff*2, 30*time.Second)
+			continue
+		}
+		backoff = time.Second
+		for _, c := range resp.Commands {
+			a.mu.Lock()
+			taken := a.seen[c.ID]
+			a.seen[c.ID] = true
+			a.mu.Unlock()
+			if !taken {
+				a.wg.Go(func() { a.handle(ctx, c) })
+			}
+		}
+	}
+	a.wg.Wait()
+	return nil
+}
+
+// call posts a JSON body to the director and decodes the answer.
+func (a *Agent) call(ctx context.Context, path string, body, out any) error {
+	data, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.base+path, bytes.NewReader(data))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	lr := io.LimitReader(resp.Body, api.MaxBody)
+	if resp.StatusCode != http.StatusOK {
+		var e api.Error
+		_ = json.NewDecoder(lr).Decode(&e)
+		return fmt.Errorf("director: %s: %s", resp.Status, e.Error)
+	}
+	return json.NewDecoder(lr).Decode(out)
+}
+
+// report sends a command's outcome, retrying until the director has it
+// (or the agent stops).
+func (a *Agent) report(ctx context.Context, r api.Report) {
+	for backoff := time.Second; ; backoff = min(backoff*2, 30*time.Second) {
+		var out struct{}
+		err := a.call(context.WithoutCancel(ctx), api.PathReport, r, &out)
+		if err == nil {
+			return
+		}
+		a.log.Warn("report not delivered; retrying", "job", r.Job, "kind", r.Kind, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+	}
+}
+
+func (a *Agent) job(id string) *jobState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	j := a.jobs[id]
+	if j == nil {
+		j = &jobState{}
+		a.jobs[id] = j
+	}
+	return j
+}
+
+func (a *Agent) handle(ctx context.Context, c api.Command) {
+	rep := api.Report{Command: c.ID, Job: c.Job, Kind: c.Kind}
+	// Only plans of this agent's own configuration, ever.
+	for _, p := range c.Plans {
+		if _, ok := a.cfg.Plans[p]; !ok {
+			a.log.Warn("refused: the director asked for a plan this agent does not have", "plan", p, "job", c.Job, "kind", c.Kind)
+			rep.Error = fmt.Sprintf("refused: plan %q is not in the configuration of agent %s", p, a.cfg.Name)
+			a.report(ctx, rep)
+			return
+		}
+	}
+	j := a.job(c.Job)
+	var err error
+	switch c.Kind {
+	case api.KindPrepare:
+		rep.ThawBy, err = a.prepare(ctx, c, j)
+	case api.KindThaw:
+		err = a.thaw(j, "the director")
+	case api.KindUpload:
+		rep.Snapshots, err = a.upload(ctx, c)
+	case api.KindAbort:
+		err = a.thaw(j, "an abort")
+		a.mu.Lock()
+		delete(a.jobs, c.Job)
+		a.mu.Unlock()
+	default:
+		err = fmt.Errorf("refused: unknown command %q", c.Kind)
+		a.log.Warn("refused: unknown command", "kind", c.Kind, "job", c.Job)
+	}
+	rep.OK = err == nil
+	if err != nil {
+		rep.Error = err.Error()
+	}
+	a.report(ctx, rep)
+}
+
+// prepare runs the pre hooks of each plan, in order; on the first failure
+// it thaws what it froze. Frozen, it arms its own thaw deadline.
+func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.Time, error) {
+	thawBy := time.Now().Add(a.cfg.ThawAfter())
+	if !c.Deadline.IsZero() && c.Deadline.Before(thawBy) {
+		thawBy = c.Deadline
+	}
+	j.mu.Lock()
+	if j.frozen {
+		j.mu.Unlock()
+		return time.Time{}, errors.New("already prepared")
+	}
+	j.plans = slices.Clone(c.Plans)
+	j.frozen = true
+	// Armed before the first hook: whatever happens from here on, the
+	// node thaws by the deadline. Hooks are bounded by it too.
+	j.timer = time.AfterFunc(time.Until(thawBy), func() {
+		if err := a.thaw(j, "its own deadline"); err != nil {
+			a.log.Error("thaw at the deadline failed", "job", c.Job, "err", err)
+		}
+	})
+	j.mu.Unlock()
+	for _, name := range c.Plans {
+		for i, h := range a.cfg.Plans[name].Pre {
+			if err := a.runHook(ctx, h, thawBy); err != nil {
+				return time.Time{}, errors.Join(fmt.Errorf("plan %s: pre hook %d: %w", name, i+1, err), a.thaw(j, "a failed prepare"))
+			}
+		}
+	}
+	a.log.Info("frozen", "job", c.Job, "plans", c.Plans, "thaw_by", thawBy.Format(time.RFC3339Nano))
+	return thawBy, nil
+}
+
+// thaw runs the post hooks (in reverse plan order) once.
+func (a *Agent) thaw(j *jobState, by string) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if !j.frozen {
+		return nil
+	}
+	j.frozen = false
+	if j.timer != nil {
+		j.timer.Stop()
+	}
+	var errs []error
+	for i := len(j.plans) - 1; i >= 0; i-- {
+		for k, h := range a.cfg.Plans[j.plans[i]].Post {
+			if err := a.runHook(context.Background(), h, time.Time{}); err != nil {
+				errs = append(errs, fmt.Errorf("plan %s: post hook %d: %w", j.plans[i], k+1, err))
+			}
+		}
+	}
+	a.log.Info("thawed", "by", by, "plans", j.plans)
+	return errors.Join(errs...)
+}
+
+func (a *Agent) thawAll() {
+	a.mu.Lock()
+	jobs := make([]*jobState, 0, len(a.jobs))
+	for _, j := range a.jobs {
+		jobs = append(jobs, j)
+	}
+	a.mu.Unlock()
+	for _, j := range jobs {
+		if err := a.thaw(j, "the agent stopping"); err != nil {
+			a.log.Error("thaw", "err", err)
+		}
+	}
+}
+
+// DefaultHookTimeout bounds a hook that sets none.
+const DefaultHookTimeout = 60 * time.Second
+
+// runHook runs one hook with its timeout (and no later than until, if set),
+// as its user, killing its whole process group when time is up.
+func (a *Agent) runHook(ctx context.Context, h Hook, until time.Time) error {
+	timeout := h.Timeout.D(DefaultHookTimeout)
+	if !until.IsZero() && time.Until(until) < timeout {
+		timeout = time.Until(until)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, h.Exec[0], h.Exec[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	if h.User != "" {
+		cred, err := credentialOf(h.User)
+		if err != nil {
+			return err
+		}
+		cmd.SysProcAttr.Credential = cred
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if ctx.Err() == context.DeadlineExceeded {
+		return fmt.Errorf("%s: timed out after %v", h.Exec[0], timeout.Round(time.Millisecond))
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", h.Exec[0], err, lastLine(out.String()))
+	}
+	return nil
+}
+
+func credentialOf(name string) (*syscall.Credential, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, fmt.Errorf("hook user %s: %w", name, err)
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	if os.Geteuid() != 0 && uint64(os.Geteuid()) != uid {
+		return nil, fmt.Errorf("hook user %s: the agent must run as root to run hooks as another user", name)
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	if len(s) > 300 {
+		s = s[:300]
+	}
+	return s
+}
+
+// upload backs up each plan with the bunker binary (the same code and
+// commit protocol as `bunker backup`), to the plan's repository with the
+// node's own credential, tagged with the group.
+func (a *Agent) upload(ctx context.Context, c api.Command) (map[string]string, error) {
+	out := map[string]string{}
+	for _, name := range c.Plans {
+		p := a.cfg.Plans[name]
+		args := []string{"backup", "--json", "--host", a.cfg.Name, "--tag", "agent-plan:" + name}
+		for _, t := range append(slices.Clone(p.Tags), c.Tags...) {
+			args = append(args, "--tag", t)
+		}
+		for _, e := range p.Excludes {
+			args = append(args, "--exclude", e)
+		}
+		args = append(args, p.Paths...)
+		env, err := repoEnv(p.Repository)
+		if err != nil {
+			return nil, fmt.Errorf("plan %s: %w", name, err)
+		}
+		cmd := exec.CommandContext(ctx, a.opts.Bunker, args...)
+		cmd.Env = env
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			return nil, fmt.Errorf("plan %s: backup: %v: %s", name, err, lastLine(stderr.String()))
+		}
+		id := ""
+		sc := bufio.NewScanner(&stdout)
+		for sc.Scan() {
+			var m struct {
+				Type string `json:"message_type"`
+				ID   string `json:"snapshot_id"`
+			}
+			if json.Unmarshal(sc.Bytes(), &m) == nil && m.Type == "summary" {
+				id = m.ID
+			}
+		}
+		if id == "" {
+			return nil, fmt.Errorf("plan %s: backup printed no snapshot", name)
+		}
+		out[name] = id
+		a.log.Info("uploaded", "job", c.Job, "plan", name, "snapshot", id)
+	}
+	return out, nil
+}
+
+// repoEnv is the environment of a backup to r: the process environment
+// without any BUNKER_ or AWS_ variable, then r's location, password file,
+// CA and credentials (read from its credentials file).
+func repoEnv(r Repository) ([]string, error) {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "BUNKER_") && !strings.HasPrefix(kv, "AWS_") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "BUNKER_REPOSITORY="+r.Location, "BUNKER_PASSWORD_FILE="+r.PasswordFile)
+	if r.CACert != "" {
+		env = append(env, "BUNKER_CACERT="+r.CACert)
+	}
+	if r.CredentialsFile != "" {
+		data, err := os.ReadFile(r.CredentialsFile)
+		if err != nil {
+			return nil, fmt.Errorf("credentials file: %w", err)
+		}
+		for n, line := range strings.Split(string(data), "\n") {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			k, v, ok := strings.Cut(line, "=")
+			switch k = strings.TrimSpace(k); {
+			case !ok:
+				return nil, fmt.Errorf("credentials file %s line %d: want NAME=value", r.CredentialsFile, n+1)
+			case k == "AWS_ACCESS_KEY_ID", k == "AWS_SECRET_ACCESS_KEY", k == "AWS_SESSION_TOKEN", k == "BUNKER_REST_PASSWORD":
+				env = append(env, k+"="+strings.TrimSpace(v))
+			default:
+				return nil, fmt.Errorf("credentials file %s line %d: unknown name %s", r.CredentialsFile, n+1, k)
+			}
+		}
+	}
+	return env, nil
+}

@@ -1,0 +1,137 @@
+// Package api holds the wire types between the director, its agents and
+// the CLI: JSON over HTTPS with mutual TLS. It imports nothing of Bunker's
+// so that both ends (and other tools) can use it.
+//
+// Agents connect out: an agent long-polls PathPoll for commands and posts
+// each command's outcome to PathReport. Its node name is the common name of
+// its certificate, never a field of a message. A command names plans of
+// the agent's own configuration; an agent refuses (and logs) any other.
+package api
+
+import "time"
+
+// Version of this protocol; a peer of another version is refused.
+const Version = 1
+
+// Agent routes (role agent).
+const (
+	PathPoll   = "/agent/v1/poll"
+	PathReport = "/agent/v1/report"
+)
+
+// Operator routes (role operator: the CLI).
+const (
+	PathPlans  = "/api/v1/plans"  // GET: the plans
+	PathRun    = "/api/v1/run"    // POST RunRequest: start a plan now
+	PathJobs   = "/api/v1/jobs"   // GET: recent jobs
+	PathJob    = "/api/v1/job"    // GET ?id=: one job
+	PathCancel = "/api/v1/cancel" // POST ?id=: cancel a job
+)
+
+// Unauthenticated routes, on the separate health listener.
+const (
+	PathHealthz = "/healthz"
+	PathReadyz  = "/readyz"
+)
+
+// MaxBody bounds every request and response body.
+const MaxBody = 1 << 20
+
+// Poll is what an agent sends when it asks for work.
+type Poll struct {
+	Version int `json:"version"`
+	// Plans are the plan names of the agent's configuration.
+	Plans []string `json:"plans"`
+}
+
+// Command kinds, in the order of a run.
+const (
+	KindPrepare = "prepare" // run pre hooks, take snapshots; stay frozen
+	KindThaw    = "thaw"    // run post hooks
+	KindUpload  = "upload"  // back up from what prepare took
+	KindAbort   = "abort"   // thaw if frozen, drop what prepare took
+)
+
+// Command asks an agent to do one step of a job for some of its plans.
+type Command struct {
+	ID    string   `json:"id"`
+	Job   string   `json:"job"`
+	Kind  string   `json:"kind"`
+	Plans []string `json:"plans"`
+	// Tags are added to the snapshots of the upload (the group's).
+	Tags []string `json:"tags,omitempty"`
+	// Deadline: a prepared agent thaws by itself at this moment, or at
+	// its own deadline if sooner, whatever happens to the director.
+	Deadline time.Time `json:"deadline"`
+}
+
+// Report is the outcome of one command.
+type Report struct {
+	Command string `json:"command"`
+	Job     string `json:"job"`
+	Kind    string `json:"kind"`
+	OK      bool   `json:"ok"`
+	Error   string `json:"error,omitempty"`
+	// ThawBy (prepare) is when the agent thaws by itself at the latest:
+	// the barrier must pass before the earliest of them.
+	ThawBy time.Time `json:"thaw_by,omitzero"`
+	// Snapshots maps each plan to the ID of its new snapshot (upload).
+	Snapshots map[string]string `json:"snapshots,omitempty"`
+}
+
+// PollResponse carries the commands for an agent (none when the poll
+// timed out).
+type PollResponse struct {
+	Commands []Command `json:"commands"`
+}
+
+// Plan describes a director plan for the CLI.
+type Plan struct {
+	Name     string              `json:"name"`
+	Nodes    map[string][]string `json:"nodes"`
+	Schedule string              `json:"schedule,omitempty"`
+	RPO      string              `json:"rpo,omitempty"`
+	// LastSuccess is when the plan last committed a group.
+	LastSuccess *time.Time `json:"last_success,omitempty"`
+	// Connected lists the plan's nodes whose agents are connected.
+	Connected []string `json:"connected"`
+}
+
+// RunRequest starts a plan.
+type RunRequest struct {
+	Plan string `json:"plan"`
+}
+
+// Job states.
+const (
+	JobRunning   = "running"
+	JobSucceeded = "succeeded"
+	JobFailed    = "failed"
+	JobCanceled  = "canceled"
+)
+
+// Job is one run of a plan.
+type Job struct {
+	ID       string    `json:"id"`
+	Plan     string    `json:"plan"`
+	State    string    `json:"state"`
+	Phase    string    `json:"phase"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished,omitzero"`
+	Error    string    `json:"error,omitempty"`
+	// Nodes: each node's outcome and snapshots.
+	Nodes map[string]*NodeResult `json:"nodes"`
+}
+
+// NodeResult is one node's part of a job.
+type NodeResult struct {
+	Prepared  bool              `json:"prepared"`
+	Thawed    bool              `json:"thawed"`
+	Snapshots map[string]string `json:"snapshots,omitempty"`
+	Error     string            `json:"error,omitempty"`
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Error string `json:"error"`
+}
