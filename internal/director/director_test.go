@@ -1,0 +1,217 @@
+package director
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"bunker/internal/agent"
+	"bunker/internal/api"
+	"bunker/internal/conf"
+	"bunker/internal/pki"
+)
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// testDirector runs a director on 127.0.0.1 with a fresh CA; it returns
+// the director, its address, the PKI directory and its log.
+func testDirector(t *testing.T) (*Director, string, string, *syncBuf) {
+	t.Helper()
+	dir := t.TempDir()
+	pk := filepath.Join(dir, "pki")
+	ca, err := pki.Init(pk, "test", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []pki.Request{
+		{Role: pki.RoleDirector, Name: "dir1", Hosts: []string{"127.0.0.1"}},
+		{Role: pki.RoleDirector, Name: "dir2"},
+		{Role: pki.RoleAgent, Name: "node1"},
+		{Role: pki.RoleAgent, Name: "stranger"},
+		{Role: pki.RoleOperator, Name: "ops"},
+	} {
+		if _, _, err := ca.IssueFiles(pk, r, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := &Config{
+		Listen: "127.0.0.1:0",
+		TLS:    TLS{CA: pk + "/ca.pem", Cert: pk + "/director-dir1.pem", Key: pk + "/director-dir1.key"},
+		State:  filepath.Join(dir, "director.db"),
+		Repositories: map[string]Repository{"main": {Location: filepath.Join(dir, "repo"), PasswordFile: filepath.Join(dir, "pw")}},
+		Nodes:        map[string]Node{"node1": {}},
+		Plans: map[string]Plan{"p": {Nodes: map[string][]string{"node1": {"files"}}, Schedule: "0 0 1 1 *", Repository: "main",
+			FreezeTimeout: conf.Duration(5 * time.Second)}},
+	}
+	log := &syncBuf{}
+	d, err := New(cfg, Options{Log: slog.New(slog.NewTextHandler(log, nil)), PollTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = d.Serve(ctx, ln); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; d.Close() })
+	return d, ln.Addr().String(), pk, log
+}
+
+func clientAs(t *testing.T, pk, role, name string) *http.Client {
+	t.Helper()
+	caPEM, err := pki.ReadCA(pk + "/ca.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pki.ClientTLS(caPEM, pk+"/"+role+"-"+name+".pem", pk+"/"+role+"-"+name+".key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 10 * time.Second}
+}
+
+// RELIABILITY G5: every route refuses every role but its own (403), and
+// every route has a policy: the routes are registered only with one.
+func TestRoutePolicy(t *testing.T) {
+	d, addr, pk, log := testDirector(t)
+	clients := map[string]*http.Client{
+		pki.RoleAgent:    clientAs(t, pk, pki.RoleAgent, "node1"),
+		pki.RoleOperator: clientAs(t, pk, pki.RoleOperator, "ops"),
+		pki.RoleDirector: clientAs(t, pk, pki.RoleDirector, "dir2"),
+	}
+	routes := d.routes()
+	if len(routes) < 7 {
+		t.Fatalf("only %d routes", len(routes))
+	}
+	for _, rt := range routes {
+		if rt.role != pki.RoleAgent && rt.role != pki.RoleOperator {
+			t.Errorf("route %s has no policy", rt.path)
+		}
+		for role, c := range clients {
+			req, _ := http.NewRequest(rt.method, "https://"+addr+rt.path, strings.NewReader("{}"))
+			resp, err := c.Do(req)
+			if role == pki.RoleDirector {
+				// A director's certificate is refused at the handshake.
+				if err == nil {
+					resp.Body.Close()
+					t.Errorf("%s: a director certificate got %s", rt.path, resp.Status)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("%s as %s: %v", rt.path, role, err)
+			}
+			resp.Body.Close()
+			forbidden := resp.StatusCode == http.StatusForbidden
+			if forbidden != (role != rt.role) {
+				t.Errorf("%s %s as %s: %s", rt.method, rt.path, role, resp.Status)
+			}
+		}
+	}
+	resp, err := clients[pki.RoleOperator].Get("https://" + addr + "/api/v1/nothing")
+	if err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("unknown route: %v %v", resp, err)
+	}
+	if !strings.Contains(log.String(), "refused: wrong role") {
+		t.Errorf("refusals are not logged")
+	}
+}
+
+// RELIABILITY E5: malformed and hostile messages get 4xx; the director
+// stays up and bounded (bodies are capped at api.MaxBody).
+func TestHostileMessages(t *testing.T) {
+	_, addr, pk, _ := testDirector(t)
+	c := clientAs(t, pk, pki.RoleAgent, "node1")
+	post := func(path string, body io.Reader) int {
+		resp, err := c.Post("https://"+addr+path, "application/json", body)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode
+	}
+	huge := io.MultiReader(strings.NewReader(`{"version":1,"plans":["`), strings.NewReader(strings.Repeat("a", 4<<20)), strings.NewReader(`"]}`))
+	for name, tc := range map[string]struct {
+		path string
+		body io.Reader
+		want int
+	}{
+		"oversized":     {api.PathPoll, huge, 400},
+		"not JSON":      {api.PathPoll, strings.NewReader("\x00\x01garbage"), 400},
+		"unknown field": {api.PathPoll, strings.NewReader(`{"version":1,"node":"node2"}`), 400},
+		"old version":   {api.PathPoll, strings.NewReader(`{"version":0}`), 400},
+		"many plans":    {api.PathPoll, strings.NewReader(`{"version":1,"plans":[` + strings.Repeat(`"x",`, 2000) + `"x"]}`), 400},
+		"stray report":  {api.PathReport, strings.NewReader(`{"command":"c","job":"j","kind":"upload","ok":true}`), 200},
+	} {
+		if got := post(tc.path, tc.body); got != tc.want {
+			t.Errorf("%s: %d, want %d", name, got, tc.want)
+		}
+	}
+	// A node the director does not know is refused even with a valid
+	// certificate of the CA.
+	s := clientAs(t, pk, pki.RoleAgent, "stranger")
+	resp, err := s.Post("https://"+addr+api.PathPoll, "application/json", strings.NewReader(`{"version":1}`))
+	if err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Errorf("unknown node: %v %v", resp, err)
+	}
+	// Still serving.
+	if got := post(api.PathPoll, strings.NewReader(`{"version":1,"plans":["files"]}`)); got != 200 {
+		t.Errorf("after the hostile messages: %d", got)
+	}
+}
+
+// RELIABILITY E6: a director that asks an agent for a plan outside the
+// agent's configuration is refused, and the agent logs it.
+func TestAgentRefusesForeignPlan(t *testing.T) {
+	d, addr, pk, _ := testDirector(t)
+	alog := &syncBuf{}
+	a, err := agent.New(&agent.Config{Name: "node1", Director: "https://" + addr,
+		TLS:   agent.TLS{CA: pk + "/ca.pem", Cert: pk + "/agent-node1.pem", Key: pk + "/agent-node1.key"},
+		Plans: map[string]agent.Plan{"files": {Paths: []string{t.TempDir()}}}}, agent.Options{Log: slog.New(slog.NewTextHandler(alog, nil)), Bunker: "/bin/false"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = a.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitUntil(t, "the agent to connect", func() bool { d.mu.Lock(); defer d.mu.Unlock(); return d.connected("node1") })
+	d.send("node1", api.Command{ID: "c1", Job: "j1", Kind: api.KindPrepare, Plans: []string{"secret"}, Deadline: time.Now().Add(time.Minute)})
+	d.send("node1", api.Command{ID: "c2", Job: "j1", Kind: "exec", Plans: []string{"files"}})
+	waitUntil(t, "the refusals to be reported", func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return len(d.agents["node1"].pending) == 0
+	})
+	for _, want := range []string{`refused: the director asked for a plan this agent does not have" plan=secret`, `refused: unknown command" kind=exec`} {
+		if !strings.Contains(alog.String(), want) {
+			t.Errorf("agent log lacks %q:\n%s", want, alog)
+		}
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
