@@ -49,9 +49,9 @@ func testDirector(t *testing.T) (*Director, string, string, *syncBuf) {
 		}
 	}
 	cfg := &Config{
-		Listen: "127.0.0.1:0",
-		TLS:    TLS{CA: pk + "/ca.pem", Cert: pk + "/director-dir1.pem", Key: pk + "/director-dir1.key"},
-		State:  filepath.Join(dir, "director.db"),
+		Listen:       "127.0.0.1:0",
+		TLS:          TLS{CA: pk + "/ca.pem", Cert: pk + "/director-dir1.pem", Key: pk + "/director-dir1.key"},
+		State:        filepath.Join(dir, "director.db"),
 		Repositories: map[string]Repository{"main": {Location: filepath.Join(dir, "repo"), PasswordFile: filepath.Join(dir, "pw")}},
 		Nodes:        map[string]Node{"node1": {}},
 		Plans: map[string]Plan{"p": {Nodes: map[string][]string{"node1": {"files"}}, Schedule: "0 0 1 1 *", Repository: "main",
@@ -214,4 +214,3 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
-
