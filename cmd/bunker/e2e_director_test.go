@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -327,5 +329,129 @@ func TestDirectorKilledWhileFrozen(t *testing.T) {
 	var jobs []jobJSON
 	if err := json.Unmarshal([]byte(dp.operator(0, "job", "list", "--json").stdout), &jobs); err != nil || len(jobs) != 2 {
 		t.Errorf("jobs: %+v %v (want 2: none lost, none duplicated)", jobs, err)
+	}
+}
+
+// cutProxy forwards TCP connections to a target until cut: then it drops
+// every connection and refuses new ones until healed.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	cut    bool
+	conns  map[net.Conn]bool
+}
+
+func startCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			if p.cut {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			p.conns[c], p.conns[u] = true, true
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(u, c); u.Close() }()
+			go func() { _, _ = io.Copy(c, u); c.Close() }()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); p.setCut(true) })
+	return p
+}
+
+func (p *cutProxy) setCut(cut bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = cut
+	if cut {
+		for c := range p.conns {
+			c.Close()
+		}
+		clear(p.conns)
+	}
+}
+
+// TestDirectorNetworkCut is RELIABILITY E1: the network between the
+// director and the agents is cut during the upload; after healing, the job
+// succeeds with exactly one snapshot per node, and there is one job.
+func TestDirectorNetworkCut(t *testing.T) {
+	t.Parallel()
+	nodes := []string{"node1", "node2"}
+	dp := newDeployment(t, nodes, `  cluster:
+    nodes: {node1: [files], node2: [files]}
+    schedule: "0 0 1 1 *"
+    repository: main
+    freeze_timeout: 10s
+`, func(dp *deployment, n string) string { return dp.filesPlan(n, "files", "") })
+	// The agents reach the director through the proxy; some data makes
+	// the upload last.
+	proxy := startCutProxy(t, dp.addr)
+	for _, n := range nodes {
+		p := filepath.Join(dp.dir, "agent-"+n+".yaml")
+		b, _ := os.ReadFile(p)
+		writeFile(t, p, strings.Replace(string(b), "https://"+dp.addr, "https://"+proxy.ln.Addr().String(), 1))
+		writeFile(t, filepath.Join(dp.dir, "data", n, "big"), string(randomData(uint64(len(n)), 24<<20)))
+	}
+	dp.startDirector()
+	dp.startAgents()
+	var job jobJSON
+	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--json").stdout), &job); err != nil {
+		t.Fatal(err)
+	}
+	dp.waitFor("both nodes to thaw", func() bool {
+		for _, n := range nodes {
+			if _, err := os.Stat(filepath.Join(dp.dir, "thawed-"+n)); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	proxy.setCut(true)
+	time.Sleep(4 * time.Second)
+	proxy.setCut(false)
+	cutSeen := false
+	for _, n := range nodes {
+		cutSeen = cutSeen || strings.Contains(dp.logs[n].String(), "unreachable") || strings.Contains(dp.logs[n].String(), "not delivered")
+	}
+	if !cutSeen {
+		t.Errorf("no agent noticed the cut")
+	}
+	var done jobJSON
+	dp.waitFor("the job to end", func() bool {
+		r := dp.operator(0, "job", "show", job.ID, "--json")
+		_ = json.Unmarshal([]byte(r.stdout), &done)
+		return done.State != "running"
+	})
+	if done.State != "succeeded" {
+		t.Fatalf("job after the cut: %+v", done)
+	}
+	snaps := dp.repo.snapshots("--tag", "group:"+job.ID)
+	if len(snaps) != len(nodes) {
+		t.Errorf("%d snapshots of the job, want %d", len(snaps), len(nodes))
+	}
+	if n := len(dp.repo.snapshots()); n != len(nodes) {
+		t.Errorf("%d snapshots in all, want %d (no duplicate upload)", n, len(nodes))
+	}
+	var jobs []jobJSON
+	if err := json.Unmarshal([]byte(dp.operator(0, "job", "list", "--json").stdout), &jobs); err != nil || len(jobs) != 1 {
+		t.Errorf("jobs: %+v %v (want exactly 1)", jobs, err)
 	}
 }
