@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,6 +33,9 @@ type Options struct {
 	Bunker string
 	// PollTimeout bounds one poll on the client side (director's + 15 s).
 	PollTimeout time.Duration
+	// StateDir holds what prepare takes until it is uploaded (etcd
+	// snapshots); default a directory under the system's temporary one.
+	StateDir string
 }
 
 // Agent is a running agent.
@@ -54,6 +58,8 @@ type jobState struct {
 	plans  []string
 	frozen bool // pre hooks ran, post hooks not yet
 	timer  *time.Timer
+	// files holds, per plan, what prepare took (an etcd snapshot).
+	files map[string]string
 }
 
 // New prepares an agent from its configuration.
@@ -70,6 +76,12 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	}
 	if opts.PollTimeout <= 0 {
 		opts.PollTimeout = 40 * time.Second
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = filepath.Join(os.TempDir(), "bunker-agent-"+cfg.Name)
+	}
+	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+		return nil, err
 	}
 	caPEM, err := pki.ReadCA(cfg.TLS.CA)
 	if err != nil {
@@ -185,7 +197,7 @@ func (a *Agent) job(id string) *jobState {
 	defer a.mu.Unlock()
 	j := a.jobs[id]
 	if j == nil {
-		j = &jobState{}
+		j = &jobState{files: map[string]string{}}
 		a.jobs[id] = j
 	}
 	return j
@@ -210,12 +222,13 @@ func (a *Agent) handle(ctx context.Context, c api.Command) {
 	case api.KindThaw:
 		err = a.thaw(j, "the director")
 	case api.KindUpload:
-		rep.Snapshots, err = a.upload(ctx, c)
+		rep.Snapshots, err = a.upload(ctx, c, j)
+		if err == nil {
+			a.forget(c.Job, j)
+		}
 	case api.KindAbort:
 		err = a.thaw(j, "an abort")
-		a.mu.Lock()
-		delete(a.jobs, c.Job)
-		a.mu.Unlock()
+		a.forget(c.Job, j)
 	default:
 		err = fmt.Errorf("refused: unknown command %q", c.Kind)
 		a.log.Warn("refused: unknown command", "kind", c.Kind, "job", c.Job)
@@ -250,10 +263,25 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 	})
 	j.mu.Unlock()
 	for _, name := range c.Plans {
-		for i, h := range a.cfg.Plans[name].Pre {
+		p := a.cfg.Plans[name]
+		for i, h := range p.Pre {
 			if err := a.runHook(ctx, h, thawBy); err != nil {
 				return time.Time{}, errors.Join(fmt.Errorf("plan %s: pre hook %d: %w", name, i+1, err), a.thaw(j, "a failed prepare"))
 			}
+		}
+		if p.Etcd != nil {
+			dst := filepath.Join(a.opts.StateDir, c.Job+"-"+name+".etcd")
+			os.Remove(dst) // a leftover of a retried prepare
+			sctx, cancel := context.WithDeadline(ctx, thawBy)
+			n, err := etcdSnapshot(sctx, p.Etcd, dst)
+			cancel()
+			if err != nil {
+				return time.Time{}, errors.Join(fmt.Errorf("plan %s: %w", name, err), a.thaw(j, "a failed prepare"))
+			}
+			j.mu.Lock()
+			j.files[name] = dst
+			j.mu.Unlock()
+			a.log.Info("etcd snapshot taken", "job", c.Job, "plan", name, "bytes", n)
 		}
 	}
 	a.log.Info("frozen", "job", c.Job, "plans", c.Plans, "thaw_by", thawBy.Format(time.RFC3339Nano))
@@ -281,6 +309,19 @@ func (a *Agent) thaw(j *jobState, by string) error {
 	}
 	a.log.Info("thawed", "by", by, "plans", j.plans)
 	return errors.Join(errs...)
+}
+
+// forget drops a job's state and what prepare took for it.
+func (a *Agent) forget(id string, j *jobState) {
+	j.mu.Lock()
+	for _, f := range j.files {
+		os.Remove(f)
+	}
+	clear(j.files)
+	j.mu.Unlock()
+	a.mu.Lock()
+	delete(a.jobs, id)
+	a.mu.Unlock()
 }
 
 func (a *Agent) thawAll() {
@@ -359,10 +400,25 @@ func lastLine(s string) string {
 // upload backs up each plan with the bunker binary (the same code and
 // commit protocol as `bunker backup`), to the plan's repository with the
 // node's own credential, tagged with the group.
-func (a *Agent) upload(ctx context.Context, c api.Command) (map[string]string, error) {
+func (a *Agent) upload(ctx context.Context, c api.Command, j *jobState) (map[string]string, error) {
 	out := map[string]string{}
 	for _, name := range c.Plans {
 		p := a.cfg.Plans[name]
+		var stdin *os.File
+		if p.Etcd != nil {
+			j.mu.Lock()
+			file := j.files[name]
+			j.mu.Unlock()
+			if file == "" {
+				return nil, fmt.Errorf("plan %s: no etcd snapshot was taken for this job (was the agent restarted?)", name)
+			}
+			f, err := os.Open(file)
+			if err != nil {
+				return nil, fmt.Errorf("plan %s: %w", name, err)
+			}
+			defer f.Close()
+			stdin = f
+		}
 		args := []string{"backup", "--json", "--host", a.cfg.Name, "--tag", "agent-plan:" + name}
 		for _, t := range append(slices.Clone(p.Tags), c.Tags...) {
 			args = append(args, "--tag", t)
@@ -370,13 +426,20 @@ func (a *Agent) upload(ctx context.Context, c api.Command) (map[string]string, e
 		for _, e := range p.Excludes {
 			args = append(args, "--exclude", e)
 		}
-		args = append(args, p.Paths...)
+		if stdin != nil {
+			args = append(args, "--stdin", "--stdin-filename", p.Etcd.File())
+		} else {
+			args = append(args, p.Paths...)
+		}
 		env, err := repoEnv(p.Repository)
 		if err != nil {
 			return nil, fmt.Errorf("plan %s: %w", name, err)
 		}
 		cmd := exec.CommandContext(ctx, a.opts.Bunker, args...)
 		cmd.Env = env
+		if stdin != nil {
+			cmd.Stdin = stdin
+		}
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		if err := cmd.Run(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"bunker/internal/conf"
@@ -51,6 +52,27 @@ type Plan struct {
 	// Pre hooks run at prepare (in order), post hooks at thaw (in reverse).
 	Pre  []Hook `yaml:"pre"`
 	Post []Hook `yaml:"post"`
+	// Etcd, instead of paths: a snapshot of the cluster taken at prepare
+	// (after the pre hooks) and stored as one file.
+	Etcd *Etcd `yaml:"etcd"`
+}
+
+// Etcd takes a snapshot through the etcd v3 maintenance API.
+type Etcd struct {
+	Endpoints []string `yaml:"endpoints"`
+	CACert    string   `yaml:"cacert"`
+	Cert      string   `yaml:"cert"`
+	Key       string   `yaml:"key"`
+	// Filename is the snapshot's name in the backup (default etcd.snapshot).
+	Filename string `yaml:"filename"`
+}
+
+// File is the name the snapshot is stored under.
+func (e *Etcd) File() string {
+	if e.Filename == "" {
+		return "etcd.snapshot"
+	}
+	return e.Filename
 }
 
 // Hook is a command run with a timeout, as a configured user.
@@ -116,8 +138,22 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 		if p.Repository.PasswordFile == "" {
 			bad(at("repository", "password_file"), "required (the password is never written in this file)")
 		}
-		if len(p.Paths) == 0 {
-			bad(at(), "nothing to back up: give paths")
+		switch {
+		case len(p.Paths) == 0 && p.Etcd == nil:
+			bad(at(), "nothing to back up: give paths or etcd")
+		case len(p.Paths) > 0 && p.Etcd != nil:
+			bad(at("etcd"), "a plan backs up paths or an etcd snapshot, not both (make two plans)")
+		}
+		if e := p.Etcd; e != nil {
+			if len(e.Endpoints) == 0 {
+				bad(at("etcd", "endpoints"), "at least one endpoint")
+			}
+			if (e.Cert == "") != (e.Key == "") {
+				bad(at("etcd"), "cert and key go together")
+			}
+			if strings.ContainsAny(e.Filename, "/\x00") {
+				bad(at("etcd", "filename"), "a file name, not a path")
+			}
 		}
 		for i, path := range p.Paths {
 			if !filepath.IsAbs(path) {
