@@ -11,7 +11,7 @@ VERSITYGW := $(CURDIR)/.tools/versitygw-$(VERSITYGW_VERSION)/versitygw
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 FUZZTIME  ?= 20000x
 
-.PHONY: all build tools test test-short lint fuzz bench bench-prune bench-s3 bench-copy soak demo clean
+.PHONY: all build tools postgres test test-short lint fuzz bench bench-prune bench-s3 bench-copy soak demo clean
 
 all: build
 
@@ -25,7 +25,13 @@ $(GOBIN)/staticcheck:
 $(VERSITYGW):
 	GOBIN=$(dir $(VERSITYGW)) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
-tools: $(GOBIN)/staticcheck $(VERSITYGW)
+# PostgreSQL's server and client (Debian packages) for the database provider's tests.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v pg_dump >/dev/null || \
+	  { echo "installing postgresql (Debian)"; export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq postgresql >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }; }
+
+tools: $(GOBIN)/staticcheck $(VERSITYGW) postgres
 
 lint: $(GOBIN)/staticcheck
 	@unformatted=$$(gofmt -l cmd internal scripts); if [ -n "$$unformatted" ]; then echo "gofmt: $$unformatted"; exit 1; fi
@@ -34,11 +40,11 @@ lint: $(GOBIN)/staticcheck
 	$(GO) test -count=1 ./internal/lint/
 
 # Every test, with the race detector, then a short run of every fuzz target.
-test: lint build $(VERSITYGW)
+test: lint build $(VERSITYGW) postgres
 	BUNKER_VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
-test-short: build $(VERSITYGW)
+test-short: build $(VERSITYGW) postgres
 	BUNKER_VERSITYGW=$(VERSITYGW) $(GO) test -count=1 ./...
 
 # Each fuzz target for FUZZTIME: a count of executions by default (a time limit
@@ -52,7 +58,7 @@ fuzz:
 	  done; \
 	done
 
-soak: $(VERSITYGW)
+soak: $(VERSITYGW) postgres
 	$(MAKE) fuzz FUZZTIME=5m
 	BUNKER_SOAK=1 BUNKER_VERSITYGW=$(VERSITYGW) $(GO) test -count=1 -timeout 2h ./...
 

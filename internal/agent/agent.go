@@ -58,8 +58,10 @@ type jobState struct {
 	plans  []string
 	frozen bool // pre hooks ran, post hooks not yet
 	timer  *time.Timer
-	// files holds, per plan, what prepare took (an etcd snapshot).
+	// files holds, per plan, what prepare took (an etcd snapshot); pg the
+	// open PostgreSQL snapshots.
 	files map[string]string
+	pg    map[string]*pgSnapshot
 }
 
 // New prepares an agent from its configuration.
@@ -197,7 +199,7 @@ func (a *Agent) job(id string) *jobState {
 	defer a.mu.Unlock()
 	j := a.jobs[id]
 	if j == nil {
-		j = &jobState{files: map[string]string{}}
+		j = &jobState{files: map[string]string{}, pg: map[string]*pgSnapshot{}}
 		a.jobs[id] = j
 	}
 	return j
@@ -283,6 +285,18 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 			j.mu.Unlock()
 			a.log.Info("etcd snapshot taken", "job", c.Job, "plan", name, "bytes", n)
 		}
+		if p.Postgres != nil {
+			sctx, cancel := context.WithDeadline(ctx, thawBy)
+			snap, err := exportSnapshot(sctx, p.Postgres)
+			cancel()
+			if err != nil {
+				return time.Time{}, errors.Join(fmt.Errorf("plan %s: %w", name, err), a.thaw(j, "a failed prepare"))
+			}
+			j.mu.Lock()
+			j.pg[name] = snap
+			j.mu.Unlock()
+			a.log.Info("postgres snapshot exported", "job", c.Job, "plan", name, "snapshot", snap.id)
+		}
 	}
 	a.log.Info("frozen", "job", c.Job, "plans", c.Plans, "thaw_by", thawBy.Format(time.RFC3339Nano))
 	return thawBy, nil
@@ -318,6 +332,10 @@ func (a *Agent) forget(id string, j *jobState) {
 		os.Remove(f)
 	}
 	clear(j.files)
+	for _, s := range j.pg {
+		s.end()
+	}
+	clear(j.pg)
 	j.mu.Unlock()
 	a.mu.Lock()
 	delete(a.jobs, id)
@@ -426,14 +444,33 @@ func (a *Agent) upload(ctx context.Context, c api.Command, j *jobState) (map[str
 		for _, e := range p.Excludes {
 			args = append(args, "--exclude", e)
 		}
-		if stdin != nil {
-			args = append(args, "--stdin", "--stdin-filename", p.Etcd.File())
-		} else {
-			args = append(args, p.Paths...)
-		}
 		env, err := repoEnv(p.Repository)
 		if err != nil {
 			return nil, fmt.Errorf("plan %s: %w", name, err)
+		}
+		switch {
+		case stdin != nil:
+			args = append(args, "--stdin", "--stdin-filename", p.Etcd.File())
+		case p.Postgres != nil:
+			j.mu.Lock()
+			snap := j.pg[name]
+			j.mu.Unlock()
+			if snap == nil {
+				return nil, fmt.Errorf("plan %s: %w", name, errNoPGSnapshot)
+			}
+			pgenv, err := pgEnv(p.Postgres)
+			if err != nil {
+				return nil, fmt.Errorf("plan %s: %w", name, err)
+			}
+			for _, kv := range pgenv {
+				if strings.HasPrefix(kv, "PGPASSWORD=") {
+					env = append(env, kv)
+				}
+			}
+			args = append(args, "--stdin-from-command", "--stdin-filename", p.Postgres.File(), "--")
+			args = append(args, p.Postgres.dumpCommand(snap.id)...)
+		default:
+			args = append(args, p.Paths...)
 		}
 		cmd := exec.CommandContext(ctx, a.opts.Bunker, args...)
 		cmd.Env = env

@@ -55,6 +55,30 @@ type Plan struct {
 	// Etcd, instead of paths: a snapshot of the cluster taken at prepare
 	// (after the pre hooks) and stored as one file.
 	Etcd *Etcd `yaml:"etcd"`
+	// Postgres, instead of paths: a pg_dump of the database as it was at
+	// the freeze (an exported snapshot), streamed into the repository.
+	Postgres *Postgres `yaml:"postgres"`
+}
+
+// Postgres dumps one database through an exported snapshot.
+type Postgres struct {
+	Host         string `yaml:"host"` // a host name, address or socket directory
+	Port         int    `yaml:"port"`
+	User         string `yaml:"user"`
+	Database     string `yaml:"database"`
+	PasswordFile string `yaml:"password_file"`
+	// BinDir holds psql and pg_dump (default: found in PATH).
+	BinDir string `yaml:"bin_dir"`
+	// Filename is the dump's name in the backup (default <database>.dump).
+	Filename string `yaml:"filename"`
+}
+
+// File is the name the dump is stored under.
+func (p *Postgres) File() string {
+	if p.Filename == "" {
+		return p.Database + ".dump"
+	}
+	return p.Filename
 }
 
 // Etcd takes a snapshot through the etcd v3 maintenance API.
@@ -138,11 +162,34 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 		if p.Repository.PasswordFile == "" {
 			bad(at("repository", "password_file"), "required (the password is never written in this file)")
 		}
+		sources := 0
+		for _, set := range []bool{len(p.Paths) > 0, p.Etcd != nil, p.Postgres != nil} {
+			if set {
+				sources++
+			}
+		}
 		switch {
-		case len(p.Paths) == 0 && p.Etcd == nil:
-			bad(at(), "nothing to back up: give paths or etcd")
-		case len(p.Paths) > 0 && p.Etcd != nil:
-			bad(at("etcd"), "a plan backs up paths or an etcd snapshot, not both (make two plans)")
+		case sources == 0:
+			bad(at(), "nothing to back up: give paths, etcd or postgres")
+		case sources > 1:
+			bad(at(), "a plan backs up one of paths, etcd or postgres (make one plan each)")
+		}
+		if pg := p.Postgres; pg != nil {
+			if pg.Database == "" || strings.HasPrefix(pg.Database, "-") {
+				bad(at("postgres", "database"), "required, and not starting with '-'")
+			}
+			if pg.Port < 0 || pg.Port > 65535 {
+				bad(at("postgres", "port"), "not a port: %d", pg.Port)
+			}
+			if strings.HasPrefix(pg.Host, "-") || strings.HasPrefix(pg.User, "-") {
+				bad(at("postgres"), "host and user may not start with '-'")
+			}
+			if strings.ContainsAny(pg.Filename, "/\x00") {
+				bad(at("postgres", "filename"), "a file name, not a path")
+			}
+			if pg.BinDir != "" && !filepath.IsAbs(pg.BinDir) {
+				bad(at("postgres", "bin_dir"), "an absolute directory")
+			}
 		}
 		if e := p.Etcd; e != nil {
 			if len(e.Endpoints) == 0 {
