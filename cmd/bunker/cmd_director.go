@@ -323,3 +323,57 @@ func newJobCmd(g *globalOptions) *cobra.Command {
 	c.AddCommand(list, show, cancel)
 	return c
 }
+
+// groupRestore is `bunker restore --plan NAME --group JOB`.
+type groupRestore struct {
+	dc          directorClient
+	plan, group string
+	nodes, maps []string
+	wait        bool
+}
+
+func (gr *groupRestore) register(c *cobra.Command) {
+	f := c.Flags()
+	f.StringVar(&gr.plan, "plan", "", "restore a group of this director `plan` (with --group)")
+	f.StringVar(&gr.group, "group", "", "the `job` ID of the group to restore (bunker job list)")
+	f.StringArrayVar(&gr.nodes, "node", nil, "restore only this `node`'s part (repeatable)")
+	f.StringArrayVar(&gr.maps, "map", nil, "restore node `old=new`: old's snapshots through new's agent (repeatable)")
+	f.BoolVar(&gr.wait, "wait", false, "wait for the restore to end and show it (exit 1 if it failed)")
+	gr.dc.register(c)
+}
+
+func (gr *groupRestore) run(c *cobra.Command, g *globalOptions, includes []string) error {
+	if gr.plan == "" || gr.group == "" {
+		return usagef("--plan and --group go together")
+	}
+	req := api.RestoreRequest{Plan: gr.plan, Group: gr.group, Nodes: gr.nodes, Includes: includes, Map: map[string]string{}}
+	for _, m := range gr.maps {
+		from, to, ok := strings.Cut(m, "=")
+		if !ok || from == "" || to == "" {
+			return usagef("--map %q: want old=new", m)
+		}
+		req.Map[from] = to
+	}
+	var job api.Job
+	if err := gr.dc.do(c.Context(), http.MethodPost, api.PathRestore, req, &job); err != nil {
+		return err
+	}
+	if !gr.wait {
+		if g.json {
+			return printJSON(c.OutOrStdout(), job)
+		}
+		g.msgf(c, "started restore job %s of group %s\n", job.ID, job.Group)
+		return nil
+	}
+	for job.State == api.JobRunning {
+		select {
+		case <-c.Context().Done():
+			return c.Context().Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+		if err := gr.dc.do(c.Context(), http.MethodGet, api.PathJob+"?id="+url.QueryEscape(job.ID), nil, &job); err != nil {
+			return err
+		}
+	}
+	return printJob(c, g, &job)
+}

@@ -23,14 +23,29 @@ func newRestoreCmd(g *globalOptions) *cobra.Command {
 		includes, excludes []string
 		verify             bool
 		f                  snapshotFilter
+		grp                groupRestore
 	)
 	c := &cobra.Command{
-		Use:   "restore SNAPSHOT|latest --target DIR",
+		Use:   "restore SNAPSHOT|latest --target DIR | restore --plan NAME --group JOB",
 		Short: "Restore a snapshot into a directory",
 		Long: "Restore a snapshot, or some of its paths, into a directory. Nothing is ever written outside it.\n" +
-			"Files that cannot be restored whole are named and left out, never written with gaps.",
-		Args: cobra.ExactArgs(1),
+			"Files that cannot be restored whole are named and left out, never written with gaps.\n\n" +
+			"With --plan and --group, restore a group a director committed: every node (or --node ones) through its\n" +
+			"agent, with the plan's restore hooks around it; --map old=new restores a node's part through another\n" +
+			"node's agent (production into staging).",
+		Args: func(c *cobra.Command, args []string) error {
+			if grp.plan != "" {
+				return cobra.NoArgs(c, args)
+			}
+			return cobra.ExactArgs(1)(c, args)
+		},
 		RunE: func(c *cobra.Command, args []string) error {
+			if grp.plan != "" || grp.group != "" {
+				if target != "" || len(excludes) > 0 || verify {
+					return usagef("--target, --exclude and --verify are for one snapshot; a group restores where each agent's configuration says")
+				}
+				return grp.run(c, g, includes)
+			}
 			if target == "" {
 				return usagef("--target is required")
 			}
@@ -85,6 +100,7 @@ func newRestoreCmd(g *globalOptions) *cobra.Command {
 	c.Flags().StringArrayVarP(&excludes, "exclude", "e", nil, "leave out entries matching `pattern` (repeatable)")
 	c.Flags().BoolVar(&verify, "verify", false, "read every restored file back and check it against the snapshot")
 	addFilterFlags(c, &f)
+	grp.register(c)
 	return c
 }
 

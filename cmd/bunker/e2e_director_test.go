@@ -86,7 +86,8 @@ func (dp *deployment) filesPlan(node, name, pre string) string {
     paths: [%s]
     pre: [{exec: [/bin/sh, -c, "%sdate +%%s.%%N > %s/frozen-%s"], timeout: 20s}]
     post: [{exec: [/bin/sh, -c, "date +%%s.%%N > %s/thawed-%s"]}]
-`, name, dp.repo.repo, dp.repo.pwFile, d, pre, dp.dir, node, dp.dir, node)
+    restore_target: %s/restored-%s
+`, name, dp.repo.repo, dp.repo.pwFile, d, pre, dp.dir, node, dp.dir, node, dp.dir, node)
 }
 
 func (dp *deployment) start(name string, args ...string) (*exec.Cmd, *lockedBuf) {
@@ -219,6 +220,17 @@ func TestDirectorGroupRun(t *testing.T) {
 		if err != nil || string(got) != "data of "+sn.Hostname+"\n" {
 			t.Errorf("restore of %s: %q %v", sn.Hostname, got, err)
 		}
+	}
+
+	// Restore node1's part of the group through node2's agent (--map:
+	// production into staging): it lands where node2's plan restores.
+	dp.operator(0, "restore", "--plan", "cluster", "--group", job.ID, "--node", "node1", "--map", "node1=node2", "--wait")
+	got, err := os.ReadFile(filepath.Join(dp.dir, "restored-node2", dp.dir, "data", "node1", "file"))
+	if err != nil || string(got) != "data of node1\n" {
+		t.Errorf("mapped restore: %q %v", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(dp.dir, "restored-node1")); err == nil {
+		t.Errorf("the mapped restore wrote on node1")
 	}
 
 	// E6: a plan asking an agent for a plan it does not have fails with

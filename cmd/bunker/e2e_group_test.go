@@ -5,14 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
+	"strings"
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/etcdutl/v3/snapshot"
-	"go.uber.org/zap"
 )
 
 // TestGroupEtcdPostgresFiles is issue 6's scenario: a director and three
@@ -35,6 +32,9 @@ func TestGroupEtcdPostgresFiles(t *testing.T) {
 		}
 	}
 	nodes := []string{"etcd1", "db1", "app1"}
+	etcdRestored := filepath.Join(t.TempDir(), "restored")
+	peer := "http://" + freePort(t)
+	filesRestored := t.TempDir()
 	dp := newDeployment(t, nodes, `  cluster:
     nodes: {etcd1: [etcd], db1: [db], app1: [files]}
     schedule: "0 0 1 1 *"
@@ -46,11 +46,12 @@ func TestGroupEtcdPostgresFiles(t *testing.T) {
 		pre := fmt.Sprintf("    pre: [{exec: [/bin/sh, -c, \"date +%%s.%%N > %s/frozen-%s\"]}]\n", dp.dir, n)
 		switch n {
 		case "etcd1":
-			return "  etcd:\n" + repo + fmt.Sprintf("    etcd: {endpoints: [%s]}\n", endpoint) + pre + post
+			return "  etcd:\n" + repo + fmt.Sprintf("    etcd: {endpoints: [%s], restore: {name: m2, data_dir: %s, peer_urls: [%s], initial_cluster: m2=%s}}\n",
+				endpoint, etcdRestored, peer, peer) + pre + post
 		case "db1":
 			return "  db:\n" + repo + fmt.Sprintf("    postgres: {host: 127.0.0.1, port: %d, user: postgres, database: app, bin_dir: %s}\n", pg.port, pg.bin) + pre + post
 		}
-		return dp.filesPlan(n, "files", "")
+		return dp.filesPlan(n, "files", "") + "    restore_target: " + filesRestored + "\n"
 	})
 	dp.startDirector()
 	dp.startAgents()
@@ -100,29 +101,19 @@ func TestGroupEtcdPostgresFiles(t *testing.T) {
 		t.Fatalf("%d snapshots in the group, want 3", n)
 	}
 
-	// Destroy the database and restore it from the group.
+	// Destroy the database (and lose etcd's data: the member is rebuilt
+	// elsewhere), then restore the whole group through the agents.
 	pg.sql(t, "postgres", "DROP DATABASE app")
 	pg.sql(t, "postgres", "CREATE DATABASE app")
-	dump := filepath.Join(t.TempDir(), "app.dump")
-	writeFile(t, dump, dp.repo.ok("dump", done.Nodes["db1"].Snapshots["db"], "/app.dump"))
-	if out, err := exec.Command(filepath.Join(pg.bin, "pg_restore"), "-h", "127.0.0.1", "-p", strconv.Itoa(pg.port), "-U", "postgres",
-		"-d", "app", "--exit-on-error", dump).CombinedOutput(); err != nil {
-		t.Fatalf("pg_restore: %v\n%s", err, out)
+	var rj jobJSON
+	r := dp.operator(0, "restore", "--plan", "cluster", "--group", job.ID, "--wait", "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &rj); err != nil || rj.State != "succeeded" {
+		t.Fatalf("restore: %v %s\n%s", err, r.stdout, dp.logs["etcd1"])
 	}
 	if got := pg.sql(t, "app", "SELECT count(*), count(*) FILTER (WHERE note = 'before'), max(id) FROM orders"); got != "200|200|200" {
 		t.Errorf("restored database (rows|unchanged|max id): %s, want 200|200|200", got)
 	}
-
-	// Destroy etcd's data (a new member from the group's snapshot).
-	snap := filepath.Join(t.TempDir(), "etcd.snapshot")
-	writeFile(t, snap, dp.repo.ok("dump", done.Nodes["etcd1"].Snapshots["etcd"], "/etcd.snapshot"))
-	restored := filepath.Join(t.TempDir(), "restored")
-	peer := "http://" + freePort(t)
-	if err := snapshot.NewV3(zap.NewNop()).Restore(snapshot.RestoreConfig{SnapshotPath: snap, Name: "m2", OutputDataDir: restored,
-		PeerURLs: []string{peer}, InitialCluster: "m2=" + peer, InitialClusterToken: "restored"}); err != nil {
-		t.Fatalf("etcdutl restore: %v", err)
-	}
-	cli2 := etcdClient(t, startEtcd(t, "m2", restored))
+	cli2 := etcdClient(t, startEtcd(t, "m2", etcdRestored))
 	all, err := cli2.Get(ctx, "config/", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
@@ -133,6 +124,27 @@ func TestGroupEtcdPostgresFiles(t *testing.T) {
 	for _, kv := range all.Kvs {
 		if string(kv.Value) != "before" {
 			t.Errorf("restored etcd: %s = %s, written after the barrier", kv.Key, kv.Value)
+		}
+	}
+	got, err := os.ReadFile(filepath.Join(filesRestored, dp.dir, "data", "app1", "file"))
+	if err != nil || string(got) != "data of app1\n" {
+		t.Errorf("restored files of app1: %q %v", got, err)
+	}
+
+	// Bad input: an unknown group, a node outside it, a --map to an
+	// unknown node.
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--group", "20200101T000000-00000000"}, "no group"},
+		{[]string{"--group", job.ID, "--node", "nosuch"}, "not in group"},
+		{[]string{"--group", job.ID, "--map", "app1=nosuch"}, "unknown node"},
+		{[]string{"--group", rj.ID}, "not a committed group"},
+	} {
+		r := dp.operator(2, append([]string{"restore", "--plan", "cluster"}, tc.args...)...)
+		if !strings.Contains(r.stderr, tc.msg) {
+			t.Errorf("restore %v: %q lacks %q", tc.args, r.stderr, tc.msg)
 		}
 	}
 }

@@ -231,6 +231,9 @@ func (a *Agent) handle(ctx context.Context, c api.Command) {
 	case api.KindAbort:
 		err = a.thaw(j, "an abort")
 		a.forget(c.Job, j)
+	case api.KindRestore:
+		err = a.restore(ctx, c)
+		a.forget(c.Job, j)
 	default:
 		err = fmt.Errorf("refused: unknown command %q", c.Kind)
 		a.log.Warn("refused: unknown command", "kind", c.Kind, "job", c.Job)
@@ -355,6 +358,9 @@ func (a *Agent) thawAll() {
 		}
 	}
 }
+
+// timeZero: no deadline beyond the hook's own timeout.
+var timeZero time.Time
 
 // DefaultHookTimeout bounds a hook that sets none.
 const DefaultHookTimeout = 60 * time.Second

@@ -52,6 +52,13 @@ type Plan struct {
 	// Pre hooks run at prepare (in order), post hooks at thaw (in reverse).
 	Pre  []Hook `yaml:"pre"`
 	Post []Hook `yaml:"post"`
+	// RestorePre hooks run before a restore (stop the service), RestorePost
+	// after it, whatever its outcome (start it again).
+	RestorePre  []Hook `yaml:"restore_pre"`
+	RestorePost []Hook `yaml:"restore_post"`
+	// RestoreTarget is where a paths plan restores (default /, the
+	// original place).
+	RestoreTarget string `yaml:"restore_target"`
 	// Etcd, instead of paths: a snapshot of the cluster taken at prepare
 	// (after the pre hooks) and stored as one file.
 	Etcd *Etcd `yaml:"etcd"`
@@ -89,6 +96,17 @@ type Etcd struct {
 	Key       string   `yaml:"key"`
 	// Filename is the snapshot's name in the backup (default etcd.snapshot).
 	Filename string `yaml:"filename"`
+	// Restore says how this node's member is rebuilt from a snapshot.
+	Restore *EtcdRestore `yaml:"restore"`
+}
+
+// EtcdRestore is what etcdutl snapshot restore needs for this member.
+type EtcdRestore struct {
+	Name                string   `yaml:"name"`
+	DataDir             string   `yaml:"data_dir"`
+	PeerURLs            []string `yaml:"peer_urls"`
+	InitialCluster      string   `yaml:"initial_cluster"`
+	InitialClusterToken string   `yaml:"initial_cluster_token"`
 }
 
 // File is the name the snapshot is stored under.
@@ -207,10 +225,18 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 				bad(at("paths"), "path %d (%q) must be absolute", i+1, path)
 			}
 		}
+		if p.RestoreTarget != "" && !filepath.IsAbs(p.RestoreTarget) {
+			bad(at("restore_target"), "an absolute directory")
+		}
+		if e := p.Etcd; e != nil && e.Restore != nil {
+			if e.Restore.Name == "" || !filepath.IsAbs(e.Restore.DataDir) || len(e.Restore.PeerURLs) == 0 || e.Restore.InitialCluster == "" {
+				bad(at("etcd", "restore"), "name, an absolute data_dir, peer_urls and initial_cluster are required")
+			}
+		}
 		for _, hooks := range []struct {
 			key string
 			h   []Hook
-		}{{"pre", p.Pre}, {"post", p.Post}} {
+		}{{"pre", p.Pre}, {"post", p.Post}, {"restore_pre", p.RestorePre}, {"restore_post", p.RestorePost}} {
 			for i, h := range hooks.h {
 				if len(h.Exec) == 0 || !filepath.IsAbs(h.Exec[0]) {
 					bad(at(hooks.key), "hook %d: exec must start with an absolute program path", i+1)

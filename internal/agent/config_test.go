@@ -59,3 +59,19 @@ func TestConfigMistakes(t *testing.T) {
 		})
 	}
 }
+
+// A director may narrow a restore of paths, never widen it (E6).
+func TestRestoreIncludes(t *testing.T) {
+	p := Plan{Paths: []string{"/srv/app", "/etc/app/"}}
+	for _, tc := range []struct {
+		inc string
+		ok  bool
+	}{
+		{"/srv/app", true}, {"/srv/app/uploads", true}, {"/etc/app/x.conf", true},
+		{"/srv/application", false}, {"/etc/shadow", false}, {"/srv/app/../../etc", false}, {"srv/app", false}, {"/", false},
+	} {
+		if err := checkIncludes(p, []string{tc.inc}); (err == nil) != tc.ok {
+			t.Errorf("include %q: %v", tc.inc, err)
+		}
+	}
+}

@@ -21,11 +21,12 @@ const (
 
 // Operator routes (role operator: the CLI).
 const (
-	PathPlans  = "/api/v1/plans"  // GET: the plans
-	PathRun    = "/api/v1/run"    // POST RunRequest: start a plan now
-	PathJobs   = "/api/v1/jobs"   // GET: recent jobs
-	PathJob    = "/api/v1/job"    // GET ?id=: one job
-	PathCancel = "/api/v1/cancel" // POST ?id=: cancel a job
+	PathPlans   = "/api/v1/plans"   // GET: the plans
+	PathRun     = "/api/v1/run"     // POST RunRequest: start a plan now
+	PathJobs    = "/api/v1/jobs"    // GET: recent jobs
+	PathJob     = "/api/v1/job"     // GET ?id=: one job
+	PathCancel  = "/api/v1/cancel"  // POST ?id=: cancel a job
+	PathRestore = "/api/v1/restore" // POST RestoreRequest: restore a group
 )
 
 // Unauthenticated routes, on the separate health listener.
@@ -50,6 +51,7 @@ const (
 	KindThaw    = "thaw"    // run post hooks
 	KindUpload  = "upload"  // back up from what prepare took
 	KindAbort   = "abort"   // thaw if frozen, drop what prepare took
+	KindRestore = "restore" // restore snapshots of plans (restore hooks around)
 )
 
 // Command asks an agent to do one step of a job for some of its plans.
@@ -63,6 +65,22 @@ type Command struct {
 	// Deadline: a prepared agent thaws by itself at this moment, or at
 	// its own deadline if sooner, whatever happens to the director.
 	Deadline time.Time `json:"deadline"`
+	// Snapshots (restore) maps each plan to the snapshot to restore.
+	Snapshots map[string]string `json:"snapshots,omitempty"`
+	// Includes (restore) limits a paths plan's restore to these paths,
+	// each within the plan's own paths.
+	Includes []string `json:"includes,omitempty"`
+}
+
+// RestoreRequest restores (part of) a group: the snapshots a job of a
+// plan committed, each through the agent of its node, or of the node Map
+// names for it (another deployment's).
+type RestoreRequest struct {
+	Plan     string            `json:"plan"`
+	Group    string            `json:"group"`
+	Nodes    []string          `json:"nodes,omitempty"`
+	Map      map[string]string `json:"map,omitempty"`
+	Includes []string          `json:"includes,omitempty"`
 }
 
 // Report is the outcome of one command.
@@ -112,7 +130,10 @@ const (
 
 // Job is one run of a plan.
 type Job struct {
-	ID       string    `json:"id"`
+	ID   string `json:"id"`
+	Kind string `json:"kind,omitempty"` // "" (a backup) or "restore"
+	// Group is the backup job a restore restores.
+	Group    string    `json:"group,omitempty"`
 	Plan     string    `json:"plan"`
 	State    string    `json:"state"`
 	Phase    string    `json:"phase"`

@@ -156,6 +156,7 @@ func (d *Director) routes() []route {
 		{api.PathJobs, http.MethodGet, pki.RoleOperator, d.handleJobs},
 		{api.PathJob, http.MethodGet, pki.RoleOperator, d.handleJob},
 		{api.PathCancel, http.MethodPost, pki.RoleOperator, d.handleCancel},
+		{api.PathRestore, http.MethodPost, pki.RoleOperator, d.handleRestore},
 	}
 }
 
@@ -355,6 +356,23 @@ func (d *Director) handleRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	job, err := d.Start(req.Plan, "operator")
+	if errors.Is(err, errUnknownPlan) {
+		writeErr(w, http.StatusNotFound, err.Error())
+		return
+	}
+	if err != nil {
+		writeErr(w, http.StatusConflict, err.Error())
+		return
+	}
+	writeJSON(w, job)
+}
+
+func (d *Director) handleRestore(w http.ResponseWriter, r *http.Request) {
+	var req api.RestoreRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	job, err := d.StartRestore(req)
 	if errors.Is(err, errUnknownPlan) {
 		writeErr(w, http.StatusNotFound, err.Error())
 		return
