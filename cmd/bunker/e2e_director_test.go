@@ -62,8 +62,9 @@ func newDeployment(t *testing.T, nodes []string, plans string, agentPlans func(d
 director: https://%s
 tls: {ca: %s/ca.pem, cert: %s/agent-%s.pem, key: %s/agent-%s.key}
 thaw_deadline: 8s
+state_dir: %s/state-%s
 plans:
-%s`, n, dp.addr, pk, pk, n, pk, n, agentPlans(dp, n)))
+%s`, n, dp.addr, pk, pk, n, pk, n, dp.dir, n, agentPlans(dp, n)))
 	}
 	writeFile(t, filepath.Join(dp.dir, "director.yaml"), fmt.Sprintf(`listen: %s
 tls: {ca: %s/ca.pem, cert: %s/director-dir1.pem, key: %s/director-dir1.key}

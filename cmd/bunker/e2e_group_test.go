@@ -34,7 +34,6 @@ func TestGroupEtcdPostgresFiles(t *testing.T) {
 	nodes := []string{"etcd1", "db1", "app1"}
 	etcdRestored := filepath.Join(t.TempDir(), "restored")
 	peer := "http://" + freePort(t)
-	filesRestored := t.TempDir()
 	dp := newDeployment(t, nodes, `  cluster:
     nodes: {etcd1: [etcd], db1: [db], app1: [files]}
     schedule: "0 0 1 1 *"
@@ -51,7 +50,7 @@ func TestGroupEtcdPostgresFiles(t *testing.T) {
 		case "db1":
 			return "  db:\n" + repo + fmt.Sprintf("    postgres: {host: 127.0.0.1, port: %d, user: postgres, database: app, bin_dir: %s}\n", pg.port, pg.bin) + pre + post
 		}
-		return dp.filesPlan(n, "files", "") + "    restore_target: " + filesRestored + "\n"
+		return dp.filesPlan(n, "files", "")
 	})
 	dp.startDirector()
 	dp.startAgents()
@@ -126,7 +125,7 @@ func TestGroupEtcdPostgresFiles(t *testing.T) {
 			t.Errorf("restored etcd: %s = %s, written after the barrier", kv.Key, kv.Value)
 		}
 	}
-	got, err := os.ReadFile(filepath.Join(filesRestored, dp.dir, "data", "app1", "file"))
+	got, err := os.ReadFile(filepath.Join(dp.dir, "restored-app1", dp.dir, "data", "app1", "file"))
 	if err != nil || string(got) != "data of app1\n" {
 		t.Errorf("restored files of app1: %q %v", got, err)
 	}

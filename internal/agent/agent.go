@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,11 +50,29 @@ type Agent struct {
 	mu   sync.Mutex
 	seen map[string]bool      // command IDs taken
 	jobs map[string]*jobState // by job ID
-	wg   sync.WaitGroup
+	// done lists jobs this agent finished or aborted: later commands for
+	// them (a late prepare) are refused.
+	done map[string]bool
+	// frozenBy maps each frozen plan to the job that froze it: two jobs
+	// never share one freeze.
+	frozenBy map[string]string
+	wg       sync.WaitGroup
 }
+
+// StateTTL: what prepare took (an open PostgreSQL transaction, an etcd
+// snapshot file) is dropped this long after the thaw if no upload or
+// abort came for it.
+var StateTTL = time.Hour
+
+// idRE is the form of the director's job and command IDs; anything else
+// is refused before it is used (in file names, for one).
+var idRE = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}$`)
 
 // jobState is this node's part of one job.
 type jobState struct {
+	// cmd serialises the commands of one job: an abort waits for the
+	// prepare it cancels to end, then undoes it.
+	cmd    sync.Mutex
 	mu     sync.Mutex
 	plans  []string
 	frozen bool // pre hooks ran, post hooks not yet
@@ -62,6 +81,8 @@ type jobState struct {
 	// open PostgreSQL snapshots.
 	files map[string]string
 	pg    map[string]*pgSnapshot
+	// uploading is set while an upload runs (the state must stay).
+	uploading bool
 }
 
 // New prepares an agent from its configuration.
@@ -80,10 +101,19 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 		opts.PollTimeout = 40 * time.Second
 	}
 	if opts.StateDir == "" {
-		opts.StateDir = filepath.Join(os.TempDir(), "bunker-agent-"+cfg.Name)
+		opts.StateDir = cfg.StateDir
 	}
-	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+	if opts.StateDir == "" {
+		opts.StateDir = filepath.Join("/var/lib/bunker", "agent-"+cfg.Name)
+	}
+	if err := privateDir(opts.StateDir); err != nil {
 		return nil, err
+	}
+	// What an earlier run of the agent took and never uploaded.
+	if old, err := filepath.Glob(filepath.Join(opts.StateDir, "*.etcd")); err == nil {
+		for _, f := range old {
+			os.Remove(f)
+		}
 	}
 	caPEM, err := pki.ReadCA(cfg.TLS.CA)
 	if err != nil {
@@ -108,7 +138,25 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	}
 	tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true, ResponseHeaderTimeout: opts.PollTimeout, IdleConnTimeout: time.Minute}
 	return &Agent{cfg: cfg, opts: opts, log: opts.Log, client: &http.Client{Transport: tr, Timeout: opts.PollTimeout + 5*time.Second},
-		base: strings.TrimSuffix(cfg.Director, "/"), seen: map[string]bool{}, jobs: map[string]*jobState{}}, nil
+		base: strings.TrimSuffix(cfg.Director, "/"), seen: map[string]bool{}, jobs: map[string]*jobState{}, done: map[string]bool{},
+		frozenBy: map[string]string{}}, nil
+}
+
+// privateDir makes dir (mode 0700) or checks that it is a directory of this
+// user that nobody else may write: snapshots wait there for their upload.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Geteuid() || fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("state directory %s must be a directory of this user with mode 0700 (it is %v, owner %d)", dir, fi.Mode(), st.Uid)
+	}
+	return nil
 }
 
 // Run polls the director for work until ctx ends, reconnecting with
@@ -207,6 +255,12 @@ func (a *Agent) job(id string) *jobState {
 
 func (a *Agent) handle(ctx context.Context, c api.Command) {
 	rep := api.Report{Command: c.ID, Job: c.Job, Kind: c.Kind}
+	if !idRE.MatchString(c.Job) || !idRE.MatchString(c.ID) {
+		a.log.Warn("refused: a malformed job or command ID", "kind", c.Kind)
+		rep.Error = "refused: malformed job or command ID"
+		a.report(ctx, rep)
+		return
+	}
 	// Only plans of this agent's own configuration, ever.
 	for _, p := range c.Plans {
 		if _, ok := a.cfg.Plans[p]; !ok {
@@ -216,7 +270,29 @@ func (a *Agent) handle(ctx context.Context, c api.Command) {
 			return
 		}
 	}
+	a.mu.Lock()
+	ended := a.done[c.Job]
+	a.mu.Unlock()
+	if ended {
+		if c.Kind != api.KindAbort {
+			rep.Error = "refused: job " + c.Job + " has already ended on this node"
+		} else {
+			rep.OK = true
+		}
+		a.report(ctx, rep)
+		return
+	}
 	j := a.job(c.Job)
+	j.cmd.Lock()
+	defer j.cmd.Unlock()
+	a.mu.Lock()
+	ended = a.done[c.Job]
+	a.mu.Unlock()
+	if ended && c.Kind != api.KindAbort {
+		rep.Error = "refused: job " + c.Job + " has already ended on this node"
+		a.report(ctx, rep)
+		return
+	}
 	var err error
 	switch c.Kind {
 	case api.KindPrepare:
@@ -224,7 +300,13 @@ func (a *Agent) handle(ctx context.Context, c api.Command) {
 	case api.KindThaw:
 		err = a.thaw(j, "the director")
 	case api.KindUpload:
+		j.mu.Lock()
+		j.uploading = true
+		j.mu.Unlock()
 		rep.Snapshots, err = a.upload(ctx, c, j)
+		j.mu.Lock()
+		j.uploading = false
+		j.mu.Unlock()
 		if err == nil {
 			a.forget(c.Job, j)
 		}
@@ -252,27 +334,48 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 	if !c.Deadline.IsZero() && c.Deadline.Before(thawBy) {
 		thawBy = c.Deadline
 	}
+	a.mu.Lock()
+	for _, p := range c.Plans {
+		if other := a.frozenBy[p]; other != "" && other != c.Job {
+			a.mu.Unlock()
+			return time.Time{}, fmt.Errorf("plan %s is frozen by job %s", p, other)
+		}
+	}
+	for _, p := range c.Plans {
+		a.frozenBy[p] = c.Job
+	}
+	a.mu.Unlock()
 	j.mu.Lock()
-	if j.frozen {
-		j.mu.Unlock()
+	defer j.mu.Unlock()
+	if j.frozen || len(j.plans) > 0 {
 		return time.Time{}, errors.New("already prepared")
 	}
 	j.plans = slices.Clone(c.Plans)
 	j.frozen = true
 	// Armed before the first hook: whatever happens from here on, the
-	// node thaws by the deadline. Hooks are bounded by it too.
+	// node thaws by the deadline. Each step runs under j.mu and only if
+	// the node is still frozen, so a thaw (deadline, abort) waits for the
+	// step in progress (bounded by the deadline) and no step runs after it.
 	j.timer = time.AfterFunc(time.Until(thawBy), func() {
 		if err := a.thaw(j, "its own deadline"); err != nil {
 			a.log.Error("thaw at the deadline failed", "job", c.Job, "err", err)
 		}
 	})
-	j.mu.Unlock()
+	fail := func(err error) (time.Time, error) {
+		return time.Time{}, errors.Join(err, a.thawLocked(j, "a failed prepare"))
+	}
 	for _, name := range c.Plans {
 		p := a.cfg.Plans[name]
 		for i, h := range p.Pre {
-			if err := a.runHook(ctx, h, thawBy); err != nil {
-				return time.Time{}, errors.Join(fmt.Errorf("plan %s: pre hook %d: %w", name, i+1, err), a.thaw(j, "a failed prepare"))
+			if !j.frozen {
+				return time.Time{}, errors.New("thawed before the prepare ended (deadline)")
 			}
+			if err := a.runHook(ctx, h, thawBy); err != nil {
+				return fail(fmt.Errorf("plan %s: pre hook %d: %w", name, i+1, err))
+			}
+		}
+		if !j.frozen {
+			return time.Time{}, errors.New("thawed before the prepare ended (deadline)")
 		}
 		if p.Etcd != nil {
 			dst := filepath.Join(a.opts.StateDir, c.Job+"-"+name+".etcd")
@@ -281,11 +384,9 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 			n, err := etcdSnapshot(sctx, p.Etcd, dst)
 			cancel()
 			if err != nil {
-				return time.Time{}, errors.Join(fmt.Errorf("plan %s: %w", name, err), a.thaw(j, "a failed prepare"))
+				return fail(fmt.Errorf("plan %s: %w", name, err))
 			}
-			j.mu.Lock()
 			j.files[name] = dst
-			j.mu.Unlock()
 			a.log.Info("etcd snapshot taken", "job", c.Job, "plan", name, "bytes", n)
 		}
 		if p.Postgres != nil {
@@ -293,13 +394,14 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 			snap, err := exportSnapshot(sctx, p.Postgres)
 			cancel()
 			if err != nil {
-				return time.Time{}, errors.Join(fmt.Errorf("plan %s: %w", name, err), a.thaw(j, "a failed prepare"))
+				return fail(fmt.Errorf("plan %s: %w", name, err))
 			}
-			j.mu.Lock()
 			j.pg[name] = snap
-			j.mu.Unlock()
 			a.log.Info("postgres snapshot exported", "job", c.Job, "plan", name, "snapshot", snap.id)
 		}
+	}
+	if !j.frozen {
+		return time.Time{}, errors.New("thawed before the prepare ended (deadline)")
 	}
 	a.log.Info("frozen", "job", c.Job, "plans", c.Plans, "thaw_by", thawBy.Format(time.RFC3339Nano))
 	return thawBy, nil
@@ -309,6 +411,11 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 func (a *Agent) thaw(j *jobState, by string) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	return a.thawLocked(j, by)
+}
+
+// thawLocked is thaw with j.mu held.
+func (a *Agent) thawLocked(j *jobState, by string) error {
 	if !j.frozen {
 		return nil
 	}
@@ -316,6 +423,31 @@ func (a *Agent) thaw(j *jobState, by string) error {
 	if j.timer != nil {
 		j.timer.Stop()
 	}
+	a.mu.Lock()
+	for _, p := range j.plans {
+		delete(a.frozenBy, p)
+	}
+	a.mu.Unlock()
+	// What prepare took waits for its upload, not forever.
+	time.AfterFunc(StateTTL, func() {
+		j.mu.Lock()
+		stale := !j.uploading
+		j.mu.Unlock()
+		if stale {
+			a.mu.Lock()
+			id := ""
+			for k, v := range a.jobs {
+				if v == j {
+					id = k
+				}
+			}
+			a.mu.Unlock()
+			if id != "" {
+				a.log.Warn("dropping what prepare took: no upload came", "job", id)
+				a.forget(id, j)
+			}
+		}
+	})
 	var errs []error
 	for i := len(j.plans) - 1; i >= 0; i-- {
 		for k, h := range a.cfg.Plans[j.plans[i]].Post {
@@ -342,6 +474,7 @@ func (a *Agent) forget(id string, j *jobState) {
 	j.mu.Unlock()
 	a.mu.Lock()
 	delete(a.jobs, id)
+	a.done[id] = true
 	a.mu.Unlock()
 }
 
@@ -539,7 +672,8 @@ func repoEnv(r Repository) ([]string, error) {
 			case k == "AWS_ACCESS_KEY_ID", k == "AWS_SECRET_ACCESS_KEY", k == "AWS_SESSION_TOKEN", k == "BUNKER_REST_PASSWORD":
 				env = append(env, k+"="+strings.TrimSpace(v))
 			default:
-				return nil, fmt.Errorf("credentials file %s line %d: unknown name %s", r.CredentialsFile, n+1, k)
+				// Never echo what might be a secret.
+				return nil, fmt.Errorf("credentials file %s line %d: want NAME=value with NAME one of AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, BUNKER_REST_PASSWORD", r.CredentialsFile, n+1)
 			}
 		}
 	}

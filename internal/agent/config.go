@@ -21,8 +21,11 @@ type Config struct {
 	TLS      TLS    `yaml:"tls"`
 	// ThawDeadline: once frozen, the agent thaws by itself after this long
 	// whatever the director says or does. Default 30 s.
-	ThawDeadline conf.Duration   `yaml:"thaw_deadline"`
-	Plans        map[string]Plan `yaml:"plans"`
+	ThawDeadline conf.Duration `yaml:"thaw_deadline"`
+	// StateDir holds what prepare takes until its upload (etcd snapshots);
+	// default /var/lib/bunker/agent-<name>. It must be private (0700).
+	StateDir string          `yaml:"state_dir"`
+	Plans    map[string]Plan `yaml:"plans"`
 }
 
 // TLS names the agent's certificate files.
@@ -156,6 +159,9 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 		if f.v == "" {
 			bad([]string{"tls", f.key}, "a file is required (see `bunker pki`)")
 		}
+	}
+	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
+		bad([]string{"state_dir"}, "an absolute directory")
 	}
 	if d := time.Duration(c.ThawDeadline); d != 0 && (d < time.Second || d > 10*time.Minute) {
 		bad([]string{"thaw_deadline"}, "between 1s and 10m")

@@ -47,7 +47,10 @@ type Director struct {
 	runs    map[string]*run // by job ID
 	busy    map[string]string
 	tried   map[string]time.Time // plan -> last RPO-triggered start
-	closing bool
+	// lastTick is the scheduler's previous tick: each tick starts the slots
+	// after it, so none falls between two ticks.
+	lastTick time.Time
+	closing  bool
 	wg      sync.WaitGroup
 }
 
@@ -122,6 +125,11 @@ func New(cfg *Config, opts Options) (*Director, error) {
 				return nil, err
 			}
 			d.log.Warn("job interrupted by a director restart", "job", j.ID, "plan", j.Plan, "phase", j.Phase)
+			// Each node drops what it took for the job (and thaws, if it
+			// has not already by its own deadline).
+			for n := range j.Nodes {
+				d.send(n, api.Command{ID: newJobID(), Job: j.ID, Kind: api.KindAbort, Plans: d.cfg.Plans[j.Plan].Nodes[n]})
+			}
 		}
 	}
 	return d, nil
@@ -249,6 +257,8 @@ func (d *Director) handlePoll(w http.ResponseWriter, r *http.Request) {
 	if a == nil {
 		a = &agentConn{wake: make(chan struct{}, 1)}
 		d.agents[id.Name] = a
+	}
+	if a.lastSeen.IsZero() {
 		d.log.Info("agent connected", "node", id.Name, "plans", p.Plans)
 	}
 	a.plans, a.lastSeen = p.Plans, time.Now()
@@ -518,14 +528,15 @@ func (d *Director) execute(ctx context.Context, rn *run) {
 			job.State = api.JobCanceled
 		}
 		d.mu.Unlock()
+		// Nothing more of this job may reach a node (a late prepare would
+		// freeze it for nothing), only the abort; it stays queued until
+		// the node reports it, however long it is away.
+		d.dropPending(job.ID)
 		for _, n := range nodes {
 			d.send(n, api.Command{ID: newJobID(), Job: job.ID, Kind: api.KindAbort, Plans: rn.plan.Nodes[n]})
 		}
 		d.save(rn)
 		d.log.Warn("job failed", "job", job.ID, "plan", job.Plan, "phase", phase, "error", job.Error)
-		// The aborts stay queued for agents that come back; forget them
-		// after a while.
-		go func() { time.Sleep(10 * time.Minute); d.dropPending(job.ID) }()
 	}
 	setPhase := func(p string) {
 		d.mu.Lock()
@@ -623,6 +634,10 @@ func (d *Director) await(ctx context.Context, rn *run, kind string, nodes []stri
 				d.mu.Unlock()
 				return fmt.Errorf("node %s: %s", node, r.Error)
 			}
+			if kind == api.KindPrepare && !deadline.IsZero() && !time.Now().Before(deadline.Add(-barrierMargin)) {
+				// Too late: a node may have thawed by its own deadline.
+				return fmt.Errorf("node %s prepared too late for the barrier", node)
+			}
 			if kind == api.KindPrepare && !r.ThawBy.IsZero() && r.ThawBy.Before(deadline) {
 				// This node thaws before the others must be frozen: the
 				// group would not be one instant.
@@ -654,6 +669,11 @@ func (d *Director) await(ctx context.Context, rn *run, kind string, nodes []stri
 	return nil
 }
 
+// barrierMargin is kept between the barrier and the earliest moment a node
+// thaws by itself: it covers clock differences between the director and
+// the nodes (which must run NTP) and the thaw command's way.
+const barrierMargin = 250 * time.Millisecond
+
 // Schedule runs the plans' schedules and RPO targets until ctx ends.
 func (d *Director) Schedule(ctx context.Context) {
 	t := time.NewTicker(d.opts.Tick)
@@ -669,6 +689,7 @@ func (d *Director) Schedule(ctx context.Context) {
 }
 
 func (d *Director) tick(now time.Time) {
+	defer func() { d.lastTick = now }()
 	for _, name := range sortedKeys(d.cfg.Plans) {
 		p := d.cfg.Plans[name]
 		ps, err := d.st.planState(name)
@@ -681,9 +702,15 @@ func (d *Director) tick(now time.Time) {
 			if err != nil {
 				continue
 			}
-			from := ps.LastScheduled
-			if from.IsZero() || now.Sub(from) > 24*time.Hour {
-				from = now.Add(-d.opts.Tick) // a slot missed while down is not run late
+			// From the previous tick (or, at the first one, one period
+			// back: a slot missed while down is not run late), never
+			// before the last slot started.
+			from := d.lastTick
+			if from.IsZero() {
+				from = now.Add(-d.opts.Tick)
+			}
+			if ps.LastScheduled.After(from) {
+				from = ps.LastScheduled
 			}
 			if next := sched.Next(from); !next.After(now) {
 				_ = d.st.updatePlan(name, func(s *planState) { s.LastScheduled = next })

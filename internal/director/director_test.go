@@ -183,7 +183,7 @@ func TestAgentRefusesForeignPlan(t *testing.T) {
 	alog := &syncBuf{}
 	a, err := agent.New(&agent.Config{Name: "node1", Director: "https://" + addr,
 		TLS:   agent.TLS{CA: pk + "/ca.pem", Cert: pk + "/agent-node1.pem", Key: pk + "/agent-node1.key"},
-		Plans: map[string]agent.Plan{"files": {Paths: []string{t.TempDir()}}}}, agent.Options{Log: slog.New(slog.NewTextHandler(alog, nil)), Bunker: "/bin/false"})
+		Plans: map[string]agent.Plan{"files": {Paths: []string{t.TempDir()}}}}, agent.Options{Log: slog.New(slog.NewTextHandler(alog, nil)), Bunker: "/bin/false", StateDir: filepath.Join(t.TempDir(), "state")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,14 +192,17 @@ func TestAgentRefusesForeignPlan(t *testing.T) {
 	go func() { _ = a.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 	waitUntil(t, "the agent to connect", func() bool { d.mu.Lock(); defer d.mu.Unlock(); return d.connected("node1") })
-	d.send("node1", api.Command{ID: "c1", Job: "j1", Kind: api.KindPrepare, Plans: []string{"secret"}, Deadline: time.Now().Add(time.Minute)})
-	d.send("node1", api.Command{ID: "c2", Job: "j1", Kind: "exec", Plans: []string{"files"}})
+	job := newJobID()
+	d.send("node1", api.Command{ID: newJobID(), Job: job, Kind: api.KindPrepare, Plans: []string{"secret"}, Deadline: time.Now().Add(time.Minute)})
+	d.send("node1", api.Command{ID: newJobID(), Job: job, Kind: "exec", Plans: []string{"files"}})
+	d.send("node1", api.Command{ID: "../../x", Job: "../x", Kind: api.KindPrepare, Plans: []string{"files"}})
 	waitUntil(t, "the refusals to be reported", func() bool {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		return len(d.agents["node1"].pending) == 0
 	})
-	for _, want := range []string{`refused: the director asked for a plan this agent does not have" plan=secret`, `refused: unknown command" kind=exec`} {
+	for _, want := range []string{`refused: the director asked for a plan this agent does not have" plan=secret`, `refused: unknown command" kind=exec`,
+		`refused: a malformed job or command ID" kind=prepare`} {
 		if !strings.Contains(alog.String(), want) {
 			t.Errorf("agent log lacks %q:\n%s", want, alog)
 		}
