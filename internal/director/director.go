@@ -42,16 +42,16 @@ type Director struct {
 	log  *slog.Logger
 	st   *store
 
-	mu      sync.Mutex
-	agents  map[string]*agentConn
-	runs    map[string]*run // by job ID
-	busy    map[string]string
-	tried   map[string]time.Time // plan -> last RPO-triggered start
+	mu     sync.Mutex
+	agents map[string]*agentConn
+	runs   map[string]*run // by job ID
+	busy   map[string]string
+	tried  map[string]time.Time // plan -> last RPO-triggered start
 	// lastTick is the scheduler's previous tick: each tick starts the slots
 	// after it, so none falls between two ticks.
 	lastTick time.Time
 	closing  bool
-	wg      sync.WaitGroup
+	wg       sync.WaitGroup
 }
 
 // agentConn is what the director knows of one node's agent.
