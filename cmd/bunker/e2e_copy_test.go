@@ -153,6 +153,19 @@ func TestCopy(t *testing.T) {
 		copyFrom(back.with(t), dst, fromEnv, 0)
 		verifyReplica(t, back.with(t), nil, data, want)
 	})
+	t.Run("s3-object-lock", func(t *testing.T) {
+		// The replica can be under Object Lock: every object the copy
+		// stores (whole packs included) gets its retention, and check
+		// finds none missing.
+		srv := s3test.Start(t)
+		dst := s3Env(t, srv)
+		dst.extraEnv["BUNKER_TEST_LOCK_DAY"] = "1h"
+		dst.ok("init", "--object-lock", "compliance", "--lock-days", "1", "--copy-params-from", src.repo, "--from-password-file", src.pwFile)
+		copyTwice(t, src.with(t), dst, nil, data, want, "pack")
+		if out := dst.ok("check"); !strings.Contains(out, "no problems found") {
+			t.Errorf("check of the locked replica: %q", out)
+		}
+	})
 	t.Run("serve", func(t *testing.T) {
 		p := startServe(t)
 		admin := p.client(t, "replica", "admin", canaryAdminPW)
