@@ -176,6 +176,22 @@ func (dc *directorClient) do(ctx context.Context, method, path string, body, out
 	return json.NewDecoder(lr).Decode(out)
 }
 
+// wait polls a job until it ends, then prints it (errJobFailed if it did
+// not succeed).
+func (dc *directorClient) wait(c *cobra.Command, g *globalOptions, job *api.Job) error {
+	for job.State == api.JobRunning {
+		select {
+		case <-c.Context().Done():
+			return c.Context().Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+		if err := dc.do(c.Context(), http.MethodGet, api.PathJob+"?id="+url.QueryEscape(job.ID), nil, job); err != nil {
+			return err
+		}
+	}
+	return printJob(c, g, job)
+}
+
 func newPlanCmd(g *globalOptions) *cobra.Command {
 	var dc directorClient
 	c := &cobra.Command{Use: "plan", Short: "The director's plans: list them, run one now"}
@@ -221,17 +237,7 @@ func newPlanCmd(g *globalOptions) *cobra.Command {
 				g.msgf(c, "started job %s of plan %s\n", job.ID, job.Plan)
 				return nil
 			}
-			for job.State == api.JobRunning {
-				select {
-				case <-c.Context().Done():
-					return c.Context().Err()
-				case <-time.After(500 * time.Millisecond):
-				}
-				if err := dc.do(c.Context(), http.MethodGet, api.PathJob+"?id="+url.QueryEscape(job.ID), nil, &job); err != nil {
-					return err
-				}
-			}
-			return printJob(c, g, &job)
+			return dc.wait(c, g, &job)
 		},
 	}
 	run.Flags().BoolVar(&wait, "wait", false, "wait for the job to end and show it (exit 1 if it failed)")
@@ -365,15 +371,5 @@ func (gr *groupRestore) run(c *cobra.Command, g *globalOptions, includes []strin
 		g.msgf(c, "started restore job %s of group %s\n", job.ID, job.Group)
 		return nil
 	}
-	for job.State == api.JobRunning {
-		select {
-		case <-c.Context().Done():
-			return c.Context().Err()
-		case <-time.After(500 * time.Millisecond):
-		}
-		if err := gr.dc.do(c.Context(), http.MethodGet, api.PathJob+"?id="+url.QueryEscape(job.ID), nil, &job); err != nil {
-			return err
-		}
-	}
-	return printJob(c, g, &job)
+	return gr.dc.wait(c, g, &job)
 }

@@ -136,9 +136,7 @@ func (dp *deployment) waitFor(what string, cond func() bool) {
 // operator runs the CLI against the director with the operator certificate.
 func (dp *deployment) operator(code int, args ...string) result {
 	dp.t.Helper()
-	pk := filepath.Join(dp.dir, "pki")
-	r := dp.repo.runWith(runOpts{env: map[string]string{"BUNKER_DIRECTOR": "https://" + dp.addr, "BUNKER_DIRECTOR_CA": pk + "/ca.pem",
-		"BUNKER_DIRECTOR_CERT": pk + "/operator-ops.pem", "BUNKER_DIRECTOR_KEY": pk + "/operator-ops.key"}}, args...)
+	r := dp.operatorRun(args...)
 	if r.code != code {
 		dp.t.Fatalf("want exit %d, got %v", code, r)
 	}
@@ -155,6 +153,24 @@ type jobJSON struct {
 		Thawed    bool              `json:"thawed"`
 		Snapshots map[string]string `json:"snapshots"`
 	} `json:"nodes"`
+}
+
+func (dp *deployment) operatorRun(args ...string) result {
+	dp.t.Helper()
+	pk := filepath.Join(dp.dir, "pki")
+	return dp.repo.runWith(runOpts{env: map[string]string{"BUNKER_DIRECTOR": "https://" + dp.addr, "BUNKER_DIRECTOR_CA": pk + "/ca.pem",
+		"BUNKER_DIRECTOR_CERT": pk + "/operator-ops.pem", "BUNKER_DIRECTOR_KEY": pk + "/operator-ops.key"}}, args...)
+}
+
+// waitJob waits until a job is no longer running and returns it.
+func (dp *deployment) waitJob(id string) jobJSON {
+	dp.t.Helper()
+	var j jobJSON
+	dp.waitFor("job "+id+" to end", func() bool {
+		_ = json.Unmarshal([]byte(dp.operatorRun("job", "show", id, "--json").stdout), &j)
+		return j.State != "" && j.State != "running"
+	})
+	return j
 }
 
 func (dp *deployment) stamp(kind, node string) float64 {
@@ -447,12 +463,7 @@ func TestDirectorNetworkCut(t *testing.T) {
 	if !cutSeen {
 		t.Errorf("no agent noticed the cut")
 	}
-	var done jobJSON
-	dp.waitFor("the job to end", func() bool {
-		r := dp.operator(0, "job", "show", job.ID, "--json")
-		_ = json.Unmarshal([]byte(r.stdout), &done)
-		return done.State != "running"
-	})
+	done := dp.waitJob(job.ID)
 	if done.State != "succeeded" {
 		t.Fatalf("job after the cut: %+v", done)
 	}

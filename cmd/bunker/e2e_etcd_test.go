@@ -87,11 +87,7 @@ func TestDirectorEtcd(t *testing.T) {
 	if _, err := cli.Put(ctx, "after", "written after the freeze"); err != nil {
 		t.Fatal(err)
 	}
-	var done jobJSON
-	dp.waitFor("the job to end", func() bool {
-		_ = json.Unmarshal([]byte(dp.operator(0, "job", "show", job.ID, "--json").stdout), &done)
-		return done.State != "running"
-	})
+	done := dp.waitJob(job.ID)
 	if done.State != "succeeded" {
 		t.Fatalf("job: %+v\nagent log:\n%s", done, dp.logs["node1"])
 	}

@@ -74,11 +74,7 @@ func TestGroupEtcdPostgresFiles(t *testing.T) {
 	if _, err := cli.Delete(ctx, "config/00"); err != nil {
 		t.Fatal(err)
 	}
-	var done jobJSON
-	dp.waitFor("the group to commit", func() bool {
-		_ = json.Unmarshal([]byte(dp.operator(0, "job", "show", job.ID, "--json").stdout), &done)
-		return done.State != "running"
-	})
+	done := dp.waitJob(job.ID)
 	if done.State != "succeeded" {
 		t.Fatalf("job: %+v", done)
 	}

@@ -123,11 +123,7 @@ func TestDirectorPostgres(t *testing.T) {
 	}
 	dp.waitFor("the thaw", func() bool { _, err := os.Stat(filepath.Join(dp.dir, "thawed-db1")); return err == nil })
 	pg.sql(t, "app", "INSERT INTO orders SELECT g, 'after' FROM generate_series(101, 150) g")
-	var done jobJSON
-	dp.waitFor("the job to end", func() bool {
-		_ = json.Unmarshal([]byte(dp.operator(0, "job", "show", job.ID, "--json").stdout), &done)
-		return done.State != "running"
-	})
+	done := dp.waitJob(job.ID)
 	if done.State != "succeeded" {
 		t.Fatalf("job: %+v\nagent log:\n%s", done, dp.logs["db1"])
 	}

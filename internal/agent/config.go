@@ -133,15 +133,7 @@ const DefaultThawDeadline = 30 * time.Second
 // LoadConfig reads and checks an agent configuration file. The error
 // lists every problem with its line.
 func LoadConfig(path string) (*Config, error) {
-	var c Config
-	doc, err := conf.Load(path, &c)
-	if err != nil {
-		return nil, err
-	}
-	if errs := c.check(doc); len(errs) > 0 {
-		return nil, errs
-	}
-	return &c, nil
+	return conf.LoadChecked(path, (*Config).check)
 }
 
 func (c *Config) check(doc *conf.Doc) conf.Errors {

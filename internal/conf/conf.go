@@ -57,6 +57,20 @@ func Load(path string, v any) (*Doc, error) {
 	return Parse(path, data, v)
 }
 
+// LoadChecked loads a file into a new T and runs check on it; the error
+// lists every problem with its line.
+func LoadChecked[T any](path string, check func(*T, *Doc) Errors) (*T, error) {
+	v := new(T)
+	doc, err := Load(path, v)
+	if err != nil {
+		return nil, err
+	}
+	if errs := check(v, doc); len(errs) > 0 {
+		return nil, errs
+	}
+	return v, nil
+}
+
 var lineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): `)
 
 // Parse strictly decodes data (named file in errors) into v.

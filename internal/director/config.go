@@ -103,15 +103,7 @@ const DefaultFreezeTimeout = 30 * time.Second
 // LoadConfig reads and checks a director configuration file. The error
 // lists every problem with its line.
 func LoadConfig(path string) (*Config, error) {
-	var c Config
-	doc, err := conf.Load(path, &c)
-	if err != nil {
-		return nil, err
-	}
-	if errs := c.check(doc); len(errs) > 0 {
-		return nil, errs
-	}
-	return &c, nil
+	return conf.LoadChecked(path, (*Config).check)
 }
 
 var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)

@@ -366,15 +366,20 @@ func (d *Director) handleRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	job, err := d.Start(req.Plan, "operator")
-	if errors.Is(err, errUnknownPlan) {
+	writeStarted(w, job, err)
+}
+
+// writeStarted answers a request that started a job: the job, or 404 for
+// an unknown plan or group, 409 for a request that cannot run now.
+func writeStarted(w http.ResponseWriter, job *api.Job, err error) {
+	switch {
+	case errors.Is(err, errUnknownPlan):
 		writeErr(w, http.StatusNotFound, err.Error())
-		return
-	}
-	if err != nil {
+	case err != nil:
 		writeErr(w, http.StatusConflict, err.Error())
-		return
+	default:
+		writeJSON(w, job)
 	}
-	writeJSON(w, job)
 }
 
 func (d *Director) handleRestore(w http.ResponseWriter, r *http.Request) {
@@ -383,15 +388,7 @@ func (d *Director) handleRestore(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	job, err := d.StartRestore(req)
-	if errors.Is(err, errUnknownPlan) {
-		writeErr(w, http.StatusNotFound, err.Error())
-		return
-	}
-	if err != nil {
-		writeErr(w, http.StatusConflict, err.Error())
-		return
-	}
-	writeJSON(w, job)
+	writeStarted(w, job, err)
 }
 
 func (d *Director) handleJobs(w http.ResponseWriter, r *http.Request) {
