@@ -95,7 +95,7 @@ func (dp *deployment) start(name string, args ...string) (*exec.Cmd, *lockedBuf)
 	cmd := exec.Command(bunkerBin, args...)
 	log := &lockedBuf{}
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.Env = append(os.Environ(), "BUNKER_TEST_POLL=2s", "BUNKER_TEST_TICK=1s")
+	cmd.Env = append(os.Environ(), "BUNKER_TEST_POLL=2s", "BUNKER_TEST_TICK=1s", "BUNKER_TEST_PRUNE_WAIT=50ms")
 	if err := cmd.Start(); err != nil {
 		dp.t.Fatal(err)
 	}
@@ -478,4 +478,59 @@ func TestDirectorNetworkCut(t *testing.T) {
 	if err := json.Unmarshal([]byte(dp.operator(0, "job", "list", "--json").stdout), &jobs); err != nil || len(jobs) != 1 {
 		t.Errorf("jobs: %+v %v (want exactly 1)", jobs, err)
 	}
+}
+
+// TestDirectorRetentionAndCopy: after each committed group the director
+// applies the plan's retention to whole groups and copies the plan's
+// snapshots off site; the copy keeps what the source's retention removes
+// (RELIABILITY H2: deletions reach the copy only through its own retention).
+func TestDirectorRetentionAndCopy(t *testing.T) {
+	t.Parallel()
+	nodes := []string{"node1", "node2"}
+	dp := newDeployment(t, nodes, `  cluster:
+    nodes: {node1: [files], node2: [files]}
+    schedule: "0 0 1 1 *"
+    repository: main
+    retention: {keep_last: 2}
+    copy_to: offsite
+`, func(dp *deployment, n string) string { return dp.filesPlan(n, "files", "") })
+	offsite := filepath.Join(dp.dir, "offsite")
+	createFastRepo(t, offsite, dp.repo.pwFile)
+	cfgPath := filepath.Join(dp.dir, "director.yaml")
+	b, _ := os.ReadFile(cfgPath)
+	writeFile(t, cfgPath, strings.Replace(string(b), "repositories:\n", fmt.Sprintf("repositories:\n  offsite: {location: %s, password_file: %s}\n", offsite, dp.repo.pwFile), 1))
+	dp.startDirector()
+	dp.startAgents()
+	var ids []string
+	for i := range 3 {
+		writeFile(t, filepath.Join(dp.dir, "data", "node1", "file"), fmt.Sprintf("version %d\n", i))
+		var job jobJSON
+		if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--wait", "--json").stdout), &job); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, job.ID)
+		var full struct {
+			Followups map[string]string `json:"followups"`
+		}
+		dp.waitFor("retention and copy", func() bool {
+			_ = json.Unmarshal([]byte(dp.operatorRun("job", "show", job.ID, "--json").stdout), &full)
+			return full.Followups["retention"] != "" && full.Followups["copy"] != ""
+		})
+		if strings.HasPrefix(full.Followups["retention"], "failed") || !strings.HasPrefix(full.Followups["copy"], "copied 2 snapshots") {
+			t.Fatalf("run %d: followups %v", i, full.Followups)
+		}
+	}
+	if n := len(dp.repo.snapshots()); n != 4 {
+		t.Errorf("main repository: %d snapshots, want 4 (the last 2 groups of 2 nodes)", n)
+	}
+	for _, sn := range dp.repo.snapshots() {
+		if contains(sn.Tags, "group:"+ids[0]) {
+			t.Errorf("the oldest group is still in the main repository")
+		}
+	}
+	off := &repoEnv{t: t, dir: dp.dir, repo: offsite, pwFile: dp.repo.pwFile}
+	if n := len(off.snapshots()); n != 6 {
+		t.Errorf("off-site copy: %d snapshots, want 6 (all 3 groups)", n)
+	}
+	off.ok("check", "--read-data")
 }

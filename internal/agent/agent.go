@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"bunker/internal/api"
+	"bunker/internal/conf"
 	"bunker/internal/pki"
 )
 
@@ -641,41 +642,7 @@ func (a *Agent) upload(ctx context.Context, c api.Command, j *jobState) (map[str
 	return out, nil
 }
 
-// repoEnv is the environment of a backup to r: the process environment
-// without any BUNKER_ or AWS_ variable, then r's location, password file,
-// CA and credentials (read from its credentials file).
+// repoEnv is the environment of a bunker child process on r.
 func repoEnv(r Repository) ([]string, error) {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BUNKER_") && !strings.HasPrefix(kv, "AWS_") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env, "BUNKER_REPOSITORY="+r.Location, "BUNKER_PASSWORD_FILE="+r.PasswordFile)
-	if r.CACert != "" {
-		env = append(env, "BUNKER_CACERT="+r.CACert)
-	}
-	if r.CredentialsFile != "" {
-		data, err := os.ReadFile(r.CredentialsFile)
-		if err != nil {
-			return nil, fmt.Errorf("credentials file: %w", err)
-		}
-		for n, line := range strings.Split(string(data), "\n") {
-			line = strings.TrimSpace(line)
-			if line == "" || strings.HasPrefix(line, "#") {
-				continue
-			}
-			k, v, ok := strings.Cut(line, "=")
-			switch k = strings.TrimSpace(k); {
-			case !ok:
-				return nil, fmt.Errorf("credentials file %s line %d: want NAME=value", r.CredentialsFile, n+1)
-			case k == "AWS_ACCESS_KEY_ID", k == "AWS_SECRET_ACCESS_KEY", k == "AWS_SESSION_TOKEN", k == "BUNKER_REST_PASSWORD":
-				env = append(env, k+"="+strings.TrimSpace(v))
-			default:
-				// Never echo what might be a secret.
-				return nil, fmt.Errorf("credentials file %s line %d: want NAME=value with NAME one of AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, BUNKER_REST_PASSWORD", r.CredentialsFile, n+1)
-			}
-		}
-	}
-	return env, nil
+	return conf.RepositoryEnv(r.Location, r.PasswordFile, r.CACert, r.CredentialsFile)
 }

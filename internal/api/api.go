@@ -142,6 +142,11 @@ type Job struct {
 	Error    string    `json:"error,omitempty"`
 	// Nodes: each node's outcome and snapshots.
 	Nodes map[string]*NodeResult `json:"nodes"`
+	// Followups: what ran after the commit (retention, copy) and how it
+	// went; they never undo the commit.
+	Followups map[string]string `json:"followups,omitempty"`
+	// Forgotten: retention removed this group's snapshots.
+	Forgotten bool `json:"forgotten,omitempty"`
 }
 
 // NodeResult is one node's part of a job.

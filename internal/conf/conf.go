@@ -170,3 +170,45 @@ func (d Duration) D(def time.Duration) time.Duration {
 	}
 	return time.Duration(d)
 }
+
+// credentialNames are what a repository's credentials file may set.
+var credentialNames = map[string]bool{"AWS_ACCESS_KEY_ID": true, "AWS_SECRET_ACCESS_KEY": true, "AWS_SESSION_TOKEN": true, "BUNKER_REST_PASSWORD": true}
+
+// RepositoryEnv is the environment of a bunker child process working on a
+// repository: the process environment without any BUNKER_ or AWS_
+// variable, then the repository's location, password file and CA, and the
+// credentials of its credentials file (NAME=value lines). Secrets stay in
+// the environment, never in arguments; errors never quote a value.
+func RepositoryEnv(location, passwordFile, caCert, credentialsFile string) ([]string, error) {
+	var env []string
+	for _, kv := range os.Environ() {
+		// BUNKER_TEST_ knobs (timings only tests set) pass through.
+		if (!strings.HasPrefix(kv, "BUNKER_") || strings.HasPrefix(kv, "BUNKER_TEST_")) && !strings.HasPrefix(kv, "AWS_") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "BUNKER_REPOSITORY="+location, "BUNKER_PASSWORD_FILE="+passwordFile)
+	if caCert != "" {
+		env = append(env, "BUNKER_CACERT="+caCert)
+	}
+	if credentialsFile == "" {
+		return env, nil
+	}
+	data, err := os.ReadFile(credentialsFile)
+	if err != nil {
+		return nil, fmt.Errorf("credentials file: %w", err)
+	}
+	for n, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		k = strings.TrimSpace(strings.TrimPrefix(k, "export "))
+		if !ok || !credentialNames[k] {
+			return nil, fmt.Errorf("credentials file %s line %d: want NAME=value with NAME one of AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, BUNKER_REST_PASSWORD", credentialsFile, n+1)
+		}
+		env = append(env, k+"="+strings.Trim(strings.TrimSpace(v), `"'`))
+	}
+	return env, nil
+}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -33,6 +34,9 @@ type Options struct {
 	ThawGrace time.Duration
 	// Tick is the scheduler's period (20 s).
 	Tick time.Duration
+	// Bunker is the bunker binary that runs retention and copies (default:
+	// this program).
+	Bunker string
 }
 
 // Director is a running control plane.
@@ -105,6 +109,13 @@ func New(cfg *Config, opts Options) (*Director, error) {
 	}
 	if opts.Tick <= 0 {
 		opts.Tick = 20 * time.Second
+	}
+	if opts.Bunker == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		opts.Bunker = exe
 	}
 	st, err := openStore(cfg.State)
 	if err != nil {
@@ -603,6 +614,7 @@ func (d *Director) execute(ctx context.Context, rn *run) {
 		d.log.Error("job store", "err", err)
 	}
 	d.log.Info("group committed", "job", job.ID, "plan", job.Plan)
+	d.afterCommit(ctx, rn)
 }
 
 // await collects one report of kind from every node, until deadline (zero:

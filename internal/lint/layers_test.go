@@ -45,7 +45,7 @@ var rules = []rule{
 	{"internal/ui", []string{}},
 	{"internal/pki", []string{}},
 	{"internal/conf", []string{}},
-	{"internal/director", []string{"internal/conf", "internal/pki", "internal/policy", "internal/api"}},
+	{"internal/director", []string{"internal/conf", "internal/pki", "internal/policy", "internal/snapshot", "internal/repo", "internal/api"}},
 	{"internal/agent", []string{"internal/conf", "internal/pki", "internal/api"}},
 	{"internal/server", []string{"internal/backend/...", "internal/repo/crypto"}},
 	{"internal/server/servertest", []string{"internal/server"}},
