@@ -67,6 +67,8 @@ type agentConn struct {
 	// answer, a restarted agent): the agent ignores those it already has.
 	pending []*pendingCmd
 	wake    chan struct{}
+	// announced: its first poll was logged.
+	announced bool
 }
 
 type pendingCmd struct {
@@ -269,7 +271,8 @@ func (d *Director) handlePoll(w http.ResponseWriter, r *http.Request) {
 		a = &agentConn{wake: make(chan struct{}, 1)}
 		d.agents[id.Name] = a
 	}
-	if a.lastSeen.IsZero() {
+	if !a.announced {
+		a.announced = true
 		d.log.Info("agent connected", "node", id.Name, "plans", p.Plans)
 	}
 	a.plans, a.lastSeen = p.Plans, time.Now()
