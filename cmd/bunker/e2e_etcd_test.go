@@ -25,6 +25,7 @@ func startEtcd(t *testing.T, name, dataDir string) string {
 	cfg.Name = name
 	cfg.Dir = dataDir
 	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop()) // its shutdown errors are noise here
 	client, _ := url.Parse("http://" + freePort(t))
 	peer, _ := url.Parse("http://" + freePort(t))
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
