@@ -27,9 +27,31 @@ type syncBuf struct {
 func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
 func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-// testDirector runs a director on 127.0.0.1 with a fresh CA; it returns
-// the director, its address, the PKI directory and its log.
+// testDirector runs a director on 127.0.0.1 with a fresh CA (and the
+// certificates of testConfig, plus a second director "dir2" and an agent
+// "stranger" the configuration does not know); it returns the director,
+// its address, the PKI directory and its log.
 func testDirector(t *testing.T) (*Director, string, string, *syncBuf) {
+	t.Helper()
+	cfg, pk := testConfig(t, "node1")
+	ca, err := pki.Load(pk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []pki.Request{{Role: pki.RoleDirector, Name: "dir2"}, {Role: pki.RoleAgent, Name: "stranger"}} {
+		if _, _, err := ca.IssueFiles(pk, r, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log := &syncBuf{}
+	d, addr := serveDirector(t, cfg, Options{Log: slog.New(slog.NewTextHandler(log, nil)), PollTimeout: time.Second})
+	return d, addr, pk, log
+}
+
+// testConfig makes a CA with certificates for the director (127.0.0.1),
+// an operator "ops" and each node, and a configuration with one plan "p"
+// over the nodes (agent plan "files").
+func testConfig(t *testing.T, nodes ...string) (*Config, string) {
 	t.Helper()
 	dir := t.TempDir()
 	pk := filepath.Join(dir, "pki")
@@ -37,28 +59,32 @@ func testDirector(t *testing.T) (*Director, string, string, *syncBuf) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range []pki.Request{
-		{Role: pki.RoleDirector, Name: "dir1", Hosts: []string{"127.0.0.1"}},
-		{Role: pki.RoleDirector, Name: "dir2"},
-		{Role: pki.RoleAgent, Name: "node1"},
-		{Role: pki.RoleAgent, Name: "stranger"},
-		{Role: pki.RoleOperator, Name: "ops"},
-	} {
+	reqs := []pki.Request{{Role: pki.RoleDirector, Name: "dir1", Hosts: []string{"127.0.0.1"}}, {Role: pki.RoleOperator, Name: "ops"}}
+	cfgNodes, planNodes := map[string]Node{}, map[string][]string{}
+	for _, n := range nodes {
+		reqs = append(reqs, pki.Request{Role: pki.RoleAgent, Name: n})
+		cfgNodes[n], planNodes[n] = Node{}, []string{"files"}
+	}
+	for _, r := range reqs {
 		if _, _, err := ca.IssueFiles(pk, r, time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
-	cfg := &Config{
+	return &Config{
 		Listen:       "127.0.0.1:0",
 		TLS:          TLS{CA: pk + "/ca.pem", Cert: pk + "/director-dir1.pem", Key: pk + "/director-dir1.key"},
 		State:        filepath.Join(dir, "director.db"),
 		Repositories: map[string]Repository{"main": {Location: filepath.Join(dir, "repo"), PasswordFile: filepath.Join(dir, "pw")}},
-		Nodes:        map[string]Node{"node1": {}},
-		Plans: map[string]Plan{"p": {Nodes: map[string][]string{"node1": {"files"}}, Schedule: "0 0 1 1 *", Repository: "main",
+		Nodes:        cfgNodes,
+		Plans: map[string]Plan{"p": {Nodes: planNodes, Schedule: "0 0 1 1 *", Repository: "main",
 			FreezeTimeout: conf.Duration(5 * time.Second)}},
-	}
-	log := &syncBuf{}
-	d, err := New(cfg, Options{Log: slog.New(slog.NewTextHandler(log, nil)), PollTimeout: time.Second})
+	}, pk
+}
+
+// serveDirector runs a director of cfg on 127.0.0.1 until the test ends.
+func serveDirector(t *testing.T, cfg *Config, opts Options) (*Director, string) {
+	t.Helper()
+	d, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +96,7 @@ func testDirector(t *testing.T) (*Director, string, string, *syncBuf) {
 	done := make(chan struct{})
 	go func() { _ = d.Serve(ctx, ln); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; d.Close() })
-	return d, ln.Addr().String(), pk, log
+	return d, ln.Addr().String()
 }
 
 func clientAs(t *testing.T, pk, role, name string) *http.Client {

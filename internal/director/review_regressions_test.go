@@ -1,69 +1,20 @@
 package director
 
+// Regressions found by a review of the director (each test was first
+// written to fail against the code it found the problem in).
+
 import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"bunker/internal/api"
-	"bunker/internal/conf"
 	"bunker/internal/pki"
 )
-
-// reviewConfig issues a PKI (director dir1, operator ops, an agent per
-// node) and a configuration with one plan "p" over nodes (plan "files").
-func reviewConfig(t *testing.T, nodes ...string) (*Config, string) {
-	t.Helper()
-	dir := t.TempDir()
-	pk := filepath.Join(dir, "pki")
-	ca, err := pki.Init(pk, "test", time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	reqs := []pki.Request{{Role: pki.RoleDirector, Name: "dir1", Hosts: []string{"127.0.0.1"}}, {Role: pki.RoleOperator, Name: "ops"}}
-	cfgNodes, planNodes := map[string]Node{}, map[string][]string{}
-	for _, n := range nodes {
-		reqs = append(reqs, pki.Request{Role: pki.RoleAgent, Name: n})
-		cfgNodes[n], planNodes[n] = Node{}, []string{"files"}
-	}
-	for _, r := range reqs {
-		if _, _, err := ca.IssueFiles(pk, r, time.Now()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return &Config{
-		Listen:       "127.0.0.1:0",
-		TLS:          TLS{CA: pk + "/ca.pem", Cert: pk + "/director-dir1.pem", Key: pk + "/director-dir1.key"},
-		State:        filepath.Join(dir, "director.db"),
-		Repositories: map[string]Repository{"main": {Location: filepath.Join(dir, "repo"), PasswordFile: filepath.Join(dir, "pw")}},
-		Nodes:        cfgNodes,
-		Plans: map[string]Plan{"p": {Nodes: planNodes, Schedule: "0 0 1 1 *", Repository: "main",
-			FreezeTimeout: conf.Duration(5 * time.Second)}},
-	}, pk
-}
-
-func reviewServe(t *testing.T, cfg *Config) (*Director, string) {
-	t.Helper()
-	d, err := New(cfg, Options{PollTimeout: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = d.Serve(ctx, ln); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; d.Close() })
-	return d, ln.Addr().String()
-}
 
 func reviewPost(t *testing.T, c *http.Client, url string, body, out any) {
 	t.Helper()
@@ -104,8 +55,8 @@ func reviewJob(d *Director, id string) *api.Job {
 // the prepare of a failed job together with its abort (handled
 // concurrently by the agent, in any order).
 func TestReviewFailedJobStillDeliversPrepare(t *testing.T) {
-	cfg, pk := reviewConfig(t, "node1", "node2")
-	d, addr := reviewServe(t, cfg)
+	cfg, pk := testConfig(t, "node1", "node2")
+	d, addr := serveDirector(t, cfg, Options{PollTimeout: 300 * time.Millisecond})
 	n1, n2 := clientAs(t, pk, pki.RoleAgent, "node1"), clientAs(t, pk, pki.RoleAgent, "node2")
 	reviewPoll(t, n1, addr)
 	reviewPoll(t, n2, addr)
@@ -136,7 +87,7 @@ func TestReviewFailedJobStillDeliversPrepare(t *testing.T) {
 // (an open PostgreSQL transaction and its psql, an etcd snapshot file) is
 // only ever released by an upload or an abort, so it is kept forever.
 func TestReviewRestartedDirectorAbortsInterruptedJob(t *testing.T) {
-	cfg, pk := reviewConfig(t, "node1")
+	cfg, pk := testConfig(t, "node1")
 	d1, err := New(cfg, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +101,7 @@ func TestReviewRestartedDirectorAbortsInterruptedJob(t *testing.T) {
 	if err := d1.Close(); err != nil {
 		t.Fatal(err)
 	}
-	_, addr := reviewServe(t, cfg)
+	_, addr := serveDirector(t, cfg, Options{PollTimeout: 300 * time.Millisecond})
 	n1 := clientAs(t, pk, pki.RoleAgent, "node1")
 	var got []api.Command
 	for range 3 {
@@ -170,7 +121,7 @@ func TestReviewRestartedDirectorAbortsInterruptedJob(t *testing.T) {
 // after the previous report), select picks at random and half the time the
 // barrier "passes" after a node may already have thawed.
 func TestReviewBarrierAcceptsReportAfterDeadline(t *testing.T) {
-	cfg, _ := reviewConfig(t, "node1")
+	cfg, _ := testConfig(t, "node1")
 	d, err := New(cfg, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -195,7 +146,7 @@ func TestReviewBarrierAcceptsReportAfterDeadline(t *testing.T) {
 // dropped tick): LastScheduled is always over 24 h old for such schedules,
 // so the window becomes (now-Tick, now] and the slot falls in the gap.
 func TestReviewSchedulerMissesDailySlot(t *testing.T) {
-	cfg, _ := reviewConfig(t, "node1")
+	cfg, _ := testConfig(t, "node1")
 	p := cfg.Plans["p"]
 	p.Schedule = "0 3 * * *"
 	cfg.Plans["p"] = p
@@ -226,7 +177,7 @@ func TestReviewSchedulerMissesDailySlot(t *testing.T) {
 // missed slot, one per tick, though "a slot missed while down is not run
 // late".
 func TestReviewSchedulerReplaysSlotsMissedWhileDown(t *testing.T) {
-	cfg, _ := reviewConfig(t, "node1")
+	cfg, _ := testConfig(t, "node1")
 	p := cfg.Plans["p"]
 	p.Schedule = "0 * * * *"
 	cfg.Plans["p"] = p
