@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"bunker/internal/backend"
+	"bunker/internal/conf"
 	"bunker/internal/policy"
 	"bunker/internal/replicate"
 	"bunker/internal/repo/repository"
@@ -96,36 +95,16 @@ func (g *globalOptions) targetOptions(repo, passwordFile, credsFile string) (*gl
 	return &o, nil
 }
 
-var credentialNames = map[string]bool{"AWS_ACCESS_KEY_ID": true, "AWS_SECRET_ACCESS_KEY": true, "AWS_SESSION_TOKEN": true, "BUNKER_REST_PASSWORD": true}
-
-// readCredentials reads a credentials file: NAME=value lines, # comments.
-// Errors never quote a value.
+// readCredentials reads a --from/--to-credentials-file (none: nil).
 func readCredentials(file string) (map[string]string, error) {
 	if file == "" {
 		return nil, nil
 	}
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("credentials file: %w", err)
+	creds, err := conf.ReadCredentials(file)
+	if errors.Is(err, conf.ErrCredentials) {
+		return nil, usageError{err}
 	}
-	out := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		name, value, ok := strings.Cut(line, "=")
-		name = strings.TrimSpace(strings.TrimPrefix(name, "export "))
-		if !ok || !credentialNames[name] {
-			return nil, usagef("credentials file %s line %d: want NAME=value with NAME one of AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, BUNKER_REST_PASSWORD", file, n)
-		}
-		out[name] = strings.Trim(strings.TrimSpace(value), `"'`)
-	}
-	if out["AWS_ACCESS_KEY_ID"] != "" && out["AWS_SECRET_ACCESS_KEY"] == "" {
-		return nil, usagef("credentials file %s: AWS_ACCESS_KEY_ID without AWS_SECRET_ACCESS_KEY", file)
-	}
-	return out, nil
+	return creds, err
 }
 
 // sideError says which repository of a copy an error is about, keeping the

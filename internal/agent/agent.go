@@ -71,6 +71,7 @@ var idRE = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}$`)
 
 // jobState is this node's part of one job.
 type jobState struct {
+	id string
 	// cmd serialises the commands of one job: an abort waits for the
 	// prepare it cancels to end, then undoes it.
 	cmd    sync.Mutex
@@ -248,7 +249,7 @@ func (a *Agent) job(id string) *jobState {
 	defer a.mu.Unlock()
 	j := a.jobs[id]
 	if j == nil {
-		j = &jobState{files: map[string]string{}, pg: map[string]*pgSnapshot{}}
+		j = &jobState{id: id, files: map[string]string{}, pg: map[string]*pgSnapshot{}}
 		a.jobs[id] = j
 	}
 	return j
@@ -309,14 +310,14 @@ func (a *Agent) handle(ctx context.Context, c api.Command) {
 		j.uploading = false
 		j.mu.Unlock()
 		if err == nil {
-			a.forget(c.Job, j)
+			a.forget(j)
 		}
 	case api.KindAbort:
 		err = a.thaw(j, "an abort")
-		a.forget(c.Job, j)
+		a.forget(j)
 	case api.KindRestore:
 		err = a.restore(ctx, c)
-		a.forget(c.Job, j)
+		a.forget(j)
 	default:
 		err = fmt.Errorf("refused: unknown command %q", c.Kind)
 		a.log.Warn("refused: unknown command", "kind", c.Kind, "job", c.Job)
@@ -436,16 +437,11 @@ func (a *Agent) thawLocked(j *jobState, by string) error {
 		j.mu.Unlock()
 		if stale {
 			a.mu.Lock()
-			id := ""
-			for k, v := range a.jobs {
-				if v == j {
-					id = k
-				}
-			}
+			current := a.jobs[j.id] == j
 			a.mu.Unlock()
-			if id != "" {
-				a.log.Warn("dropping what prepare took: no upload came", "job", id)
-				a.forget(id, j)
+			if current {
+				a.log.Warn("dropping what prepare took: no upload came", "job", j.id)
+				a.forget(j)
 			}
 		}
 	})
@@ -462,7 +458,7 @@ func (a *Agent) thawLocked(j *jobState, by string) error {
 }
 
 // forget drops a job's state and what prepare took for it.
-func (a *Agent) forget(id string, j *jobState) {
+func (a *Agent) forget(j *jobState) {
 	j.mu.Lock()
 	for _, f := range j.files {
 		os.Remove(f)
@@ -474,8 +470,8 @@ func (a *Agent) forget(id string, j *jobState) {
 	clear(j.pg)
 	j.mu.Unlock()
 	a.mu.Lock()
-	delete(a.jobs, id)
-	a.done[id] = true
+	delete(a.jobs, j.id)
+	a.done[j.id] = true
 	a.mu.Unlock()
 }
 
@@ -584,10 +580,7 @@ func (a *Agent) upload(ctx context.Context, c api.Command, j *jobState) (map[str
 		for _, e := range p.Excludes {
 			args = append(args, "--exclude", e)
 		}
-		env, err := repoEnv(p.Repository)
-		if err != nil {
-			return nil, fmt.Errorf("plan %s: %w", name, err)
-		}
+		var extraEnv []string
 		switch {
 		case stdin != nil:
 			args = append(args, "--stdin", "--stdin-filename", p.Etcd.File())
@@ -604,7 +597,7 @@ func (a *Agent) upload(ctx context.Context, c api.Command, j *jobState) (map[str
 			}
 			for _, kv := range pgenv {
 				if strings.HasPrefix(kv, "PGPASSWORD=") {
-					env = append(env, kv)
+					extraEnv = append(extraEnv, kv)
 				}
 			}
 			args = append(args, "--stdin-from-command", "--stdin-filename", p.Postgres.File(), "--")
@@ -612,8 +605,11 @@ func (a *Agent) upload(ctx context.Context, c api.Command, j *jobState) (map[str
 		default:
 			args = append(args, p.Paths...)
 		}
-		cmd := exec.CommandContext(ctx, a.opts.Bunker, args...)
-		cmd.Env = env
+		cmd, err := a.bunker(ctx, p.Repository, args...)
+		if err != nil {
+			return nil, fmt.Errorf("plan %s: %w", name, err)
+		}
+		cmd.Env = append(cmd.Env, extraEnv...)
 		if stdin != nil {
 			cmd.Stdin = stdin
 		}

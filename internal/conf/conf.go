@@ -174,15 +174,45 @@ func (d Duration) D(def time.Duration) time.Duration {
 // credentialNames are what a repository's credentials file may set.
 var credentialNames = map[string]bool{"AWS_ACCESS_KEY_ID": true, "AWS_SECRET_ACCESS_KEY": true, "AWS_SESSION_TOKEN": true, "BUNKER_REST_PASSWORD": true}
 
+// ErrCredentials wraps every problem of a credentials file; its message
+// never quotes a value.
+var ErrCredentials = errors.New("bad credentials file")
+
+// ReadCredentials reads a credentials file: NAME=value lines ("export "
+// allowed, quotes trimmed, # comments), NAME one of AWS_ACCESS_KEY_ID,
+// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, BUNKER_REST_PASSWORD.
+func ReadCredentials(file string) (map[string]string, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("credentials file: %w", err)
+	}
+	out := map[string]string{}
+	for n, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		k = strings.TrimSpace(strings.TrimPrefix(k, "export "))
+		if !ok || !credentialNames[k] {
+			return nil, fmt.Errorf("%w: %s line %d: want NAME=value with NAME one of AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, BUNKER_REST_PASSWORD", ErrCredentials, file, n+1)
+		}
+		out[k] = strings.Trim(strings.TrimSpace(v), `"'`)
+	}
+	if out["AWS_ACCESS_KEY_ID"] != "" && out["AWS_SECRET_ACCESS_KEY"] == "" {
+		return nil, fmt.Errorf("%w: %s: AWS_ACCESS_KEY_ID without AWS_SECRET_ACCESS_KEY", ErrCredentials, file)
+	}
+	return out, nil
+}
+
 // RepositoryEnv is the environment of a bunker child process working on a
-// repository: the process environment without any BUNKER_ or AWS_
-// variable, then the repository's location, password file and CA, and the
-// credentials of its credentials file (NAME=value lines). Secrets stay in
-// the environment, never in arguments; errors never quote a value.
+// repository: the process environment without any BUNKER_ (but BUNKER_TEST_
+// knobs) or AWS_ variable, then the repository's location, password file
+// and CA, and the credentials of its credentials file. Secrets stay in the
+// environment, never in arguments.
 func RepositoryEnv(location, passwordFile, caCert, credentialsFile string) ([]string, error) {
 	var env []string
 	for _, kv := range os.Environ() {
-		// BUNKER_TEST_ knobs (timings only tests set) pass through.
 		if (!strings.HasPrefix(kv, "BUNKER_") || strings.HasPrefix(kv, "BUNKER_TEST_")) && !strings.HasPrefix(kv, "AWS_") {
 			env = append(env, kv)
 		}
@@ -194,21 +224,12 @@ func RepositoryEnv(location, passwordFile, caCert, credentialsFile string) ([]st
 	if credentialsFile == "" {
 		return env, nil
 	}
-	data, err := os.ReadFile(credentialsFile)
+	creds, err := ReadCredentials(credentialsFile)
 	if err != nil {
-		return nil, fmt.Errorf("credentials file: %w", err)
+		return nil, err
 	}
-	for n, line := range strings.Split(string(data), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		k = strings.TrimSpace(strings.TrimPrefix(k, "export "))
-		if !ok || !credentialNames[k] {
-			return nil, fmt.Errorf("credentials file %s line %d: want NAME=value with NAME one of AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, BUNKER_REST_PASSWORD", credentialsFile, n+1)
-		}
-		env = append(env, k+"="+strings.Trim(strings.TrimSpace(v), `"'`))
+	for k, v := range creds {
+		env = append(env, k+"="+v)
 	}
 	return env, nil
 }

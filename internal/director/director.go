@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -346,8 +347,6 @@ func (d *Director) handleReport(w http.ResponseWriter, r *http.Request) {
 
 func (d *Director) handlePlans(w http.ResponseWriter, r *http.Request) {
 	var out []api.Plan
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	for _, name := range sortedKeys(d.cfg.Plans) {
 		p := d.cfg.Plans[name]
 		ap := api.Plan{Name: name, Nodes: p.Nodes, Schedule: p.Schedule, Connected: []string{}}
@@ -358,14 +357,37 @@ func (d *Director) handlePlans(w http.ResponseWriter, r *http.Request) {
 			t := ps.LastSuccess
 			ap.LastSuccess = &t
 		}
+		d.mu.Lock()
 		for _, n := range sortedKeys(p.Nodes) {
 			if d.connected(n) {
 				ap.Connected = append(ap.Connected, n)
 			}
 		}
+		d.mu.Unlock()
 		out = append(out, ap)
 	}
+	// Written with no lock held: a slow client never stalls the agents.
 	writeJSON(w, out)
+}
+
+// notReady lists the nodes (of need: node -> agent plans) whose agent is
+// not connected or lacks one of the plans.
+func (d *Director) notReady(need map[string][]string) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var missing []string
+	for _, n := range sortedKeys(need) {
+		if !d.connected(n) {
+			missing = append(missing, n)
+			continue
+		}
+		for _, p := range need[n] {
+			if !slices.Contains(d.agents[n].plans, p) {
+				missing = append(missing, fmt.Sprintf("%s (its agent has no plan %q)", n, p))
+			}
+		}
+	}
+	return missing
 }
 
 // connected reports whether a node's agent polled recently. d.mu is held.
@@ -473,7 +495,7 @@ func (d *Director) Start(plan, why string) (*api.Job, error) {
 	d.runs[job.ID] = rn
 	d.busy[plan] = job.ID
 	d.log.Info("job started", "job", job.ID, "plan", plan, "by", why)
-	snapshot := *job
+	snapshot := copyJob(job)
 	d.wg.Go(func() {
 		defer cancel()
 		d.execute(ctx, rn)
@@ -482,7 +504,21 @@ func (d *Director) Start(plan, why string) (*api.Job, error) {
 		delete(d.busy, plan)
 		d.mu.Unlock()
 	})
-	return &snapshot, nil
+	return snapshot, nil
+}
+
+// copyJob copies a job deeply enough to be read (encoded, stored) while
+// its run goes on changing the original under d.mu.
+func copyJob(j *api.Job) *api.Job {
+	c := *j
+	c.Nodes = make(map[string]*api.NodeResult, len(j.Nodes))
+	for n, r := range j.Nodes {
+		rc := *r
+		rc.Snapshots = maps.Clone(r.Snapshots)
+		c.Nodes[n] = &rc
+	}
+	c.Followups = maps.Clone(j.Followups)
+	return &c
 }
 
 func newJobID() string {
@@ -518,9 +554,9 @@ func (d *Director) dropPending(job string) {
 
 func (d *Director) save(rn *run) {
 	d.mu.Lock()
-	j := *rn.job
+	j := copyJob(rn.job)
 	d.mu.Unlock()
-	if err := d.st.putJob(&j); err != nil {
+	if err := d.st.putJob(j); err != nil {
 		d.log.Error("job store", "job", j.ID, "err", err)
 	}
 }
@@ -556,21 +592,7 @@ func (d *Director) execute(ctx context.Context, rn *run) {
 		d.save(rn)
 	}
 
-	d.mu.Lock()
-	var missing []string
-	for _, n := range nodes {
-		if !d.connected(n) {
-			missing = append(missing, n)
-			continue
-		}
-		for _, p := range rn.plan.Nodes[n] {
-			if !slices.Contains(d.agents[n].plans, p) {
-				missing = append(missing, fmt.Sprintf("%s (its agent has no plan %q)", n, p))
-			}
-		}
-	}
-	d.mu.Unlock()
-	if len(missing) > 0 {
+	if missing := d.notReady(rn.plan.Nodes); len(missing) > 0 {
 		fail("start", "nodes not ready: %v", missing)
 		return
 	}

@@ -81,7 +81,7 @@ func (d *Director) StartRestore(req api.RestoreRequest) (*api.Job, error) {
 	rn := &run{job: job, plan: p, cancel: cancel, reports: make(chan nodeReport, 4*len(targets)+4)}
 	d.runs[job.ID], d.busy[req.Plan] = rn, job.ID
 	d.log.Info("restore started", "job", job.ID, "plan", req.Plan, "group", req.Group)
-	snapshot := *job
+	snapshot := copyJob(job)
 	d.wg.Go(func() {
 		defer cancel()
 		d.executeRestore(ctx, rn, targets, req.Includes)
@@ -90,7 +90,7 @@ func (d *Director) StartRestore(req api.RestoreRequest) (*api.Job, error) {
 		delete(d.busy, req.Plan)
 		d.mu.Unlock()
 	})
-	return &snapshot, nil
+	return snapshot, nil
 }
 
 func (d *Director) executeRestore(ctx context.Context, rn *run, targets map[string]restoreTarget, includes []string) {
@@ -107,32 +107,20 @@ func (d *Director) executeRestore(ctx context.Context, rn *run, targets map[stri
 		d.save(rn)
 		d.log.Info("restore ended", "job", job.ID, "state", state, "error", msg)
 	}
-	d.mu.Lock()
-	var missing []string
+	need := map[string][]string{}
 	for _, n := range nodes {
-		if !d.connected(n) {
-			missing = append(missing, n)
-			continue
-		}
 		for p := range targets[n].snapshots {
-			if !slices.Contains(d.agents[n].plans, p) {
-				missing = append(missing, fmt.Sprintf("%s (its agent has no plan %q)", n, p))
-			}
+			need[n] = append(need[n], p)
 		}
+		slices.Sort(need[n])
 	}
-	d.mu.Unlock()
+	missing := d.notReady(need)
 	if len(missing) > 0 {
 		finish(api.JobFailed, fmt.Sprintf("nodes not ready: %v", missing))
 		return
 	}
 	for _, n := range nodes {
-		t := targets[n]
-		plans := make([]string, 0, len(t.snapshots))
-		for p := range t.snapshots {
-			plans = append(plans, p)
-		}
-		slices.Sort(plans)
-		d.send(n, api.Command{ID: newJobID(), Job: job.ID, Kind: api.KindRestore, Plans: plans, Snapshots: t.snapshots, Includes: includes})
+		d.send(n, api.Command{ID: newJobID(), Job: job.ID, Kind: api.KindRestore, Plans: need[n], Snapshots: targets[n].snapshots, Includes: includes})
 	}
 	err := d.await(ctx, rn, api.KindRestore, nodes, time.Time{}, func(n string, r api.Report) {})
 	switch {
