@@ -58,6 +58,19 @@ func newDirectorCmd(g *globalOptions) *cobra.Command {
 				go func() { _ = hs.Serve(hl) }()
 				defer hs.Close()
 			}
+			if cfg.Enrol != nil {
+				el, err := net.Listen("tcp", cfg.Enrol.Listen)
+				if err != nil {
+					ln.Close()
+					return err
+				}
+				go func() {
+					if err := d.ServeEnrol(ctx, el); err != nil {
+						log.Error("enrolment listener stopped", "err", err)
+					}
+				}()
+				fmt.Fprintf(c.OutOrStdout(), "enrolment listening on %s\n", el.Addr())
+			}
 			go d.Schedule(ctx)
 			fmt.Fprintf(c.OutOrStdout(), "listening on %s\n", ln.Addr())
 			return d.Serve(ctx, ln)
@@ -98,7 +111,81 @@ func newAgentCmd(g *globalOptions) *cobra.Command {
 	}
 	run.Flags().StringVar(&cfgFile, "config", "", "the agent's configuration `file` (agent.yaml)")
 	_ = run.MarkFlagRequired("config")
-	c.AddCommand(run)
+
+	var enrolURL, tokenFile string
+	enrol := &cobra.Command{
+		Use:   "enrol",
+		Short: "Get this node's certificate from the director with a one-time token",
+		Long: `Enrol a new node: the agent makes its key here, sends a certificate request
+with a one-time token (from bunker agent token NODE) to the director's
+enrolment listener, and writes the key and the certificate to the files of
+its configuration's tls section. The token is read from --token-file or
+BUNKER_ENROL_TOKEN, never from the command line.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, err := agent.LoadConfig(cfgFile)
+			if err != nil {
+				return usageError{err}
+			}
+			if enrolURL == "" {
+				return usagef("--enrol-url is required (the director's enrolment listener, https://host:port)")
+			}
+			token := os.Getenv("BUNKER_ENROL_TOKEN")
+			if tokenFile != "" {
+				b, err := os.ReadFile(tokenFile)
+				if err != nil {
+					return usagef("--token-file: %v", err)
+				}
+				token = string(b)
+			}
+			if strings.TrimSpace(token) == "" {
+				return usagef("no token: use --token-file or set BUNKER_ENROL_TOKEN")
+			}
+			notAfter, err := agent.Enrol(c.Context(), cfg, enrolURL, token)
+			if err != nil {
+				if errors.Is(err, pki.ErrExists) {
+					return usageError{err}
+				}
+				return err
+			}
+			if g.json {
+				return printJSON(c.OutOrStdout(), map[string]any{"message_type": "agent_enrol", "node": cfg.Name,
+					"certificate": cfg.TLS.Cert, "key": cfg.TLS.Key, "not_after": notAfter})
+			}
+			g.msgf(c, "enrolled node %s: certificate %s (key %s), valid until %s\n", cfg.Name, cfg.TLS.Cert, cfg.TLS.Key, notAfter.Format("2006-01-02"))
+			return nil
+		},
+	}
+	enrol.Flags().StringVar(&cfgFile, "config", "", "the agent's configuration `file` (agent.yaml)")
+	enrol.Flags().StringVar(&enrolURL, "enrol-url", "", "the director's enrolment listener (`https://host:port`)")
+	enrol.Flags().StringVar(&tokenFile, "token-file", "", "`file` holding the one-time token (or env BUNKER_ENROL_TOKEN)")
+	_ = enrol.MarkFlagRequired("config")
+
+	var dc directorClient
+	var ttl string
+	token := &cobra.Command{
+		Use:   "token NODE",
+		Short: "Ask the director for a one-time token that enrols NODE (operator)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			var tok api.EnrolToken
+			if err := dc.do(c.Context(), http.MethodPost, api.PathEnrolToken, api.EnrolTokenRequest{Node: args[0], TTL: ttl}, &tok); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(c.OutOrStdout(), tok)
+			}
+			// The token alone on stdout (for a file or a secret store); the
+			// rest on stderr.
+			fmt.Fprintln(c.OutOrStdout(), tok.Token)
+			fmt.Fprintf(c.ErrOrStderr(), "one-time enrolment token for node %s, usable until %s: on the node, bunker agent enrol --config agent.yaml --enrol-url https://DIRECTOR:PORT --token-file FILE\n",
+				tok.Node, tok.Expires.Local().Format("2006-01-02 15:04:05"))
+			return nil
+		},
+	}
+	token.Flags().StringVar(&ttl, "ttl", "", "how long the token stays usable (`duration`, default the director's enrol.token_ttl, 1h)")
+	dc.register(token)
+	c.AddCommand(run, enrol, token)
 	return c
 }
 

@@ -27,7 +27,45 @@ const (
 	PathJob     = "/api/v1/job"     // GET ?id=: one job
 	PathCancel  = "/api/v1/cancel"  // POST ?id=: cancel a job
 	PathRestore = "/api/v1/restore" // POST RestoreRequest: restore a group
+	// PathEnrolToken: POST EnrolTokenRequest: a one-time enrolment token
+	// for a node (answer EnrolToken).
+	PathEnrolToken = "/api/v1/enrol-token"
 )
+
+// PathEnrol is the one route of the enrolment listener, where a new agent
+// with no certificate yet trades a one-time token and a certificate
+// request for its certificate (POST EnrolRequest, answer EnrolResponse).
+const PathEnrol = "/enrol/v1/enrol"
+
+// EnrolTokenRequest asks for a token that enrols one node, once.
+type EnrolTokenRequest struct {
+	Node string `json:"node"`
+	// TTL is how long the token stays usable (a Go duration; empty: the
+	// director's default).
+	TTL string `json:"ttl,omitempty"`
+}
+
+// EnrolToken is a one-time token; the director keeps only its hash.
+type EnrolToken struct {
+	Node    string    `json:"node"`
+	Token   string    `json:"token"`
+	Expires time.Time `json:"expires"`
+}
+
+// EnrolRequest is an enrolling agent's: its node name, the token, and a
+// PKCS #10 request (DER) for the key it made.
+type EnrolRequest struct {
+	Version int    `json:"version"`
+	Node    string `json:"node"`
+	Token   string `json:"token"`
+	CSR     []byte `json:"csr"`
+}
+
+// EnrolResponse carries the agent's certificate and the CA's, as PEM.
+type EnrolResponse struct {
+	Certificate string    `json:"certificate"`
+	NotAfter    time.Time `json:"not_after"`
+}
 
 // Unauthenticated routes, on the separate health listener.
 const (

@@ -27,7 +27,31 @@ type Config struct {
 	Repositories map[string]Repository `yaml:"repositories"`
 	Nodes        map[string]Node       `yaml:"nodes"`
 	Plans        map[string]Plan       `yaml:"plans"`
+	// Enrol, if set, lets a new agent get its certificate with a one-time
+	// token (bunker agent token / bunker agent enrol) instead of files
+	// carried from the CA's machine.
+	Enrol *Enrol `yaml:"enrol"`
 }
+
+// Enrol configures the enrolment listener. It needs the CA's key: the
+// director then signs agent certificates itself (only ever for a node of
+// this file, with the agent role, against a token an operator asked for).
+type Enrol struct {
+	// Listen is host:port of the enrolment listener (TLS, no client
+	// certificate: the token is the proof).
+	Listen string `yaml:"listen"`
+	// CAKey is the CA's key file (the certificate is tls.ca).
+	CAKey string `yaml:"ca_key"`
+	// TokenTTL is how long a token stays usable when its request gives no
+	// lifetime (default 1h, at most 7 days).
+	TokenTTL conf.Duration `yaml:"token_ttl"`
+}
+
+// Token lifetimes.
+const (
+	DefaultTokenTTL = time.Hour
+	MaxTokenTTL     = 7 * 24 * time.Hour
+)
 
 // TLS names the director's certificate files and the revoked serials.
 type TLS struct {
@@ -125,6 +149,19 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 	for _, f := range []struct{ key, v string }{{"ca", c.TLS.CA}, {"cert", c.TLS.Cert}, {"key", c.TLS.Key}} {
 		if f.v == "" {
 			bad([]string{"tls", f.key}, "a file is required (see `bunker pki`)")
+		}
+	}
+	if e := c.Enrol; e != nil {
+		if _, _, err := net.SplitHostPort(e.Listen); err != nil {
+			bad([]string{"enrol", "listen"}, "want host:port, got %q", e.Listen)
+		} else if e.Listen == c.Listen || e.Listen == c.HealthListen {
+			bad([]string{"enrol", "listen"}, "a port of its own (not the API's or the health listener's)")
+		}
+		if e.CAKey == "" {
+			bad([]string{"enrol", "ca_key"}, "the CA's key file is required to sign agent certificates")
+		}
+		if ttl := time.Duration(e.TokenTTL); ttl != 0 && (ttl < time.Minute || ttl > MaxTokenTTL) {
+			bad([]string{"enrol", "token_ttl"}, "between 1m and 168h")
 		}
 	}
 	if _, err := pki.NewRevocations(c.TLS.Revoked...); err != nil {

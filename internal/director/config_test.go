@@ -42,6 +42,14 @@ func TestConfigMistakes(t *testing.T) {
 		{"duplicate key", "  node2: {description: etcd member}", "  node1: {description: again}", []string{`:18: mapping key "node1" already defined at line 17`}},
 		{"no schedule nor rpo", "    schedule: \"0 3 * * *\"\n    rpo: 24h\n", "", []string{"plans.cluster: give a schedule, an rpo, or both"}},
 		{"not yaml", "listen:", "listen: [", []string{"good.yaml:"}},
+		{"enrol without a key", "state: /var/lib/bunker/director.db", "state: /var/lib/bunker/director.db\nenrol: {listen: \"127.0.0.1:8444\"}",
+			[]string{":8: enrol.ca_key: the CA's key file is required"}},
+		{"enrol on the API's port", "state: /var/lib/bunker/director.db", "state: /var/lib/bunker/director.db\nenrol: {listen: \"127.0.0.1:8443\", ca_key: /k}",
+			[]string{"enrol.listen: a port of its own"}},
+		{"enrol token ttl", "state: /var/lib/bunker/director.db", "state: /var/lib/bunker/director.db\nenrol: {listen: \"127.0.0.1:8444\", ca_key: /k, token_ttl: 30d}",
+			[]string{`"30d" is not a duration`}},
+		{"enrol unknown field", "state: /var/lib/bunker/director.db", "state: /var/lib/bunker/director.db\nenrol: {listen: \"127.0.0.1:8444\", ca_key: /k, tokens: 3}",
+			[]string{"field tokens not found"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

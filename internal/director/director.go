@@ -46,6 +46,8 @@ type Director struct {
 	opts Options
 	log  *slog.Logger
 	st   *store
+	// ca signs agent certificates at enrolment (nil: enrolment is off).
+	ca *pki.CA
 
 	mu     sync.Mutex
 	agents map[string]*agentConn
@@ -120,11 +122,18 @@ func New(cfg *Config, opts Options) (*Director, error) {
 		}
 		opts.Bunker = exe
 	}
+	var ca *pki.CA
+	if cfg.Enrol != nil {
+		var err error
+		if ca, err = pki.LoadFiles(cfg.TLS.CA, cfg.Enrol.CAKey); err != nil {
+			return nil, fmt.Errorf("enrol: %w", err)
+		}
+	}
 	st, err := openStore(cfg.State)
 	if err != nil {
 		return nil, err
 	}
-	d := &Director{cfg: cfg, opts: opts, log: opts.Log, st: st, agents: map[string]*agentConn{}, runs: map[string]*run{},
+	d := &Director{cfg: cfg, opts: opts, log: opts.Log, st: st, ca: ca, agents: map[string]*agentConn{}, runs: map[string]*run{},
 		busy: map[string]string{}, tried: map[string]time.Time{}}
 	jobs, err := st.jobs(1 << 20)
 	if err != nil {
@@ -179,6 +188,7 @@ func (d *Director) routes() []route {
 		{api.PathJob, http.MethodGet, pki.RoleOperator, d.handleJob},
 		{api.PathCancel, http.MethodPost, pki.RoleOperator, d.handleCancel},
 		{api.PathRestore, http.MethodPost, pki.RoleOperator, d.handleRestore},
+		{api.PathEnrolToken, http.MethodPost, pki.RoleOperator, d.handleEnrolToken},
 	}
 }
 

@@ -21,6 +21,22 @@ type store struct {
 var (
 	bucketJobs  = []byte("jobs")  // job ID -> api.Job
 	bucketPlans = []byte("plans") // plan name -> planState
+	// bucketTokens: SHA-256 of an enrolment token (hex) -> tokenRecord.
+	// The token itself is never stored.
+	bucketTokens = []byte("tokens")
+)
+
+// tokenRecord is an unused enrolment token.
+type tokenRecord struct {
+	Node     string    `json:"node"`
+	Expires  time.Time `json:"expires"`
+	IssuedBy string    `json:"issued_by"`
+}
+
+// Why an enrolment token is refused.
+var (
+	errTokenInvalid = errors.New("enrolment token unknown, already used or expired")
+	errTokenNode    = errors.New("enrolment token is for another node")
 )
 
 // planState is what the scheduler must remember across restarts.
@@ -43,7 +59,7 @@ func openStore(path string) (*store, error) {
 		return nil, fmt.Errorf("job store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketJobs, bucketPlans} {
+		for _, b := range [][]byte{bucketJobs, bucketPlans, bucketTokens} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -123,4 +139,62 @@ func (s *store) updatePlan(name string, fn func(*planState)) error {
 		}
 		return b.Put([]byte(name), data)
 	})
+}
+
+// putToken records a new token, and forgets the expired ones.
+func (s *store) putToken(hash string, rec tokenRecord, now time.Time) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTokens)
+		var old [][]byte
+		err := b.ForEach(func(k, v []byte) error {
+			var r tokenRecord
+			if json.Unmarshal(v, &r) != nil || now.After(r.Expires) {
+				old = append(old, k)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range old {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return b.Put([]byte(hash), data)
+	})
+}
+
+// token checks a token for node without using it up (take does).
+func (s *store) token(hash, node string, now time.Time) error {
+	return s.db.View(func(tx *bolt.Tx) error { return checkToken(tx, hash, node, now) })
+}
+
+// takeToken uses a token up: of two enrolments with one token, one wins.
+func (s *store) takeToken(hash, node string, now time.Time) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := checkToken(tx, hash, node, now); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketTokens).Delete([]byte(hash))
+	})
+}
+
+func checkToken(tx *bolt.Tx, hash, node string, now time.Time) error {
+	data := tx.Bucket(bucketTokens).Get([]byte(hash))
+	if data == nil {
+		return errTokenInvalid
+	}
+	var r tokenRecord
+	if err := json.Unmarshal(data, &r); err != nil || now.After(r.Expires) {
+		return errTokenInvalid
+	}
+	if r.Node != node {
+		return errTokenNode
+	}
+	return nil
 }

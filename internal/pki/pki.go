@@ -126,24 +126,32 @@ func Init(dir, deployment string, now time.Time) (*CA, error) {
 
 // Load reads the CA of dir.
 func Load(dir string) (*CA, error) {
-	certPEM, err := os.ReadFile(filepath.Join(dir, CACertFile))
+	return LoadFiles(filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile))
+}
+
+// LoadFiles reads a CA from its certificate and key files.
+func LoadFiles(certPath, keyPath string) (*CA, error) {
+	certPEM, err := os.ReadFile(certPath)
 	if err != nil {
 		return nil, err
 	}
 	cert, err := ParseCert(certPEM)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, CACertFile), err)
+		return nil, fmt.Errorf("%s: %w", certPath, err)
 	}
-	keyPEM, err := os.ReadFile(filepath.Join(dir, CAKeyFile))
+	if !cert.IsCA {
+		return nil, fmt.Errorf("%s: not a CA certificate", certPath)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
 	if err != nil {
 		return nil, err
 	}
 	key, err := ParseKey(keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, CAKeyFile), err)
+		return nil, fmt.Errorf("%s: %w", keyPath, err)
 	}
 	if !key.PublicKey.Equal(cert.PublicKey) {
-		return nil, fmt.Errorf("%s does not belong to %s", CAKeyFile, CACertFile)
+		return nil, fmt.Errorf("%s does not belong to %s", keyPath, certPath)
 	}
 	return &CA{Cert: cert, Key: key, PEM: certPEM}, nil
 }
@@ -218,16 +226,69 @@ func (ca *CA) IssueFiles(dir string, req Request, now time.Time) (certPath, keyP
 	if err != nil {
 		return "", "", err
 	}
-	if err := writeKey(keyPath, key); err != nil {
-		return "", "", err
-	}
-	// The certificate file also holds the CA certificate: a holder then
-	// presents its whole chain, and keeps the CA to verify its peers.
-	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), ca.PEM...)
-	if err := writeNew(certPath, chain, 0o644); err != nil {
+	if err := WriteIdentity(certPath, keyPath, ca.Chain(der), key); err != nil {
 		return "", "", err
 	}
 	return certPath, keyPath, nil
+}
+
+// Chain is a certificate followed by the CA's, as PEM: a holder presents
+// its whole chain, and keeps the CA to verify its peers.
+func (ca *CA) Chain(der []byte) []byte {
+	return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), ca.PEM...)
+}
+
+// WriteIdentity writes a key (mode 0600) and its certificate chain,
+// refusing to overwrite either; on failure neither is left behind.
+func WriteIdentity(certPath, keyPath string, chainPEM []byte, key *ecdsa.PrivateKey) error {
+	for _, f := range []string{certPath, keyPath} {
+		if _, err := os.Lstat(f); err == nil {
+			return fmt.Errorf("%s: %w", f, ErrExists)
+		}
+	}
+	if err := writeKey(keyPath, key); err != nil {
+		return err
+	}
+	if err := writeNew(certPath, chainPEM, 0o644); err != nil {
+		os.Remove(keyPath)
+		return err
+	}
+	return nil
+}
+
+// NewRequest makes a key and a certificate signing request (PKCS #10,
+// DER) for an agent that enrols as name. The key never leaves the node.
+func NewRequest(name string) ([]byte, *ecdsa.PrivateKey, error) {
+	if err := CheckName(name); err != nil {
+		return nil, nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
+	return csr, key, err
+}
+
+// ErrBadRequest: a certificate signing request that cannot be certified.
+var ErrBadRequest = errors.New("bad certificate request")
+
+// SignRequest certifies the key of a signing request for req. Only the
+// request's key and its proof of possession count: who the certificate is
+// for comes from req, never from the request's own subject.
+func (ca *CA) SignRequest(csrDER []byte, req Request, now time.Time) ([]byte, error) {
+	csr, err := x509.ParseCertificateRequest(csrDER)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: signature: %v", ErrBadRequest, err)
+	}
+	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
+	if !ok || pub.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("%w: want an ECDSA P-256 key", ErrBadRequest)
+	}
+	return ca.Issue(req, pub, now)
 }
 
 // Identity is who a verified certificate speaks for.

@@ -1,7 +1,13 @@
 package pki_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
@@ -201,4 +207,78 @@ func TestMutualTLSRefusals(t *testing.T) {
 			t.Errorf("an agent's certificate was accepted as a director's")
 		}
 	})
+}
+
+// An enrolment certifies only the request's key: the name and role come
+// from the director's Request, whatever the request's subject says; a
+// request with a bad signature or another kind of key is refused.
+func TestSignRequest(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	ca, err := pki.Init(dir, "prod", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil := &x509.CertificateRequest{Subject: pkix.Name{CommonName: "director", OrganizationalUnit: []string{pki.RoleDirector}}}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, evil, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := ca.SignRequest(csr, pki.Request{Role: pki.RoleAgent, Name: "node1"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := pki.IdentityOf(cert); err != nil || id.Role != pki.RoleAgent || id.Name != "node1" || !key.PublicKey.Equal(cert.PublicKey) {
+		t.Fatalf("identity %+v %v", id, err)
+	}
+	if err := cert.CheckSignatureFrom(ca.Cert); err != nil {
+		t.Fatal(err)
+	}
+
+	tampered := append([]byte(nil), csr...)
+	tampered[len(tampered)-5] ^= 1
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaCSR, err := x509.CreateCertificateRequest(rand.Reader, evil, rsaKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, _, err := pki.NewRequest("node2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		csr []byte
+		req pki.Request
+	}{
+		"garbage":       {[]byte("not a request"), pki.Request{Role: pki.RoleAgent, Name: "node1"}},
+		"bad signature": {tampered, pki.Request{Role: pki.RoleAgent, Name: "node1"}},
+		"rsa key":       {rsaCSR, pki.Request{Role: pki.RoleAgent, Name: "node1"}},
+		"bad name":      {good, pki.Request{Role: pki.RoleAgent, Name: "../x"}},
+		"empty":         {nil, pki.Request{Role: pki.RoleAgent, Name: "node1"}},
+	} {
+		if _, err := ca.SignRequest(tc.csr, tc.req, now); err == nil {
+			t.Errorf("%s: certified", name)
+		}
+	}
+	if _, err := pki.LoadFiles(filepath.Join(dir, pki.CACertFile), filepath.Join(dir, pki.CAKeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	if _, err := pki.Init(other, "other", now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pki.LoadFiles(filepath.Join(dir, pki.CACertFile), filepath.Join(other, pki.CAKeyFile)); err == nil || !strings.Contains(err.Error(), "does not belong") {
+		t.Fatalf("mismatched CA key: %v", err)
+	}
 }

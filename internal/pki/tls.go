@@ -99,6 +99,33 @@ func ClientTLS(caPEM []byte, certFile, keyFile string) (*tls.Config, error) {
 	}, nil
 }
 
+// EnrolServerTLS serves the enrolment listener: the director presents its
+// certificate and asks for none (an enrolling agent has none yet; its
+// one-time token is what it proves itself with).
+func EnrolServerTLS(certFile, keyFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("server certificate: %w", err)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}, nil
+}
+
+// EnrolClientTLS is an enrolling agent's configuration: no certificate of
+// its own, and only a director of the CA as the server.
+func EnrolClientTLS(caPEM []byte) (*tls.Config, error) {
+	pool, err := poolOf(caPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		RootCAs:    pool,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return checkPeer(cs, nil, []string{RoleDirector})
+		},
+	}, nil
+}
+
 func checkPeer(cs tls.ConnectionState, revoked *Revocations, roles []string) error {
 	if len(cs.PeerCertificates) == 0 {
 		return fmt.Errorf("%w: no certificate", ErrRefused)
