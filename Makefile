@@ -11,7 +11,7 @@ VERSITYGW := $(CURDIR)/.tools/versitygw-$(VERSITYGW_VERSION)/versitygw
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 FUZZTIME  ?= 20000x
 
-.PHONY: all build tools postgres test test-short lint fuzz bench bench-prune bench-s3 bench-copy soak demo clean
+.PHONY: providers all build tools postgres test test-short lint fuzz bench bench-prune bench-s3 bench-copy soak demo clean
 
 all: build
 
@@ -31,7 +31,16 @@ postgres:
 	  { echo "installing postgresql (Debian)"; export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get install -y -qq postgresql >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }; }
 
-tools: $(GOBIN)/staticcheck $(VERSITYGW) postgres
+# The agent's providers' tests: btrfs snapshots on a loop device, and a real
+# container engine serving the Docker Engine API (Podman, with runc and a
+# busybox image made from Debian's static busybox).
+providers:
+	@command -v btrfs >/dev/null && command -v podman >/dev/null && command -v runc >/dev/null && dpkg -s busybox-static >/dev/null 2>&1 || \
+	  { echo "installing btrfs-progs podman runc busybox-static (Debian)"; export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq btrfs-progs podman runc busybox-static >/dev/null || \
+	    { apt-get update -qq && apt-get install -y -qq btrfs-progs podman runc busybox-static >/dev/null; }; }
+
+tools: $(GOBIN)/staticcheck $(VERSITYGW) postgres providers
 
 lint: $(GOBIN)/staticcheck
 	@unformatted=$$(gofmt -l cmd internal scripts); if [ -n "$$unformatted" ]; then echo "gofmt: $$unformatted"; exit 1; fi
@@ -40,11 +49,11 @@ lint: $(GOBIN)/staticcheck
 	$(GO) test -count=1 ./internal/lint/
 
 # Every test, with the race detector, then a short run of every fuzz target.
-test: lint build $(VERSITYGW) postgres
+test: lint build $(VERSITYGW) postgres providers
 	BUNKER_VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
-test-short: build $(VERSITYGW) postgres
+test-short: build $(VERSITYGW) postgres providers
 	BUNKER_VERSITYGW=$(VERSITYGW) $(GO) test -count=1 ./...
 
 # Each fuzz target for FUZZTIME: a count of executions by default (a time limit

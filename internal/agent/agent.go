@@ -83,6 +83,10 @@ type jobState struct {
 	// open PostgreSQL snapshots.
 	files map[string]string
 	pg    map[string]*pgSnapshot
+	// held is what the job holds (paused containers, frozen filesystems,
+	// snapshots), as written to its journal; snaps the snapshot per plan.
+	held  held
+	snaps map[string]*fsSnapshot
 	// uploading is set while an upload runs (the state must stay).
 	uploading bool
 }
@@ -139,9 +143,15 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("%s is not the agent certificate of %q (it names %s %s)", cfg.TLS.Cert, cfg.Name, id.Role, id.Name)
 	}
 	tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true, ResponseHeaderTimeout: opts.PollTimeout, IdleConnTimeout: time.Minute}
-	return &Agent{cfg: cfg, opts: opts, log: opts.Log, client: &http.Client{Transport: tr, Timeout: opts.PollTimeout + 5*time.Second},
+	a := &Agent{cfg: cfg, opts: opts, log: opts.Log, client: &http.Client{Transport: tr, Timeout: opts.PollTimeout + 5*time.Second},
 		base: strings.TrimSuffix(cfg.Director, "/"), seen: map[string]bool{}, jobs: map[string]*jobState{}, done: map[string]bool{},
-		frozenBy: map[string]string{}}, nil
+		frozenBy: map[string]string{}}
+	// A previous run of the agent killed while it held containers paused,
+	// filesystems frozen or snapshots: release them before anything else.
+	rctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	a.recoverJournals(rctx)
+	cancel()
+	return a, nil
 }
 
 // privateDir makes dir (mode 0700) or checks that it is a directory of this
@@ -249,7 +259,7 @@ func (a *Agent) job(id string) *jobState {
 	defer a.mu.Unlock()
 	j := a.jobs[id]
 	if j == nil {
-		j = &jobState{id: id, files: map[string]string{}, pg: map[string]*pgSnapshot{}}
+		j = &jobState{id: id, files: map[string]string{}, pg: map[string]*pgSnapshot{}, snaps: map[string]*fsSnapshot{}}
 		a.jobs[id] = j
 	}
 	return j
@@ -379,6 +389,15 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 		if !j.frozen {
 			return time.Time{}, errors.New("thawed before the prepare ended (deadline)")
 		}
+		sctx, cancel := context.WithDeadline(ctx, thawBy)
+		err := a.hold(sctx, j, name, p)
+		cancel()
+		if err != nil {
+			return fail(fmt.Errorf("plan %s: %w", name, err))
+		}
+		if !j.frozen {
+			return time.Time{}, errors.New("thawed before the prepare ended (deadline)")
+		}
 		if p.Etcd != nil {
 			dst := filepath.Join(a.opts.StateDir, c.Job+"-"+name+".etcd")
 			os.Remove(dst) // a leftover of a retried prepare
@@ -445,7 +464,12 @@ func (a *Agent) thawLocked(j *jobState, by string) error {
 			}
 		}
 	})
-	var errs []error
+	// Filesystems and containers first, then the post hooks (the reverse
+	// of prepare); snapshots stay for the upload.
+	errs := a.release(context.Background(), &j.held)
+	if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
+		errs = append(errs, fmt.Errorf("journal: %w", err))
+	}
 	for i := len(j.plans) - 1; i >= 0; i-- {
 		for k, h := range a.cfg.Plans[j.plans[i]].Post {
 			if err := a.runHook(context.Background(), h, time.Time{}); err != nil {
@@ -468,6 +492,15 @@ func (a *Agent) forget(j *jobState) {
 		s.end()
 	}
 	clear(j.pg)
+	if len(j.held.Snapshots) > 0 {
+		for _, err := range a.dropSnapshots(context.Background(), &j.held) {
+			a.log.Error("snapshot removal failed", "job", j.id, "err", err)
+		}
+		if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
+			a.log.Error("journal", "job", j.id, "err", err)
+		}
+	}
+	clear(j.snaps)
 	j.mu.Unlock()
 	a.mu.Lock()
 	delete(a.jobs, j.id)
@@ -605,9 +638,24 @@ func (a *Agent) upload(ctx context.Context, c api.Command, j *jobState) (map[str
 		default:
 			args = append(args, p.Paths...)
 		}
+		if p.Snapshot != nil {
+			j.mu.Lock()
+			snap := j.snaps[name]
+			j.mu.Unlock()
+			if snap == nil {
+				return nil, fmt.Errorf("plan %s: no snapshot was taken for this job (was the agent restarted?)", name)
+			}
+			// The child sees the snapshot where the live files are, in a
+			// mount namespace of its own: the backup records the
+			// original paths, and nothing else on the node changes.
+			args = append([]string{BindExecCommand, snap.Root, p.Snapshot.Root(), "--", a.opts.Bunker}, args...)
+		}
 		cmd, err := a.bunker(ctx, p.Repository, args...)
 		if err != nil {
 			return nil, fmt.Errorf("plan %s: %w", name, err)
+		}
+		if p.Snapshot != nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
 		}
 		cmd.Env = append(cmd.Env, extraEnv...)
 		if stdin != nil {

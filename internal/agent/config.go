@@ -3,6 +3,7 @@ package agent
 import (
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -68,6 +69,155 @@ type Plan struct {
 	// Postgres, instead of paths: a pg_dump of the database as it was at
 	// the freeze (an exported snapshot), streamed into the repository.
 	Postgres *Postgres `yaml:"postgres"`
+	// Docker pauses containers from after the pre hooks until the thaw.
+	Docker *Docker `yaml:"docker"`
+	// FSFreeze freezes these mounted filesystems from after the pre hooks
+	// (and the pause) until the thaw; it goes with an lvm snapshot.
+	FSFreeze []string `yaml:"fsfreeze"`
+	// Snapshot takes a filesystem snapshot at the freeze; the paths are
+	// then read from it, after the thaw, as they were at the freeze.
+	Snapshot *Snapshot `yaml:"snapshot"`
+}
+
+// Docker names the containers to pause through the Docker Engine API.
+type Docker struct {
+	// Socket is the API's unix socket (default /var/run/docker.sock).
+	Socket string `yaml:"socket"`
+	// Containers are names or IDs; Labels select more (key or key=value:
+	// every running container carrying one of them).
+	Containers []string `yaml:"containers"`
+	Labels     []string `yaml:"labels"`
+}
+
+// DefaultDockerSocket is where the Docker daemon listens by default.
+const DefaultDockerSocket = "/var/run/docker.sock"
+
+// SocketPath is the API socket to use.
+func (d *Docker) SocketPath() string {
+	if d.Socket == "" {
+		return DefaultDockerSocket
+	}
+	return d.Socket
+}
+
+// Snapshot kinds.
+const (
+	SnapshotBtrfs = "btrfs"
+	SnapshotLVM   = "lvm"
+	SnapshotZFS   = "zfs"
+)
+
+// Snapshot is a filesystem snapshot the paths are read from.
+type Snapshot struct {
+	// Type is btrfs, lvm or zfs.
+	Type string `yaml:"type"`
+	// Source is what to snapshot: a btrfs subvolume's path, an LVM logical
+	// volume (vg/lv), or a ZFS dataset (pool/fs).
+	Source string `yaml:"source"`
+	// MountPoint is where Source is mounted (lvm, zfs; a btrfs subvolume
+	// is its own). Every path of the plan is within it.
+	MountPoint string `yaml:"mount_point"`
+	// Size is the copy-on-write space of an LVM snapshot (lvcreate
+	// --size, such as 2G; default 20% of the origin).
+	Size string `yaml:"size"`
+}
+
+// Root is the directory the plan's paths live under.
+func (s *Snapshot) Root() string {
+	if s.Type == SnapshotBtrfs && s.MountPoint == "" {
+		return filepath.Clean(s.Source)
+	}
+	return filepath.Clean(s.MountPoint)
+}
+
+var (
+	lvmVolumeRE  = regexp.MustCompile(`^[A-Za-z0-9_.+][A-Za-z0-9_.+-]*/[A-Za-z0-9_.+][A-Za-z0-9_.+-]*$`)
+	lvmSizeRE    = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?[bBsSkKmMgGtTpPeE]?$`)
+	zfsDatasetRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:/-]*$`)
+	containerRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+	labelRE      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_./-]*(=[^,\x00]*)?$`)
+)
+
+// within reports whether path is root or below it.
+func within(path, root string) bool {
+	path, root = filepath.Clean(path), filepath.Clean(root)
+	return path == root || root == "/" || strings.HasPrefix(path, root+"/")
+}
+
+func (p *Plan) checkProviders(bad func(path []string, format string, args ...any), at func(keys ...string) []string) {
+	if d := p.Docker; d != nil {
+		if d.Socket != "" && !filepath.IsAbs(d.Socket) {
+			bad(at("docker", "socket"), "an absolute path to the API's unix socket")
+		}
+		if len(d.Containers) == 0 && len(d.Labels) == 0 {
+			bad(at("docker"), "name containers, labels, or both")
+		}
+		for _, c := range d.Containers {
+			if !containerRE.MatchString(c) {
+				bad(at("docker", "containers"), "%q is not a container name or ID", c)
+			}
+		}
+		for _, l := range d.Labels {
+			if !labelRE.MatchString(l) {
+				bad(at("docker", "labels"), "%q: want key or key=value", l)
+			}
+		}
+	}
+	for _, m := range p.FSFreeze {
+		if !filepath.IsAbs(m) || m == "/" {
+			bad(at("fsfreeze"), "%q: want the absolute mount point of a filesystem other than /", m)
+		}
+	}
+	if len(p.FSFreeze) > 0 && (p.Snapshot == nil || p.Snapshot.Type != SnapshotLVM) {
+		// The paths are read after the thaw: a freeze alone holds nothing
+		// for them. btrfs and ZFS snapshots are atomic on their own (and a
+		// btrfs snapshot of a frozen filesystem would wait for the thaw).
+		bad(at("fsfreeze"), "goes with an lvm snapshot (the paths are read after the thaw; btrfs and zfs snapshots need no freeze)")
+	}
+	s := p.Snapshot
+	if s == nil {
+		return
+	}
+	if len(p.Paths) == 0 {
+		bad(at("snapshot"), "a snapshot is for a paths plan")
+	}
+	switch s.Type {
+	case SnapshotBtrfs:
+		if !filepath.IsAbs(s.Source) {
+			bad(at("snapshot", "source"), "the absolute path of a btrfs subvolume")
+		}
+		if s.MountPoint != "" && filepath.Clean(s.MountPoint) != filepath.Clean(s.Source) {
+			bad(at("snapshot", "mount_point"), "a btrfs subvolume is its own mount point: leave it out")
+		}
+	case SnapshotLVM:
+		if !lvmVolumeRE.MatchString(s.Source) {
+			bad(at("snapshot", "source"), "want a logical volume as vg/lv, got %q", s.Source)
+		}
+		if s.Size != "" && !lvmSizeRE.MatchString(s.Size) {
+			bad(at("snapshot", "size"), "want an lvcreate size such as 2G, got %q", s.Size)
+		}
+	case SnapshotZFS:
+		if !zfsDatasetRE.MatchString(s.Source) || strings.Contains(s.Source, "@") {
+			bad(at("snapshot", "source"), "want a dataset as pool/fs, got %q", s.Source)
+		}
+	default:
+		bad(at("snapshot", "type"), "want btrfs, lvm or zfs, got %q", s.Type)
+	}
+	if s.Type == SnapshotLVM || s.Type == SnapshotZFS {
+		if !filepath.IsAbs(s.MountPoint) || filepath.Clean(s.MountPoint) == "/" {
+			bad(at("snapshot", "mount_point"), "the absolute directory where %s is mounted (not /)", s.Source)
+		}
+	}
+	if s.Type != SnapshotLVM && s.Size != "" {
+		bad(at("snapshot", "size"), "only for an lvm snapshot")
+	}
+	if filepath.IsAbs(s.Root()) {
+		for _, path := range p.Paths {
+			if !within(path, s.Root()) {
+				bad(at("paths"), "%q is not within the snapshot's %s", path, s.Root())
+			}
+		}
+	}
 }
 
 // Postgres dumps one database through an exported snapshot.
@@ -231,6 +381,7 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 				bad(at("etcd", "restore"), "name, an absolute data_dir, peer_urls and initial_cluster are required")
 			}
 		}
+		p.checkProviders(bad, at)
 		for _, hooks := range []struct {
 			key string
 			h   []Hook

@@ -41,6 +41,17 @@ func TestConfigMistakes(t *testing.T) {
 		{"hook timeout", "timeout: 10s", "timeout: 2h", ":22: plans.db.pre: hook 1: timeout between 100ms and 1h"},
 		{"bad name", "name: db1", "name: DB1", `:2: name: "DB1": invalid name`},
 		{"thaw too long", "thaw_deadline: 30s", "thaw_deadline: 1h", ":8: thaw_deadline: between 1s and 10m"},
+		{"snapshot type", "    paths: [/etc/app]", "    paths: [/etc/app]\n    snapshot: {type: xfs, source: /etc}", ":16: plans.config.snapshot.type: want btrfs, lvm or zfs"},
+		{"path outside the snapshot", "    paths: [/etc/app]", "    paths: [/etc/app]\n    snapshot: {type: btrfs, source: /srv}", `:15: plans.config.paths: "/etc/app" is not within the snapshot's /srv`},
+		{"lvm volume", "    paths: [/etc/app]", "    paths: [/etc/app]\n    snapshot: {type: lvm, source: \"--help\", mount_point: /etc}", "plans.config.snapshot.source: want a logical volume as vg/lv"},
+		{"lvm mount point", "    paths: [/etc/app]", "    paths: [/etc/app]\n    snapshot: {type: lvm, source: vg0/etc}", "plans.config.snapshot.mount_point: the absolute directory where vg0/etc is mounted"},
+		{"zfs size", "    paths: [/etc/app]", "    paths: [/etc/app]\n    snapshot: {type: zfs, source: tank/etc, mount_point: /etc, size: 1G}", "plans.config.snapshot.size: only for an lvm snapshot"},
+		{"fsfreeze alone", "    paths: [/etc/app]", "    paths: [/etc/app]\n    fsfreeze: [/etc]", ":16: plans.config.fsfreeze: goes with an lvm snapshot"},
+		{"fsfreeze of /", "    paths: [/etc/app]", "    paths: [/etc/app]\n    fsfreeze: [/]", "want the absolute mount point of a filesystem other than /"},
+		{"snapshot of etcd", "    paths: [/etc/app]", "    etcd: {endpoints: [http://127.0.0.1:2379]}\n    snapshot: {type: btrfs, source: /var/lib/etcd}", "plans.config.snapshot: a snapshot is for a paths plan"},
+		{"docker selects nothing", "    paths: [/etc/app]", "    paths: [/etc/app]\n    docker: {socket: /run/docker.sock}", "plans.config.docker: name containers, labels, or both"},
+		{"docker container name", "    paths: [/etc/app]", "    paths: [/etc/app]\n    docker: {containers: [\"-x\"]}", `plans.config.docker.containers: "-x" is not a container name or ID`},
+		{"docker socket", "    paths: [/etc/app]", "    paths: [/etc/app]\n    docker: {socket: docker.sock, labels: [a]}", "plans.config.docker.socket: an absolute path"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

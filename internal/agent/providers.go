@@ -1,0 +1,554 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Providers hold a node still across the freeze and capture what it
+// uploads afterwards:
+//
+//   - docker: pauses containers through the Docker Engine API (its unix
+//     socket; the agent needs access to it, as root or in the docker group);
+//   - fsfreeze: freezes mounted filesystems (FIFREEZE; root);
+//   - snapshot: a btrfs, LVM or ZFS snapshot taken while frozen, which the
+//     upload reads instead of the live files (root; btrfs-progs, lvm2 or
+//     zfsutils-linux).
+//
+// What a job holds (paused containers, frozen filesystems, snapshots) is
+// written to a journal in the state directory before each step, so that an
+// agent killed while holding them releases them when it starts again.
+
+// held is what one job holds on this node; it is the journal's content.
+type held struct {
+	Containers []heldContainer `json:"containers,omitempty"`
+	Frozen     []string        `json:"frozen,omitempty"`
+	Snapshots  []fsSnapshot    `json:"snapshots,omitempty"`
+}
+
+type heldContainer struct {
+	Socket string `json:"socket"`
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+}
+
+// journalSuffix names the journal files: <state dir>/<job>.held.
+const journalSuffix = ".held"
+
+// writeJournal records h for job (atomically), or removes the journal when
+// h holds nothing.
+func writeJournal(stateDir, job string, h *held) error {
+	path := filepath.Join(stateDir, job+journalSuffix)
+	if len(h.Containers) == 0 && len(h.Frozen) == 0 && len(h.Snapshots) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	data, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// recoverJournals releases what jobs of an earlier run of the agent still
+// held: it thaws, unpauses and removes snapshots, then the journals.
+func (a *Agent) recoverJournals(ctx context.Context) {
+	files, _ := filepath.Glob(filepath.Join(a.opts.StateDir, "*"+journalSuffix))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		var h held
+		if err == nil {
+			err = json.Unmarshal(data, &h)
+		}
+		if err != nil {
+			a.log.Error("unreadable journal of an earlier run", "file", f, "err", err)
+			continue
+		}
+		job := strings.TrimSuffix(filepath.Base(f), journalSuffix)
+		a.log.Warn("releasing what an earlier run of the agent held", "job", job, "frozen", h.Frozen, "containers", len(h.Containers), "snapshots", len(h.Snapshots))
+		errs := a.release(ctx, &h)
+		errs = append(errs, a.dropSnapshots(ctx, &h)...)
+		for _, err := range errs {
+			a.log.Error("release", "job", job, "err", err)
+		}
+		if len(errs) == 0 {
+			os.Remove(f)
+		}
+	}
+}
+
+// release thaws the frozen filesystems and unpauses the containers of h
+// (in the reverse order of their freeze), whatever fails.
+func (a *Agent) release(ctx context.Context, h *held) []error {
+	var errs []error
+	for i := len(h.Frozen) - 1; i >= 0; i-- {
+		if err := thawFS(h.Frozen[i]); err != nil {
+			errs = append(errs, err)
+		} else {
+			a.log.Info("filesystem thawed", "mount", h.Frozen[i])
+		}
+	}
+	h.Frozen = nil
+	for i := len(h.Containers) - 1; i >= 0; i-- {
+		c := h.Containers[i]
+		if err := newDockerClient(c.Socket).unpause(ctx, c.ID); err != nil {
+			errs = append(errs, fmt.Errorf("docker: unpause %s: %w", c.Name, err))
+		} else {
+			a.log.Info("container unpaused", "container", c.Name)
+		}
+	}
+	h.Containers = nil
+	return errs
+}
+
+// dropSnapshots removes the snapshots of h.
+func (a *Agent) dropSnapshots(ctx context.Context, h *held) []error {
+	var errs []error
+	for _, s := range h.Snapshots {
+		if err := s.remove(ctx); err != nil {
+			errs = append(errs, err)
+		} else {
+			a.log.Info("snapshot removed", "type", s.Type, "snapshot", s.Name)
+		}
+	}
+	h.Snapshots = nil
+	return errs
+}
+
+// --- Docker -----------------------------------------------------------------
+
+// dockerAPI is the Engine API version asked for (Docker 20.10 and later,
+// and Podman's compatible service, speak it).
+const dockerAPI = "/v1.41"
+
+type dockerClient struct {
+	socket string
+	hc     *http.Client
+}
+
+func newDockerClient(socket string) *dockerClient {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}
+	return &dockerClient{socket: socket, hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+}
+
+// errNoContainer: the API knows no such container.
+var errNoContainer = errors.New("no such container")
+
+func (d *dockerClient) call(ctx context.Context, method, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://docker"+dockerAPI+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := d.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the Docker API at %s (is the daemon running, and may the agent use its socket?): %w", d.socket, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if resp.StatusCode == http.StatusNotFound {
+		return errNoContainer
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Message string `json:"message"`
+		}
+		_ = json.Unmarshal(body, &e)
+		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, lastLine(e.Message))
+	}
+	if out != nil {
+		return json.Unmarshal(body, out)
+	}
+	return nil
+}
+
+type dockerContainer struct {
+	ID, Name string
+	Running  bool
+	Paused   bool
+}
+
+// containers resolves the configured names and labels to containers.
+func (d *dockerClient) containers(ctx context.Context, cfg *Docker) ([]dockerContainer, error) {
+	var out []dockerContainer
+	seen := map[string]bool{}
+	for _, name := range cfg.Containers {
+		var v struct {
+			ID    string `json:"Id"`
+			Name  string `json:"Name"`
+			State struct {
+				Running bool `json:"Running"`
+				Paused  bool `json:"Paused"`
+			} `json:"State"`
+		}
+		err := d.call(ctx, http.MethodGet, "/containers/"+url.PathEscape(name)+"/json", &v)
+		if errors.Is(err, errNoContainer) {
+			return nil, fmt.Errorf("no container %q", name)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !seen[v.ID] {
+			seen[v.ID] = true
+			out = append(out, dockerContainer{ID: v.ID, Name: strings.TrimPrefix(v.Name, "/"), Running: v.State.Running, Paused: v.State.Paused})
+		}
+	}
+	// Several labels in one filter must all match: ask once per label.
+	for _, label := range cfg.Labels {
+		filters, _ := json.Marshal(map[string][]string{"label": {label}})
+		var list []struct {
+			ID    string   `json:"Id"`
+			Names []string `json:"Names"`
+			State string   `json:"State"`
+		}
+		q := url.Values{"all": {"true"}, "filters": {string(filters)}}
+		if err := d.call(ctx, http.MethodGet, "/containers/json?"+q.Encode(), &list); err != nil {
+			return nil, err
+		}
+		for _, c := range list {
+			if seen[c.ID] {
+				continue
+			}
+			seen[c.ID] = true
+			name := c.ID
+			if len(c.Names) > 0 {
+				name = strings.TrimPrefix(c.Names[0], "/")
+			}
+			out = append(out, dockerContainer{ID: c.ID, Name: name, Running: c.State == "running" || c.State == "paused", Paused: c.State == "paused"})
+		}
+	}
+	return out, nil
+}
+
+func (d *dockerClient) pause(ctx context.Context, id string) error {
+	return d.call(ctx, http.MethodPost, "/containers/"+url.PathEscape(id)+"/pause", nil)
+}
+
+// unpause unpauses a container; one that is gone or no longer paused
+// (someone unpaused it) is not an error.
+func (d *dockerClient) unpause(ctx context.Context, id string) error {
+	err := d.call(ctx, http.MethodPost, "/containers/"+url.PathEscape(id)+"/unpause", nil)
+	if err == nil || errors.Is(err, errNoContainer) {
+		return nil
+	}
+	var v struct {
+		State struct {
+			Paused bool `json:"Paused"`
+		} `json:"State"`
+	}
+	if ierr := d.call(ctx, http.MethodGet, "/containers/"+url.PathEscape(id)+"/json", &v); errors.Is(ierr, errNoContainer) || (ierr == nil && !v.State.Paused) {
+		return nil
+	}
+	return err
+}
+
+// pauseContainers pauses the plan's running containers, recording each in
+// the journal before it is paused. A container already paused (by someone
+// else) is left alone, and so is a stopped one: neither is unpaused later.
+func (a *Agent) pauseContainers(ctx context.Context, j *jobState, cfg *Docker) error {
+	d := newDockerClient(cfg.SocketPath())
+	list, err := d.containers(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("docker: %w", err)
+	}
+	for _, c := range list {
+		if !c.Running || c.Paused {
+			a.log.Info("container left alone", "container", c.Name, "running", c.Running, "paused", c.Paused)
+			continue
+		}
+		j.held.Containers = append(j.held.Containers, heldContainer{Socket: d.socket, ID: c.ID, Name: c.Name})
+		if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
+			return fmt.Errorf("journal: %w", err)
+		}
+		if err := d.pause(ctx, c.ID); err != nil {
+			j.held.Containers = j.held.Containers[:len(j.held.Containers)-1]
+			return fmt.Errorf("docker: pause %s: %w", c.Name, err)
+		}
+		a.log.Info("container paused", "job", j.id, "container", c.Name)
+	}
+	return nil
+}
+
+// --- fsfreeze ---------------------------------------------------------------
+
+// The freeze ioctls (linux/fs.h: _IOWR('X', 119, int) and 120).
+const (
+	ioctlFIFREEZE = 0xC0045877
+	ioctlFITHAW   = 0xC0045878
+)
+
+// checkFreezable refuses what must not be frozen: a directory that is not
+// a mount point, and the filesystem of the agent's state directory (its
+// journal must stay writable to thaw after a crash).
+func checkFreezable(mount, stateDir string) error {
+	var st, parent, state unix.Stat_t
+	if err := unix.Stat(mount, &st); err != nil {
+		return fmt.Errorf("fsfreeze %s: %w", mount, err)
+	}
+	if err := unix.Stat(filepath.Dir(filepath.Clean(mount)), &parent); err != nil {
+		return fmt.Errorf("fsfreeze %s: %w", mount, err)
+	}
+	if st.Dev == parent.Dev {
+		return fmt.Errorf("fsfreeze %s: not a mount point", mount)
+	}
+	if err := unix.Stat(stateDir, &state); err == nil && state.Dev == st.Dev {
+		return fmt.Errorf("fsfreeze %s: the agent's state directory %s is on it (move state_dir to another filesystem)", mount, stateDir)
+	}
+	return nil
+}
+
+func fsIoctl(mount string, req uint) error {
+	f, err := os.Open(mount)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), uintptr(req), 0)
+		switch errno {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		case unix.EPERM:
+			return errors.New("operation not permitted (the agent must run as root)")
+		case unix.EOPNOTSUPP:
+			return errors.New("the filesystem cannot be frozen")
+		default:
+			return errno
+		}
+	}
+}
+
+func freezeFS(mount string) error {
+	if err := fsIoctl(mount, ioctlFIFREEZE); err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("fsfreeze %s: already frozen (by another tool?)", mount)
+		}
+		return fmt.Errorf("fsfreeze %s: %w", mount, err)
+	}
+	return nil
+}
+
+// thawFS thaws mount; a filesystem that is not frozen is not an error.
+func thawFS(mount string) error {
+	if err := fsIoctl(mount, ioctlFITHAW); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("thaw %s: %w", mount, err)
+	}
+	return nil
+}
+
+// freezeMounts freezes the plan's filesystems, each recorded in the
+// journal before it is frozen.
+func (a *Agent) freezeMounts(j *jobState, mounts []string) error {
+	for _, m := range mounts {
+		if err := checkFreezable(m, a.opts.StateDir); err != nil {
+			return err
+		}
+		j.held.Frozen = append(j.held.Frozen, m)
+		if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
+			return fmt.Errorf("journal: %w", err)
+		}
+		if err := freezeFS(m); err != nil {
+			j.held.Frozen = j.held.Frozen[:len(j.held.Frozen)-1]
+			return err
+		}
+		a.log.Info("filesystem frozen", "job", j.id, "mount", m)
+	}
+	return nil
+}
+
+// --- snapshots --------------------------------------------------------------
+
+// fsSnapshot is one snapshot taken for a job.
+type fsSnapshot struct {
+	Type   string `json:"type"`
+	Source string `json:"source"`
+	Name   string `json:"name"`
+	// Root is where the snapshot's files are seen (the upload reads there,
+	// bound over the snapshot's mount point).
+	Root string `json:"root"`
+	// Mount is the directory an LVM snapshot is mounted on.
+	Mount string `json:"mount,omitempty"`
+}
+
+// snapshotDirName is where btrfs snapshots go, inside the subvolume (a
+// snapshot shows nested subvolumes as empty directories, so they are not
+// copied into later snapshots).
+const snapshotDirName = ".bunker-snapshots"
+
+// run runs a provider's command and returns its error with its last line.
+func runTool(ctx context.Context, what, name string, args ...string) error {
+	if _, err := exec.LookPath(name); err != nil {
+		pkg := map[string]string{"btrfs": "btrfs-progs", "lvcreate": "lvm2", "lvremove": "lvm2", "zfs": "zfsutils-linux", "mount": "mount", "umount": "mount"}[name]
+		return fmt.Errorf("%s: %s not found (install %s)", what, name, pkg)
+	}
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.WaitDelay = time.Second
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %s: %v: %s", what, name, err, lastLine(out.String()))
+	}
+	return nil
+}
+
+// takeSnapshot snapshots s for a job's plan, recording it in the journal
+// first (a snapshot whose creation was cut short is then still removed).
+func (a *Agent) takeSnapshot(ctx context.Context, j *jobState, plan string, s *Snapshot) (*fsSnapshot, error) {
+	snap := fsSnapshot{Type: s.Type, Source: s.Source, Name: "bunker-" + j.id + "-" + plan}
+	switch s.Type {
+	case SnapshotBtrfs:
+		dir := filepath.Join(s.Source, snapshotDirName)
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("btrfs snapshot: %w", err)
+		}
+		snap.Root = filepath.Join(dir, snap.Name)
+	case SnapshotLVM:
+		snap.Mount = filepath.Join(a.opts.StateDir, "mnt-"+snap.Name)
+		snap.Root = snap.Mount
+	case SnapshotZFS:
+		snap.Root = filepath.Join(s.MountPoint, ".zfs", "snapshot", snap.Name)
+	}
+	j.held.Snapshots = append(j.held.Snapshots, snap)
+	if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	var err error
+	switch s.Type {
+	case SnapshotBtrfs:
+		err = runTool(ctx, "btrfs snapshot", "btrfs", "subvolume", "snapshot", "-r", s.Source, snap.Root)
+	case SnapshotLVM:
+		args := []string{"--snapshot", "--name", snap.Name}
+		if s.Size != "" {
+			args = append(args, "--size", s.Size)
+		} else {
+			args = append(args, "--extents", "20%ORIGIN")
+		}
+		err = runTool(ctx, "lvm snapshot", "lvcreate", append(args, s.Source)...)
+		if err == nil {
+			err = mountReadOnly(ctx, "/dev/"+filepath.Dir(s.Source)+"/"+snap.Name, snap.Mount)
+		}
+	case SnapshotZFS:
+		err = runTool(ctx, "zfs snapshot", "zfs", "snapshot", s.Source+"@"+snap.Name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("snapshot taken", "job", j.id, "plan", plan, "type", s.Type, "snapshot", snap.Name)
+	return &snap, nil
+}
+
+// mountReadOnly mounts an LVM snapshot's device; XFS refuses a second
+// mount of the same filesystem UUID unless told nouuid.
+func mountReadOnly(ctx context.Context, dev, dir string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("lvm snapshot: %w", err)
+	}
+	err := runTool(ctx, "lvm snapshot mount", "mount", "-o", "ro", dev, dir)
+	if err != nil {
+		if err2 := runTool(ctx, "lvm snapshot mount", "mount", "-o", "ro,nouuid", dev, dir); err2 == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// remove deletes the snapshot; one already gone is not an error.
+func (s fsSnapshot) remove(ctx context.Context) error {
+	switch s.Type {
+	case SnapshotBtrfs:
+		if _, err := os.Lstat(s.Root); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return runTool(ctx, "btrfs snapshot removal", "btrfs", "subvolume", "delete", s.Root)
+	case SnapshotLVM:
+		if isMountPoint(s.Mount) {
+			if err := runTool(ctx, "lvm snapshot unmount", "umount", s.Mount); err != nil {
+				return err
+			}
+		}
+		os.Remove(s.Mount)
+		lv := filepath.Dir(s.Source) + "/" + s.Name
+		if _, err := os.Lstat("/dev/" + lv); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return runTool(ctx, "lvm snapshot removal", "lvremove", "--yes", lv)
+	case SnapshotZFS:
+		err := runTool(ctx, "zfs snapshot removal", "zfs", "destroy", s.Source+"@"+s.Name)
+		if err != nil && strings.Contains(err.Error(), "could not find any snapshots") {
+			return nil
+		}
+		return err
+	}
+	return fmt.Errorf("unknown snapshot type %q", s.Type)
+}
+
+func isMountPoint(dir string) bool {
+	var st, parent syscall.Stat_t
+	if syscall.Stat(dir, &st) != nil || syscall.Stat(filepath.Dir(dir), &parent) != nil {
+		return false
+	}
+	return st.Dev != parent.Dev
+}
+
+// BindExecCommand is the hidden bunker command an upload from a snapshot
+// runs as: `bunker __bind-exec SNAPSHOT MOUNTPOINT -- bunker backup ...`,
+// started in a new mount namespace, binds the snapshot read-only over the
+// mount point there and executes the backup.
+const BindExecCommand = "__bind-exec"
+
+// hold pauses the plan's containers, freezes its filesystems and takes
+// its snapshot, in that order (j.mu held).
+func (a *Agent) hold(ctx context.Context, j *jobState, name string, p Plan) error {
+	if p.Docker != nil {
+		if err := a.pauseContainers(ctx, j, p.Docker); err != nil {
+			return err
+		}
+	}
+	if err := a.freezeMounts(j, p.FSFreeze); err != nil {
+		return err
+	}
+	if p.Snapshot != nil {
+		snap, err := a.takeSnapshot(ctx, j, name, p.Snapshot)
+		if err != nil {
+			return err
+		}
+		j.snaps[name] = snap
+	}
+	return nil
+}
