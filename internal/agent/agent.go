@@ -313,8 +313,20 @@ func (a *Agent) handle(ctx context.Context, c api.Command) {
 		err = a.thaw(j, "the director")
 	case api.KindUpload:
 		j.mu.Lock()
-		j.uploading = true
+		prepared := len(j.plans) > 0
+		for _, p := range c.Plans {
+			prepared = prepared && slices.Contains(j.plans, p)
+		}
+		j.uploading = prepared
 		j.mu.Unlock()
+		if !prepared {
+			// Never upload what was not taken at this job's freeze (an
+			// agent restarted since, or a confused director): the group
+			// would not be one instant.
+			err = fmt.Errorf("refused: this node did not prepare job %s (was the agent restarted?)", c.Job)
+			a.forget(j)
+			break
+		}
 		rep.Snapshots, err = a.upload(ctx, c, j)
 		j.mu.Lock()
 		j.uploading = false
@@ -607,6 +619,9 @@ func (a *Agent) upload(ctx context.Context, c api.Command, j *jobState) (map[str
 			stdin = f
 		}
 		args := []string{"backup", "--json", "--host", a.cfg.Name, "--tag", "agent-plan:" + name}
+		if p.LimitUpload > 0 {
+			args = append(args, "--limit-upload", strconv.Itoa(p.LimitUpload))
+		}
 		for _, t := range append(slices.Clone(p.Tags), c.Tags...) {
 			args = append(args, "--tag", t)
 		}

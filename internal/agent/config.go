@@ -53,6 +53,9 @@ type Plan struct {
 	Paths    []string `yaml:"paths"`
 	Excludes []string `yaml:"excludes"`
 	Tags     []string `yaml:"tags"`
+	// LimitUpload bounds the upload's bandwidth to the repository, in
+	// KiB/s (0: unlimited), so that it does not crowd the node's services.
+	LimitUpload int `yaml:"limit_upload"`
 	// Pre hooks run at prepare (in order), post hooks at thaw (in reverse).
 	Pre  []Hook `yaml:"pre"`
 	Post []Hook `yaml:"post"`
@@ -382,6 +385,9 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 			}
 		}
 		p.checkProviders(bad, at)
+		if p.LimitUpload < 0 {
+			bad(at("limit_upload"), "KiB/s, 0 or more")
+		}
 		for _, hooks := range []struct {
 			key string
 			h   []Hook

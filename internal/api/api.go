@@ -193,6 +193,9 @@ type NodeResult struct {
 	Thawed    bool              `json:"thawed"`
 	Snapshots map[string]string `json:"snapshots,omitempty"`
 	Error     string            `json:"error,omitempty"`
+	// UploadCommand is the ID of the node's upload command: a restarted
+	// director waits for its report instead of asking again.
+	UploadCommand string `json:"upload_command,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.

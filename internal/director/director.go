@@ -57,6 +57,10 @@ type Director struct {
 	// lastTick is the scheduler's previous tick: each tick starts the slots
 	// after it, so none falls between two ticks.
 	lastTick time.Time
+	// rerun: plans whose run a restart cut before its barrier, to run
+	// again once their agents are back (or, failing that, after
+	// AgentGone), with when the director started.
+	rerun map[string]time.Time
 	closing  bool
 	wg       sync.WaitGroup
 }
@@ -96,9 +100,15 @@ type nodeReport struct {
 	api.Report
 }
 
-// New opens the job store and prepares a director. Jobs that were running
-// when a previous director stopped are marked failed: their agents thawed
-// by their own deadlines, and no group was recorded for them.
+// New opens the job store and prepares a director, and takes up the jobs
+// a previous director left running. A run past its barrier (every node
+// was frozen at once) resumes: it thaws everywhere again (a no-op where
+// done), then waits for the uploads it had asked for, by their command
+// IDs (an agent reports until delivered; it ignores a command it already
+// took), and commits. A run cut before its barrier cannot be resumed (its
+// instant is gone; the nodes thawed by their own deadlines): it is marked
+// failed, every node is told to abort, and the plan runs again once its
+// agents are back. An interrupted restore is marked failed.
 func New(cfg *Config, opts Options) (*Director, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -134,27 +144,45 @@ func New(cfg *Config, opts Options) (*Director, error) {
 		return nil, err
 	}
 	d := &Director{cfg: cfg, opts: opts, log: opts.Log, st: st, ca: ca, agents: map[string]*agentConn{}, runs: map[string]*run{},
-		busy: map[string]string{}, tried: map[string]time.Time{}}
+		busy: map[string]string{}, tried: map[string]time.Time{}, rerun: map[string]time.Time{}}
 	jobs, err := st.jobs(1 << 20)
 	if err != nil {
 		st.close()
 		return nil, err
 	}
+	var resume []*api.Job
 	for _, j := range jobs {
-		if j.State == api.JobRunning {
-			j.State, j.Error, j.Finished = api.JobFailed, "the director stopped during the run (phase "+j.Phase+"); nothing was recorded for it", time.Now()
-			if err := st.putJob(j); err != nil {
-				st.close()
-				return nil, err
-			}
-			d.log.Warn("job interrupted by a director restart", "job", j.ID, "plan", j.Plan, "phase", j.Phase)
-			// Each node drops what it took for the job (and thaws, if it
-			// has not already by its own deadline).
-			for n := range j.Nodes {
-				d.send(n, api.Command{ID: newJobID(), Job: j.ID, Kind: api.KindAbort, Plans: d.cfg.Plans[j.Plan].Nodes[n]})
-			}
+		if j.State != api.JobRunning {
+			continue
+		}
+		p, ok := cfg.Plans[j.Plan]
+		if ok && j.Kind == "" && (j.Phase == api.KindThaw || j.Phase == api.KindUpload) && sameNodes(j, p) {
+			resume = append(resume, j)
+			continue
+		}
+		j.State, j.Error, j.Finished = api.JobFailed, "the director stopped during the run (phase "+j.Phase+"); nothing was recorded for it", time.Now()
+		if ok && j.Kind == "" {
+			d.rerun[j.Plan] = time.Now()
+			j.Error += "; the plan runs again once its agents are back"
+		}
+		if err := st.putJob(j); err != nil {
+			st.close()
+			return nil, err
+		}
+		d.log.Warn("job interrupted by a director restart", "job", j.ID, "plan", j.Plan, "phase", j.Phase)
+		// Each node drops what it took for the job (and thaws, if it has
+		// not already by its own deadline).
+		for n := range j.Nodes {
+			d.send(n, api.Command{ID: newJobID(), Job: j.ID, Kind: api.KindAbort, Plans: p.Nodes[n]})
 		}
 	}
+	d.mu.Lock()
+	for _, j := range resume {
+		d.log.Warn("resuming a job a director restart interrupted", "job", j.ID, "plan", j.Plan, "phase", j.Phase)
+		delete(d.rerun, j.Plan)
+		d.launch(j, cfg.Plans[j.Plan], j.Phase)
+	}
+	d.mu.Unlock()
 	return d, nil
 }
 
@@ -500,21 +528,40 @@ func (d *Director) Start(plan, why string) (*api.Job, error) {
 	if err := d.st.putJob(job); err != nil {
 		return nil, err
 	}
+	d.log.Info("job started", "job", job.ID, "plan", plan, "by", why)
+	d.launch(job, p, "")
+	return copyJob(job), nil
+}
+
+// launch runs a job from a phase ("" for the start) in the background
+// (d.mu held).
+func (d *Director) launch(job *api.Job, p Plan, from string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	rn := &run{job: job, plan: p, cancel: cancel, reports: make(chan nodeReport, 4*len(p.Nodes)+4)}
 	d.runs[job.ID] = rn
-	d.busy[plan] = job.ID
-	d.log.Info("job started", "job", job.ID, "plan", plan, "by", why)
-	snapshot := copyJob(job)
+	d.busy[job.Plan] = job.ID
 	d.wg.Go(func() {
 		defer cancel()
-		d.execute(ctx, rn)
+		d.execute(ctx, rn, from)
 		d.mu.Lock()
 		delete(d.runs, job.ID)
-		delete(d.busy, plan)
+		delete(d.busy, job.Plan)
 		d.mu.Unlock()
 	})
-	return snapshot, nil
+}
+
+// sameNodes: the job's nodes are still the plan's (a resumed run must
+// not meet a changed configuration).
+func sameNodes(j *api.Job, p Plan) bool {
+	if len(j.Nodes) != len(p.Nodes) {
+		return false
+	}
+	for n := range p.Nodes {
+		if j.Nodes[n] == nil {
+			return false
+		}
+	}
+	return true
 }
 
 // copyJob copies a job deeply enough to be read (encoded, stored) while
@@ -553,6 +600,18 @@ func (d *Director) send(node string, c api.Command) {
 	}
 }
 
+// hasPending: a command to one of the nodes is not reported yet.
+func (d *Director) hasPending(nodes map[string][]string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for n := range nodes {
+		if a := d.agents[n]; a != nil && len(a.pending) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // dropPending forgets the commands of a job not yet reported.
 func (d *Director) dropPending(job string) {
 	d.mu.Lock()
@@ -575,7 +634,7 @@ func (d *Director) save(rn *run) {
 // upload, commit. A node that fails or does not answer in time fails the
 // whole run; every node is then told to abort (thaw and drop), and thaws
 // by its own deadline anyway.
-func (d *Director) execute(ctx context.Context, rn *run) {
+func (d *Director) execute(ctx context.Context, rn *run, from string) {
 	job := rn.job
 	nodes := sortedKeys(rn.plan.Nodes)
 	fail := func(phase, format string, args ...any) {
@@ -602,40 +661,64 @@ func (d *Director) execute(ctx context.Context, rn *run) {
 		d.save(rn)
 	}
 
-	if missing := d.notReady(rn.plan.Nodes); len(missing) > 0 {
-		fail("start", "nodes not ready: %v", missing)
-		return
+	var thawBy time.Time
+	switch from {
+	case "":
+		if missing := d.notReady(rn.plan.Nodes); len(missing) > 0 {
+			fail("start", "nodes not ready: %v", missing)
+			return
+		}
+		// Prepare, in parallel, bounded by the freeze timeout.
+		setPhase(api.KindPrepare)
+		freeze := rn.plan.FreezeTimeout.D(DefaultFreezeTimeout)
+		deadline := time.Now().Add(freeze)
+		for _, n := range nodes {
+			d.send(n, api.Command{ID: newJobID(), Job: job.ID, Kind: api.KindPrepare, Plans: rn.plan.Nodes[n], Deadline: deadline})
+		}
+		if err := d.await(ctx, rn, api.KindPrepare, nodes, deadline, func(n string, r api.Report) { job.Nodes[n].Prepared = true }); err != nil {
+			fail(api.KindPrepare, "prepare: %v", err)
+			return
+		}
+		thawBy = deadline.Add(d.opts.ThawGrace)
+	case api.KindThaw:
+		// Resumed: the agents must reconnect first.
+		thawBy = time.Now().Add(d.opts.AgentGone + d.opts.ThawGrace)
 	}
 
-	// Prepare, in parallel, bounded by the freeze timeout.
-	setPhase(api.KindPrepare)
-	freeze := rn.plan.FreezeTimeout.D(DefaultFreezeTimeout)
-	deadline := time.Now().Add(freeze)
-	for _, n := range nodes {
-		d.send(n, api.Command{ID: newJobID(), Job: job.ID, Kind: api.KindPrepare, Plans: rn.plan.Nodes[n], Deadline: deadline})
-	}
-	if err := d.await(ctx, rn, api.KindPrepare, nodes, deadline, func(n string, r api.Report) { job.Nodes[n].Prepared = true }); err != nil {
-		fail(api.KindPrepare, "prepare: %v", err)
-		return
-	}
-
-	// Barrier passed: every node is frozen at once. Thaw everywhere.
-	setPhase(api.KindThaw)
-	for _, n := range nodes {
-		d.send(n, api.Command{ID: newJobID(), Job: job.ID, Kind: api.KindThaw, Plans: rn.plan.Nodes[n]})
-	}
-	if err := d.await(ctx, rn, api.KindThaw, nodes, deadline.Add(d.opts.ThawGrace), func(n string, r api.Report) { job.Nodes[n].Thawed = true }); err != nil {
-		fail(api.KindThaw, "thaw: %v", err)
-		return
+	if from != api.KindUpload {
+		// Barrier passed: every node is frozen at once. Thaw everywhere.
+		setPhase(api.KindThaw)
+		for _, n := range nodes {
+			d.send(n, api.Command{ID: newJobID(), Job: job.ID, Kind: api.KindThaw, Plans: rn.plan.Nodes[n]})
+		}
+		if err := d.await(ctx, rn, api.KindThaw, nodes, thawBy, func(n string, r api.Report) { job.Nodes[n].Thawed = true }); err != nil {
+			fail(api.KindThaw, "thaw: %v", err)
+			return
+		}
 	}
 
-	// Upload from what prepare took, while the services run.
-	setPhase(api.KindUpload)
+	// Upload from what prepare took, while the services run. Each upload
+	// command's ID is stored first: a restarted director waits for the
+	// same command's report rather than ask for a second upload.
 	tags := []string{"group:" + job.ID, "plan:" + job.Plan}
+	var uploading []string
+	d.mu.Lock()
+	job.Phase = api.KindUpload
 	for _, n := range nodes {
-		d.send(n, api.Command{ID: newJobID(), Job: job.ID, Kind: api.KindUpload, Plans: rn.plan.Nodes[n], Tags: tags})
+		if len(job.Nodes[n].Snapshots) > 0 {
+			continue // reported before a restart
+		}
+		if job.Nodes[n].UploadCommand == "" {
+			job.Nodes[n].UploadCommand = newJobID()
+		}
+		uploading = append(uploading, n)
 	}
-	if err := d.await(ctx, rn, api.KindUpload, nodes, time.Time{}, func(n string, r api.Report) { job.Nodes[n].Snapshots = r.Snapshots }); err != nil {
+	d.mu.Unlock()
+	d.save(rn)
+	for _, n := range uploading {
+		d.send(n, api.Command{ID: job.Nodes[n].UploadCommand, Job: job.ID, Kind: api.KindUpload, Plans: rn.plan.Nodes[n], Tags: tags})
+	}
+	if err := d.await(ctx, rn, api.KindUpload, uploading, time.Time{}, func(n string, r api.Report) { job.Nodes[n].Snapshots = r.Snapshots }); err != nil {
 		fail(api.KindUpload, "upload: %v", err)
 		return
 	}
@@ -734,6 +817,18 @@ func (d *Director) Schedule(ctx context.Context) {
 
 func (d *Director) tick(now time.Time) {
 	defer func() { d.lastTick = now }()
+	for _, name := range sortedKeys(d.rerun) {
+		// Ready: the agents are back and have taken the aborts of the cut
+		// run (a prepare racing its abort would find the plan frozen).
+		ready := len(d.notReady(d.cfg.Plans[name].Nodes)) == 0 && !d.hasPending(d.cfg.Plans[name].Nodes)
+		if !ready && now.Sub(d.rerun[name]) < d.opts.AgentGone {
+			continue
+		}
+		delete(d.rerun, name)
+		if _, err := d.Start(name, "rerun after a director restart"); err != nil {
+			d.log.Warn("rerun not started", "plan", name, "err", err)
+		}
+	}
 	for _, name := range sortedKeys(d.cfg.Plans) {
 		p := d.cfg.Plans[name]
 		ps, err := d.st.planState(name)

@@ -3,6 +3,7 @@ package director
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -242,4 +243,48 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 	}
+}
+
+// A restarted director resumes a run past its barrier: it asks for the
+// very upload it had asked for (same command ID: an agent that took it
+// does not upload twice), and commits when the report comes; a run cut
+// before its barrier fails, and its plan is marked to run again.
+func TestRestartResumesUpload(t *testing.T) {
+	cfg, pk := testConfig(t, "node1")
+	d1, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := &api.Job{ID: newJobID(), Plan: "p", State: api.JobRunning, Phase: api.KindUpload, Started: time.Now().UTC(),
+		Nodes: map[string]*api.NodeResult{"node1": {Prepared: true, Thawed: true, UploadCommand: "20261205T100000-00000001"}}}
+	if err := d1.st.putJob(up); err != nil {
+		t.Fatal(err)
+	}
+	if err := d1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d, addr := serveDirector(t, cfg, Options{PollTimeout: 300 * time.Millisecond})
+	n1 := clientAs(t, pk, pki.RoleAgent, "node1")
+	var cmd api.Command
+	for range 3 {
+		for _, c := range reviewPoll(t, n1, addr) {
+			if c.Job == up.ID {
+				cmd = c
+			}
+		}
+	}
+	if cmd.Kind != api.KindUpload || cmd.ID != "20261205T100000-00000001" {
+		t.Fatalf("resumed job sent %+v, want the same upload command", cmd)
+	}
+	rep := api.Report{Command: cmd.ID, Job: up.ID, Kind: api.KindUpload, OK: true, Snapshots: map[string]string{"files": "abcd"}}
+	body, _ := json.Marshal(rep)
+	resp, err := n1.Post("https://"+addr+api.PathReport, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	waitUntil(t, "the resumed job to commit", func() bool {
+		j, err := d.st.job(up.ID)
+		return err == nil && j.State == api.JobSucceeded && j.Nodes["node1"].Snapshots["files"] == "abcd"
+	})
 }
