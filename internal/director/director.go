@@ -60,9 +60,9 @@ type Director struct {
 	// rerun: plans whose run a restart cut before its barrier, to run
 	// again once their agents are back (or, failing that, after
 	// AgentGone), with when the director started.
-	rerun map[string]time.Time
-	closing  bool
-	wg       sync.WaitGroup
+	rerun   map[string]time.Time
+	closing bool
+	wg      sync.WaitGroup
 }
 
 // agentConn is what the director knows of one node's agent.
