@@ -366,9 +366,10 @@ func TestDirectorKilledWhileFrozen(t *testing.T) {
 	}
 }
 
-// TestDirectorRestartMidUpload: the director is killed while the nodes
-// upload (bandwidth-limited); restarted, it resumes the job: it waits for
-// the uploads it had asked for rather than ask again, and commits the
+// TestDirectorRestartMidUpload: the director is stopped (SIGTERM, as by
+// systemctl restart) and then killed (SIGKILL) while the nodes upload
+// (bandwidth-limited); each time, restarted, it resumes the job: it waits
+// for the uploads it had asked for rather than ask again, and commits the
 // group: one snapshot per node, none twice.
 func TestDirectorRestartMidUpload(t *testing.T) {
 	t.Parallel()
@@ -378,7 +379,7 @@ func TestDirectorRestartMidUpload(t *testing.T) {
     schedule: "0 0 1 1 *"
     repository: main
 `, func(dp *deployment, n string) string {
-		return dp.filesPlan(n, "files", "") + "    limit_upload: 512\n"
+		return dp.filesPlan(n, "files", "") + "    limit_upload: 256\n"
 	})
 	for _, n := range nodes {
 		// Random data, so that the limit holds the upload for seconds.
@@ -395,10 +396,16 @@ func TestDirectorRestartMidUpload(t *testing.T) {
 		_ = json.Unmarshal([]byte(dp.operatorRun("job", "show", job.ID, "--json").stdout), &j)
 		return j.Phase == "upload"
 	})
-	_ = dp.dirCmd.Process.Signal(syscall.SIGKILL)
-	_ = dp.dirCmd.Wait()
-	time.Sleep(time.Second)
-	dp.startDirector()
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		_ = dp.dirCmd.Process.Signal(sig)
+		_ = dp.dirCmd.Wait()
+		time.Sleep(500 * time.Millisecond)
+		dp.startDirector()
+		var j jobJSON
+		if err := json.Unmarshal([]byte(dp.operator(0, "job", "show", job.ID, "--json").stdout), &j); err != nil || j.State != "running" {
+			t.Fatalf("after %v and a restart the job is %+v (%v), want it resumed, running", sig, j, err)
+		}
+	}
 	job = dp.waitJob(job.ID)
 	if job.State != "succeeded" {
 		t.Fatalf("resumed job: %+v\ndirector:\n%s", job, dp.dirLog)

@@ -228,8 +228,9 @@ func (p *podman) status(name string) string {
 }
 
 // TestDirectorSnapshotAndPause: node1 pauses its containers (by name and
-// by label, through the Docker Engine API of a real podman) and takes a
-// btrfs snapshot at the freeze; its files change right after the thaw,
+// by label, through the Docker Engine API of a real podman), takes a btrfs
+// snapshot and then freezes the filesystem (fsfreeze: writes wait) until
+// the group's thaw; its files change right after the thaw,
 // yet the group holds them as they were at the freeze, under their own
 // paths; the containers run again and the snapshot is gone after the
 // upload. Then node1's agent is killed while it holds them: started
@@ -261,7 +262,8 @@ func TestDirectorSnapshotAndPause(t *testing.T) {
     post: [{exec: [/bin/sh, -c, "echo after-thaw > %s/data/state"]}]
     docker: {socket: %s, containers: [app], labels: [bunker.pause=true]}
     snapshot: {type: btrfs, source: %s}
-`, dp.repo.repo, dp.repo.pwFile, mnt, mnt, mnt, pm.sock, mnt)
+    fsfreeze: [%s]
+`, dp.repo.repo, dp.repo.pwFile, mnt, mnt, mnt, pm.sock, mnt, mnt)
 	})
 	if r := dp.repo.run("config", "validate", filepath.Join(dp.dir, "agent-node1.yaml")); r.code != 0 {
 		t.Fatalf("validate: %v", r)
@@ -275,14 +277,34 @@ func TestDirectorSnapshotAndPause(t *testing.T) {
 	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--json").stdout), &job); err != nil {
 		t.Fatal(err)
 	}
-	dp.waitFor("node1's containers to pause", func() bool { return pm.status("app") == "paused" && pm.status("worker") == "paused" })
+	dp.waitFor("node1 to freeze", func() bool { return strings.Contains(dp.logs["node1"].String(), "filesystem frozen") })
+	for _, c := range []string{"app", "worker"} {
+		if s := pm.status(c); s != "paused" {
+			t.Errorf("%s is %s while node1 is frozen", c, s)
+		}
+	}
 	if s := pm.status("other"); s != "running" {
 		t.Errorf("a container neither named nor labelled is %s", s)
 	}
 	if ents, _ := os.ReadDir(snapDir); len(ents) != 1 {
 		t.Errorf("snapshots while frozen: %v", ents)
 	}
+	wrote := make(chan error, 1)
+	go func() { wrote <- os.WriteFile(filepath.Join(mnt, "probe"), []byte("x"), 0o644) }()
+	select {
+	case err := <-wrote:
+		t.Errorf("a write went through while node1 was frozen (%v)", err)
+	case <-time.After(300 * time.Millisecond):
+	}
 	job = dp.waitJob(job.ID)
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the filesystem stayed frozen after the job")
+	}
 	if job.State != "succeeded" {
 		t.Fatalf("job: %+v\nnode1 log:\n%s", job, dp.logs["node1"])
 	}
@@ -310,8 +332,7 @@ func TestDirectorSnapshotAndPause(t *testing.T) {
 	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--json").stdout), &job); err != nil {
 		t.Fatal(err)
 	}
-	dp.waitFor("node1's containers to pause again", func() bool { return pm.status("app") == "paused" })
-	dp.waitFor("node1's snapshot", func() bool { ents, _ := os.ReadDir(snapDir); return len(ents) == 1 })
+	dp.waitFor("node1 to freeze again", func() bool { return strings.Count(dp.logs["node1"].String(), "filesystem frozen") == 2 })
 	_ = dp.agents["node1"].Process.Kill()
 	_, _ = dp.agents["node1"].Process.Wait()
 	if j, _ := filepath.Glob(filepath.Join(state, "*.held")); len(j) != 1 {
@@ -321,11 +342,22 @@ func TestDirectorSnapshotAndPause(t *testing.T) {
 		t.Fatalf("app is %s after the kill", s)
 	}
 	dp.agents["node1"], dp.logs["node1"] = dp.start("agent node1 again", "agent", "run", "--config", filepath.Join(dp.dir, "agent-node1.yaml"))
+	// The filesystem stays frozen with the agent dead (so this writes
+	// nothing until the restarted agent thaws it).
+	go func() { wrote <- os.WriteFile(filepath.Join(mnt, "probe2"), []byte("x"), 0o644) }()
 	dp.waitFor("the restarted agent to release", func() bool {
 		ents, _ := os.ReadDir(snapDir)
 		j, _ := filepath.Glob(filepath.Join(state, "*.held"))
 		return pm.status("app") == "running" && pm.status("worker") == "running" && len(ents) == 0 && len(j) == 0
 	})
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the restarted agent did not thaw the filesystem")
+	}
 	if job = dp.waitJob(job.ID); job.State == "succeeded" {
 		t.Errorf("the run whose agent was killed succeeded: %+v", job)
 	}

@@ -50,6 +50,10 @@ type Agent struct {
 
 	mu   sync.Mutex
 	seen map[string]bool      // command IDs taken
+	// reported keeps each command's report: when the director asks again
+	// for a command already taken (it lost the report, or restarted), the
+	// report is sent again instead of running the command twice.
+	reported map[string]sentReport
 	jobs map[string]*jobState // by job ID
 	// done lists jobs this agent finished or aborted: later commands for
 	// them (a late prepare) are refused.
@@ -58,6 +62,11 @@ type Agent struct {
 	// never share one freeze.
 	frozenBy map[string]string
 	wg       sync.WaitGroup
+}
+
+type sentReport struct {
+	rep api.Report
+	at  time.Time
 }
 
 // StateTTL: what prepare took (an open PostgreSQL transaction, an etcd
@@ -85,8 +94,13 @@ type jobState struct {
 	pg    map[string]*pgSnapshot
 	// held is what the job holds (paused containers, frozen filesystems,
 	// snapshots), as written to its journal; snaps the snapshot per plan.
-	held  held
-	snaps map[string]*fsSnapshot
+	// held is guarded by holdMu (not mu: the deadline thaws frozen
+	// filesystems without waiting for a step in progress).
+	holdMu sync.Mutex
+	held   held
+	snaps  map[string]*fsSnapshot
+	// prepared: the prepare succeeded (an upload needs it).
+	prepared bool
 	// uploading is set while an upload runs (the state must stay).
 	uploading bool
 }
@@ -145,7 +159,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true, ResponseHeaderTimeout: opts.PollTimeout, IdleConnTimeout: time.Minute}
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Log, client: &http.Client{Transport: tr, Timeout: opts.PollTimeout + 5*time.Second},
 		base: strings.TrimSuffix(cfg.Director, "/"), seen: map[string]bool{}, jobs: map[string]*jobState{}, done: map[string]bool{},
-		frozenBy: map[string]string{}}
+		frozenBy: map[string]string{}, reported: map[string]sentReport{}}
 	// A previous run of the agent killed while it held containers paused,
 	// filesystems frozen or snapshots: release them before anything else.
 	rctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -201,9 +215,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.mu.Lock()
 			taken := a.seen[c.ID]
 			a.seen[c.ID] = true
+			sent, done := a.reported[c.ID]
 			a.mu.Unlock()
-			if !taken {
+			switch {
+			case !taken:
 				a.wg.Go(func() { a.handle(ctx, c) })
+			case done:
+				a.wg.Go(func() { a.report(ctx, sent.rep) })
 			}
 		}
 	}
@@ -237,8 +255,17 @@ func (a *Agent) call(ctx context.Context, path string, body, out any) error {
 }
 
 // report sends a command's outcome, retrying until the director has it
-// (or the agent stops).
+// (or the agent stops), and keeps it for a director that asks again.
 func (a *Agent) report(ctx context.Context, r api.Report) {
+	a.mu.Lock()
+	now := time.Now()
+	for id, s := range a.reported {
+		if now.Sub(s.at) > StateTTL {
+			delete(a.reported, id)
+		}
+	}
+	a.reported[r.Command] = sentReport{r, now}
+	a.mu.Unlock()
 	for backoff := time.Second; ; backoff = min(backoff*2, 30*time.Second) {
 		var out struct{}
 		err := a.call(context.WithoutCancel(ctx), api.PathReport, r, &out)
@@ -313,7 +340,7 @@ func (a *Agent) handle(ctx context.Context, c api.Command) {
 		err = a.thaw(j, "the director")
 	case api.KindUpload:
 		j.mu.Lock()
-		prepared := len(j.plans) > 0
+		prepared := j.prepared
 		for _, p := range c.Plans {
 			prepared = prepared && slices.Contains(j.plans, p)
 		}
@@ -381,12 +408,17 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 	// the node is still frozen, so a thaw (deadline, abort) waits for the
 	// step in progress (bounded by the deadline) and no step runs after it.
 	j.timer = time.AfterFunc(time.Until(thawBy), func() {
+		// Frozen filesystems first, without j.mu: a step blocked on one
+		// (a write to it sleeps until the thaw) must not keep it frozen.
+		for _, err := range a.releaseHolds(context.Background(), j, true) {
+			a.log.Error("thaw at the deadline", "job", c.Job, "err", err)
+		}
 		if err := a.thaw(j, "its own deadline"); err != nil {
 			a.log.Error("thaw at the deadline failed", "job", c.Job, "err", err)
 		}
 	})
 	fail := func(err error) (time.Time, error) {
-		return time.Time{}, errors.Join(err, a.thawLocked(j, "a failed prepare"))
+		return time.Time{}, joinErrors(err, a.thawLocked(j, "a failed prepare"))
 	}
 	for _, name := range c.Plans {
 		p := a.cfg.Plans[name]
@@ -402,13 +434,10 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 			return time.Time{}, errors.New("thawed before the prepare ended (deadline)")
 		}
 		sctx, cancel := context.WithDeadline(ctx, thawBy)
-		err := a.hold(sctx, j, name, p)
+		err := a.capture(sctx, j, name, p)
 		cancel()
 		if err != nil {
 			return fail(fmt.Errorf("plan %s: %w", name, err))
-		}
-		if !j.frozen {
-			return time.Time{}, errors.New("thawed before the prepare ended (deadline)")
 		}
 		if p.Etcd != nil {
 			dst := filepath.Join(a.opts.StateDir, c.Job+"-"+name+".etcd")
@@ -433,9 +462,17 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 			a.log.Info("postgres snapshot exported", "job", c.Job, "plan", name, "snapshot", snap.id)
 		}
 	}
+	// Filesystems are frozen last, when nothing of the prepare is left to
+	// write to them, and held until the thaw.
+	for _, name := range c.Plans {
+		if err := a.freezeMounts(j, a.cfg.Plans[name].FSFreeze); err != nil {
+			return fail(fmt.Errorf("plan %s: %w", name, err))
+		}
+	}
 	if !j.frozen {
 		return time.Time{}, errors.New("thawed before the prepare ended (deadline)")
 	}
+	j.prepared = true
 	a.log.Info("frozen", "job", c.Job, "plans", c.Plans, "thaw_by", thawBy.Format(time.RFC3339Nano))
 	return thawBy, nil
 }
@@ -478,10 +515,7 @@ func (a *Agent) thawLocked(j *jobState, by string) error {
 	})
 	// Filesystems and containers first, then the post hooks (the reverse
 	// of prepare); snapshots stay for the upload.
-	errs := a.release(context.Background(), &j.held)
-	if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
-		errs = append(errs, fmt.Errorf("journal: %w", err))
-	}
+	errs := a.releaseHolds(context.Background(), j, false)
 	for i := len(j.plans) - 1; i >= 0; i-- {
 		for k, h := range a.cfg.Plans[j.plans[i]].Post {
 			if err := a.runHook(context.Background(), h, time.Time{}); err != nil {
@@ -490,7 +524,7 @@ func (a *Agent) thawLocked(j *jobState, by string) error {
 		}
 	}
 	a.log.Info("thawed", "by", by, "plans", j.plans)
-	return errors.Join(errs...)
+	return joinErrors(errs...)
 }
 
 // forget drops a job's state and what prepare took for it.
@@ -504,15 +538,11 @@ func (a *Agent) forget(j *jobState) {
 		s.end()
 	}
 	clear(j.pg)
-	if len(j.held.Snapshots) > 0 {
-		for _, err := range a.dropSnapshots(context.Background(), &j.held) {
-			a.log.Error("snapshot removal failed", "job", j.id, "err", err)
-		}
-		if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
-			a.log.Error("journal", "job", j.id, "err", err)
-		}
+	for _, err := range a.dropSnapshots(context.Background(), j) {
+		a.log.Error("snapshot removal failed (kept in the journal: removed when the agent starts again)", "job", j.id, "err", err)
 	}
 	clear(j.snaps)
+	j.prepared = false
 	j.mu.Unlock()
 	a.mu.Lock()
 	delete(a.jobs, j.id)
@@ -627,6 +657,10 @@ func (a *Agent) upload(ctx context.Context, c api.Command, j *jobState) (map[str
 		}
 		for _, e := range p.Excludes {
 			args = append(args, "--exclude", e)
+		}
+		if p.Snapshot != nil && p.Snapshot.Type == SnapshotBtrfs {
+			// The snapshots' own directory (empty in a snapshot).
+			args = append(args, "--exclude", filepath.Join(p.Snapshot.Source, snapshotDirName))
 		}
 		var extraEnv []string
 		switch {

@@ -171,11 +171,11 @@ func (p *Plan) checkProviders(bad func(path []string, format string, args ...any
 			bad(at("fsfreeze"), "%q: want the absolute mount point of a filesystem other than /", m)
 		}
 	}
-	if len(p.FSFreeze) > 0 && (p.Snapshot == nil || p.Snapshot.Type != SnapshotLVM) {
+	if len(p.FSFreeze) > 0 && p.Snapshot == nil {
 		// The paths are read after the thaw: a freeze alone holds nothing
-		// for them. btrfs and ZFS snapshots are atomic on their own (and a
-		// btrfs snapshot of a frozen filesystem would wait for the thaw).
-		bad(at("fsfreeze"), "goes with an lvm snapshot (the paths are read after the thaw; btrfs and zfs snapshots need no freeze)")
+		// for them. With a snapshot, the freeze (taken after it) holds the
+		// filesystem still from the snapshot until the group's thaw.
+		bad(at("fsfreeze"), "goes with a snapshot (the paths are read after the thaw, from the snapshot)")
 	}
 	s := p.Snapshot
 	if s == nil {
@@ -186,8 +186,8 @@ func (p *Plan) checkProviders(bad func(path []string, format string, args ...any
 	}
 	switch s.Type {
 	case SnapshotBtrfs:
-		if !filepath.IsAbs(s.Source) {
-			bad(at("snapshot", "source"), "the absolute path of a btrfs subvolume")
+		if !filepath.IsAbs(s.Source) || filepath.Clean(s.Source) == "/" {
+			bad(at("snapshot", "source"), "the absolute path of a btrfs subvolume other than /")
 		}
 		if s.MountPoint != "" && filepath.Clean(s.MountPoint) != filepath.Clean(s.Source) {
 			bad(at("snapshot", "mount_point"), "a btrfs subvolume is its own mount point: leave it out")
@@ -319,6 +319,7 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	frozenBy := map[string]string{}
 	for _, name := range names {
 		p := c.Plans[name]
 		at := func(keys ...string) []string { return append([]string{"plans", name}, keys...) }
@@ -385,6 +386,12 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 			}
 		}
 		p.checkProviders(bad, at)
+		for _, m := range p.FSFreeze {
+			if other := frozenBy[filepath.Clean(m)]; other != "" {
+				bad(at("fsfreeze"), "%s is already frozen by plan %s (one plan per filesystem)", m, other)
+			}
+			frozenBy[filepath.Clean(m)] = name
+		}
 		if p.LimitUpload < 0 {
 			bad(at("limit_upload"), "KiB/s, 0 or more")
 		}

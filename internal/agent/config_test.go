@@ -46,11 +46,13 @@ func TestConfigMistakes(t *testing.T) {
 		{"lvm volume", "    paths: [/etc/app]", "    paths: [/etc/app]\n    snapshot: {type: lvm, source: \"--help\", mount_point: /etc}", "plans.config.snapshot.source: want a logical volume as vg/lv"},
 		{"lvm mount point", "    paths: [/etc/app]", "    paths: [/etc/app]\n    snapshot: {type: lvm, source: vg0/etc}", "plans.config.snapshot.mount_point: the absolute directory where vg0/etc is mounted"},
 		{"zfs size", "    paths: [/etc/app]", "    paths: [/etc/app]\n    snapshot: {type: zfs, source: tank/etc, mount_point: /etc, size: 1G}", "plans.config.snapshot.size: only for an lvm snapshot"},
-		{"fsfreeze alone", "    paths: [/etc/app]", "    paths: [/etc/app]\n    fsfreeze: [/etc]", ":16: plans.config.fsfreeze: goes with an lvm snapshot"},
+		{"fsfreeze alone", "    paths: [/etc/app]", "    paths: [/etc/app]\n    fsfreeze: [/etc]", ":16: plans.config.fsfreeze: goes with a snapshot"},
 		{"fsfreeze of /", "    paths: [/etc/app]", "    paths: [/etc/app]\n    fsfreeze: [/]", "want the absolute mount point of a filesystem other than /"},
 		{"snapshot of etcd", "    paths: [/etc/app]", "    etcd: {endpoints: [http://127.0.0.1:2379]}\n    snapshot: {type: btrfs, source: /var/lib/etcd}", "plans.config.snapshot: a snapshot is for a paths plan"},
 		{"docker selects nothing", "    paths: [/etc/app]", "    paths: [/etc/app]\n    docker: {socket: /run/docker.sock}", "plans.config.docker: name containers, labels, or both"},
 		{"docker container name", "    paths: [/etc/app]", "    paths: [/etc/app]\n    docker: {containers: [\"-x\"]}", `plans.config.docker.containers: "-x" is not a container name or ID`},
+		{"fsfreeze twice", "    paths: [/srv/uploads]", "    paths: [/srv/uploads]\n    fsfreeze: [/srv/media]\n    snapshot: {type: btrfs, source: /srv}", "plans.media.fsfreeze: /srv/media is already frozen by plan db"},
+		{"btrfs root", "    paths: [/etc/app]", "    paths: [/etc/app]\n    snapshot: {type: btrfs, source: /}", "the absolute path of a btrfs subvolume other than /"},
 		{"docker socket", "    paths: [/etc/app]", "    paths: [/etc/app]\n    docker: {socket: docker.sock, labels: [a]}", "plans.config.docker.socket: an absolute path"},
 	}
 	for _, tc := range cases {

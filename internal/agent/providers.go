@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -50,8 +51,8 @@ type heldContainer struct {
 // journalSuffix names the journal files: <state dir>/<job>.held.
 const journalSuffix = ".held"
 
-// writeJournal records h for job (atomically), or removes the journal when
-// h holds nothing.
+// writeJournal records h for job (atomically and durably), or removes the
+// journal when h holds nothing.
 func writeJournal(stateDir, job string, h *held) error {
 	path := filepath.Join(stateDir, job+journalSuffix)
 	if len(h.Containers) == 0 && len(h.Frozen) == 0 && len(h.Snapshots) == 0 {
@@ -80,11 +81,31 @@ func writeJournal(stateDir, job string, h *held) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(stateDir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// record changes what a job holds and writes the journal, under holdMu.
+func (a *Agent) record(j *jobState, change func(h *held)) error {
+	j.holdMu.Lock()
+	defer j.holdMu.Unlock()
+	change(&j.held)
+	if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	return nil
 }
 
 // recoverJournals releases what jobs of an earlier run of the agent still
-// held: it thaws, unpauses and removes snapshots, then the journals.
+// held: it thaws, unpauses and removes snapshots; what fails stays in the
+// journal for the next start.
 func (a *Agent) recoverJournals(ctx context.Context) {
 	files, _ := filepath.Glob(filepath.Join(a.opts.StateDir, "*"+journalSuffix))
 	for _, f := range files {
@@ -99,61 +120,109 @@ func (a *Agent) recoverJournals(ctx context.Context) {
 		}
 		job := strings.TrimSuffix(filepath.Base(f), journalSuffix)
 		a.log.Warn("releasing what an earlier run of the agent held", "job", job, "frozen", h.Frozen, "containers", len(h.Containers), "snapshots", len(h.Snapshots))
-		errs := a.release(ctx, &h)
-		errs = append(errs, a.dropSnapshots(ctx, &h)...)
+		errs := a.release(ctx, &h, false)
+		errs = append(errs, a.removeSnapshots(ctx, &h)...)
 		for _, err := range errs {
 			a.log.Error("release", "job", job, "err", err)
 		}
-		if len(errs) == 0 {
-			os.Remove(f)
+		if err := writeJournal(a.opts.StateDir, job, &h); err != nil {
+			a.log.Error("journal", "job", job, "err", err)
 		}
 	}
 }
 
+// releaseHolds thaws a job's frozen filesystems and (unless frozenOnly)
+// unpauses its containers; what fails stays held, in the journal.
+func (a *Agent) releaseHolds(ctx context.Context, j *jobState, frozenOnly bool) []error {
+	j.holdMu.Lock()
+	defer j.holdMu.Unlock()
+	errs := a.release(ctx, &j.held, frozenOnly)
+	if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
+		errs = append(errs, fmt.Errorf("journal: %w", err))
+	}
+	return errs
+}
+
 // release thaws the frozen filesystems and unpauses the containers of h
-// (in the reverse order of their freeze), whatever fails.
-func (a *Agent) release(ctx context.Context, h *held) []error {
+// (in the reverse order of their freeze), keeping in h those that failed.
+func (a *Agent) release(ctx context.Context, h *held, frozenOnly bool) []error {
 	var errs []error
+	var frozen []string
 	for i := len(h.Frozen) - 1; i >= 0; i-- {
 		if err := thawFS(h.Frozen[i]); err != nil {
 			errs = append(errs, err)
+			frozen = append([]string{h.Frozen[i]}, frozen...)
 		} else {
 			a.log.Info("filesystem thawed", "mount", h.Frozen[i])
 		}
 	}
-	h.Frozen = nil
+	h.Frozen = frozen
+	if frozenOnly {
+		return errs
+	}
+	var paused []heldContainer
 	for i := len(h.Containers) - 1; i >= 0; i-- {
 		c := h.Containers[i]
 		if err := newDockerClient(c.Socket).unpause(ctx, c.ID); err != nil {
 			errs = append(errs, fmt.Errorf("docker: unpause %s: %w", c.Name, err))
+			paused = append([]heldContainer{c}, paused...)
 		} else {
 			a.log.Info("container unpaused", "container", c.Name)
 		}
 	}
-	h.Containers = nil
+	h.Containers = paused
 	return errs
 }
 
-// dropSnapshots removes the snapshots of h.
-func (a *Agent) dropSnapshots(ctx context.Context, h *held) []error {
+// dropSnapshots removes a job's snapshots; what fails stays in the journal.
+func (a *Agent) dropSnapshots(ctx context.Context, j *jobState) []error {
+	j.holdMu.Lock()
+	defer j.holdMu.Unlock()
+	if len(j.held.Snapshots) == 0 {
+		return nil
+	}
+	errs := a.removeSnapshots(ctx, &j.held)
+	if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
+		errs = append(errs, fmt.Errorf("journal: %w", err))
+	}
+	return errs
+}
+
+// removeSnapshots removes the snapshots of h, keeping those that failed.
+func (a *Agent) removeSnapshots(ctx context.Context, h *held) []error {
 	var errs []error
+	var left []fsSnapshot
 	for _, s := range h.Snapshots {
 		if err := s.remove(ctx); err != nil {
 			errs = append(errs, err)
+			left = append(left, s)
 		} else {
 			a.log.Info("snapshot removed", "type", s.Type, "snapshot", s.Name)
 		}
 	}
-	h.Snapshots = nil
+	h.Snapshots = left
 	return errs
+}
+
+// joinErrors joins errors on one line (a job's error is one line).
+func joinErrors(errs ...error) error {
+	var parts []string
+	for _, err := range errs {
+		if err != nil {
+			parts = append(parts, strings.ReplaceAll(err.Error(), "\n", "; "))
+		}
+	}
+	if len(parts) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(parts, "; "))
 }
 
 // --- Docker -----------------------------------------------------------------
 
-// dockerAPI is the Engine API version asked for (Docker 20.10 and later,
-// and Podman's compatible service, speak it).
-const dockerAPI = "/v1.41"
-
+// The Engine API is asked without a version prefix: the daemon answers in
+// its own version (Docker 29 refuses clients older than 1.44; Podman's
+// compatible service accepts both). Only long-stable fields are read.
 type dockerClient struct {
 	socket string
 	hc     *http.Client
@@ -170,7 +239,7 @@ func newDockerClient(socket string) *dockerClient {
 var errNoContainer = errors.New("no such container")
 
 func (d *dockerClient) call(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://docker"+dockerAPI+path, nil)
+	req, err := http.NewRequestWithContext(ctx, method, "http://docker"+path, nil)
 	if err != nil {
 		return err
 	}
@@ -290,12 +359,15 @@ func (a *Agent) pauseContainers(ctx context.Context, j *jobState, cfg *Docker) e
 			a.log.Info("container left alone", "container", c.Name, "running", c.Running, "paused", c.Paused)
 			continue
 		}
-		j.held.Containers = append(j.held.Containers, heldContainer{Socket: d.socket, ID: c.ID, Name: c.Name})
-		if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
-			return fmt.Errorf("journal: %w", err)
+		if err := a.record(j, func(h *held) {
+			h.Containers = append(h.Containers, heldContainer{Socket: d.socket, ID: c.ID, Name: c.Name})
+		}); err != nil {
+			return err
 		}
+		// On an error the container stays held: a pause that timed out
+		// may still have happened, and unpausing one that is not paused
+		// is harmless.
 		if err := d.pause(ctx, c.ID); err != nil {
-			j.held.Containers = j.held.Containers[:len(j.held.Containers)-1]
 			return fmt.Errorf("docker: pause %s: %w", c.Name, err)
 		}
 		a.log.Info("container paused", "job", j.id, "container", c.Name)
@@ -379,12 +451,13 @@ func (a *Agent) freezeMounts(j *jobState, mounts []string) error {
 		if err := checkFreezable(m, a.opts.StateDir); err != nil {
 			return err
 		}
-		j.held.Frozen = append(j.held.Frozen, m)
-		if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
-			return fmt.Errorf("journal: %w", err)
+		if err := a.record(j, func(h *held) { h.Frozen = append(h.Frozen, m) }); err != nil {
+			return err
 		}
 		if err := freezeFS(m); err != nil {
-			j.held.Frozen = j.held.Frozen[:len(j.held.Frozen)-1]
+			// The ioctl failed: nothing was frozen by us (thawing it could
+			// thaw another tool's freeze).
+			_ = a.record(j, func(h *held) { h.Frozen = slices.DeleteFunc(h.Frozen, func(f string) bool { return f == m }) })
 			return err
 		}
 		a.log.Info("filesystem frozen", "job", j.id, "mount", m)
@@ -442,11 +515,13 @@ func (a *Agent) takeSnapshot(ctx context.Context, j *jobState, plan string, s *S
 		snap.Mount = filepath.Join(a.opts.StateDir, "mnt-"+snap.Name)
 		snap.Root = snap.Mount
 	case SnapshotZFS:
-		snap.Root = filepath.Join(s.MountPoint, ".zfs", "snapshot", snap.Name)
+		// Mounted explicitly: .zfs/snapshot mounts on demand in the
+		// node's namespace, which the upload's private one never sees.
+		snap.Mount = filepath.Join(a.opts.StateDir, "mnt-"+snap.Name)
+		snap.Root = snap.Mount
 	}
-	j.held.Snapshots = append(j.held.Snapshots, snap)
-	if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
-		return nil, fmt.Errorf("journal: %w", err)
+	if err := a.record(j, func(h *held) { h.Snapshots = append(h.Snapshots, snap) }); err != nil {
+		return nil, err
 	}
 	var err error
 	switch s.Type {
@@ -465,6 +540,13 @@ func (a *Agent) takeSnapshot(ctx context.Context, j *jobState, plan string, s *S
 		}
 	case SnapshotZFS:
 		err = runTool(ctx, "zfs snapshot", "zfs", "snapshot", s.Source+"@"+snap.Name)
+		if err == nil {
+			if err = os.Mkdir(snap.Mount, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+				err = fmt.Errorf("zfs snapshot: %w", err)
+			} else {
+				err = runTool(ctx, "zfs snapshot mount", "mount", "-t", "zfs", "-o", "ro", s.Source+"@"+snap.Name, snap.Mount)
+			}
+		}
 	}
 	if err != nil {
 		return nil, err
@@ -497,18 +579,18 @@ func (s fsSnapshot) remove(ctx context.Context) error {
 		}
 		return runTool(ctx, "btrfs snapshot removal", "btrfs", "subvolume", "delete", s.Root)
 	case SnapshotLVM:
-		if isMountPoint(s.Mount) {
-			if err := runTool(ctx, "lvm snapshot unmount", "umount", s.Mount); err != nil {
-				return err
-			}
+		if err := unmountSnapshot(ctx, s.Mount); err != nil {
+			return err
 		}
-		os.Remove(s.Mount)
 		lv := filepath.Dir(s.Source) + "/" + s.Name
 		if _, err := os.Lstat("/dev/" + lv); errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
 		return runTool(ctx, "lvm snapshot removal", "lvremove", "--yes", lv)
 	case SnapshotZFS:
+		if err := unmountSnapshot(ctx, s.Mount); err != nil {
+			return err
+		}
 		err := runTool(ctx, "zfs snapshot removal", "zfs", "destroy", s.Source+"@"+s.Name)
 		if err != nil && strings.Contains(err.Error(), "could not find any snapshots") {
 			return nil
@@ -516,6 +598,21 @@ func (s fsSnapshot) remove(ctx context.Context) error {
 		return err
 	}
 	return fmt.Errorf("unknown snapshot type %q", s.Type)
+}
+
+// unmountSnapshot unmounts a snapshot's mount directory (if mounted) and
+// removes it.
+func unmountSnapshot(ctx context.Context, dir string) error {
+	if dir == "" {
+		return nil
+	}
+	if isMountPoint(dir) {
+		if err := runTool(ctx, "snapshot unmount", "umount", dir); err != nil {
+			return err
+		}
+	}
+	os.Remove(dir)
+	return nil
 }
 
 func isMountPoint(dir string) bool {
@@ -532,16 +629,13 @@ func isMountPoint(dir string) bool {
 // mount point there and executes the backup.
 const BindExecCommand = "__bind-exec"
 
-// hold pauses the plan's containers, freezes its filesystems and takes
-// its snapshot, in that order (j.mu held).
-func (a *Agent) hold(ctx context.Context, j *jobState, name string, p Plan) error {
+// capture pauses the plan's containers and takes its snapshot (j.mu
+// held); its filesystems are frozen at the end of the prepare.
+func (a *Agent) capture(ctx context.Context, j *jobState, name string, p Plan) error {
 	if p.Docker != nil {
 		if err := a.pauseContainers(ctx, j, p.Docker); err != nil {
 			return err
 		}
-	}
-	if err := a.freezeMounts(j, p.FSFreeze); err != nil {
-		return err
 	}
 	if p.Snapshot != nil {
 		snap, err := a.takeSnapshot(ctx, j, name, p.Snapshot)

@@ -54,7 +54,7 @@ func reviewAgent(t *testing.T, plans map[string]Plan) (*Agent, *reviewReports) {
 	cfg := &Config{Name: "node1", ThawDeadline: 0, Plans: plans}
 	return &Agent{cfg: cfg, opts: Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Bunker: "/bin/false", StateDir: state},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil)), client: srv.Client(), base: srv.URL,
-		seen: map[string]bool{}, jobs: map[string]*jobState{}, done: map[string]bool{}, frozenBy: map[string]string{}}, reps
+		seen: map[string]bool{}, jobs: map[string]*jobState{}, done: map[string]bool{}, frozenBy: map[string]string{}, reported: map[string]sentReport{}}, reps
 }
 
 func sh(script string) Hook { return Hook{Exec: []string{"/bin/sh", "-c", script}} }

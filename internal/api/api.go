@@ -189,6 +189,8 @@ type Job struct {
 
 // NodeResult is one node's part of a job.
 type NodeResult struct {
+	// Plans are the agent plans the node contributes to this job.
+	Plans     []string          `json:"plans,omitempty"`
 	Prepared  bool              `json:"prepared"`
 	Thawed    bool              `json:"thawed"`
 	Snapshots map[string]string `json:"snapshots,omitempty"`

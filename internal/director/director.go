@@ -156,7 +156,7 @@ func New(cfg *Config, opts Options) (*Director, error) {
 			continue
 		}
 		p, ok := cfg.Plans[j.Plan]
-		if ok && j.Kind == "" && (j.Phase == api.KindThaw || j.Phase == api.KindUpload) && sameNodes(j, p) {
+		if ok && resumable(j, p) {
 			resume = append(resume, j)
 			continue
 		}
@@ -522,8 +522,8 @@ func (d *Director) Start(plan, why string) (*api.Job, error) {
 		return nil, fmt.Errorf("plan %s is already running (job %s)", plan, j)
 	}
 	job := &api.Job{ID: newJobID(), Plan: plan, State: api.JobRunning, Phase: "start", Started: time.Now().UTC(), Nodes: map[string]*api.NodeResult{}}
-	for n := range p.Nodes {
-		job.Nodes[n] = &api.NodeResult{}
+	for n, plans := range p.Nodes {
+		job.Nodes[n] = &api.NodeResult{Plans: slices.Clone(plans)}
 	}
 	if err := d.st.putJob(job); err != nil {
 		return nil, err
@@ -550,14 +550,20 @@ func (d *Director) launch(job *api.Job, p Plan, from string) {
 	})
 }
 
-// sameNodes: the job's nodes are still the plan's (a resumed run must
-// not meet a changed configuration).
-func sameNodes(j *api.Job, p Plan) bool {
-	if len(j.Nodes) != len(p.Nodes) {
+// resumable: a backup job a restart cut past its barrier, whose nodes and
+// their plans are still the plan's (a resumed run must not meet a changed
+// configuration), and whose unfinished uploads are known by their command
+// IDs (asking again under a new ID could upload twice).
+func resumable(j *api.Job, p Plan) bool {
+	if j.Kind != "" || (j.Phase != api.KindThaw && j.Phase != api.KindUpload) || len(j.Nodes) != len(p.Nodes) {
 		return false
 	}
-	for n := range p.Nodes {
-		if j.Nodes[n] == nil {
+	for n, plans := range p.Nodes {
+		r := j.Nodes[n]
+		if r == nil || !slices.Equal(r.Plans, plans) {
+			return false
+		}
+		if j.Phase == api.KindUpload && len(r.Snapshots) == 0 && r.UploadCommand == "" {
 			return false
 		}
 	}
@@ -639,6 +645,13 @@ func (d *Director) execute(ctx context.Context, rn *run, from string) {
 	nodes := sortedKeys(rn.plan.Nodes)
 	fail := func(phase, format string, args ...any) {
 		d.mu.Lock()
+		if d.closing && ctx.Err() != nil {
+			// The director is stopping, not the job: it stays stored as
+			// running, for the next director to resume or run again.
+			d.mu.Unlock()
+			d.log.Info("job left to the next director", "job", job.ID, "plan", job.Plan, "phase", job.Phase)
+			return
+		}
 		job.State, job.Error, job.Finished = api.JobFailed, fmt.Sprintf(format, args...), time.Now().UTC()
 		if ctx.Err() != nil && phase != "" {
 			job.State = api.JobCanceled

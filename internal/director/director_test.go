@@ -247,8 +247,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 
 // A restarted director resumes a run past its barrier: it asks for the
 // very upload it had asked for (same command ID: an agent that took it
-// does not upload twice), and commits when the report comes; a run cut
-// before its barrier fails, and its plan is marked to run again.
+// does not upload twice), and commits when the report comes.
 func TestRestartResumesUpload(t *testing.T) {
 	cfg, pk := testConfig(t, "node1")
 	d1, err := New(cfg, Options{})
@@ -256,7 +255,7 @@ func TestRestartResumesUpload(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := &api.Job{ID: newJobID(), Plan: "p", State: api.JobRunning, Phase: api.KindUpload, Started: time.Now().UTC(),
-		Nodes: map[string]*api.NodeResult{"node1": {Prepared: true, Thawed: true, UploadCommand: "20261205T100000-00000001"}}}
+		Nodes: map[string]*api.NodeResult{"node1": {Plans: []string{"files"}, Prepared: true, Thawed: true, UploadCommand: "20261205T100000-00000001"}}}
 	if err := d1.st.putJob(up); err != nil {
 		t.Fatal(err)
 	}
@@ -287,4 +286,51 @@ func TestRestartResumesUpload(t *testing.T) {
 		j, err := d.st.job(up.ID)
 		return err == nil && j.State == api.JobSucceeded && j.Nodes["node1"].Snapshots["files"] == "abcd"
 	})
+}
+
+// A run a restart cut before its barrier, or whose uploads are not known
+// by their IDs, or whose node's plans changed, is not resumed: it fails,
+// its nodes are told to abort, and its plan is marked to run again.
+func TestRestartDoesNotResumeWhatItCannot(t *testing.T) {
+	for name, r := range map[string]*api.NodeResult{
+		"cut before the barrier": {Plans: []string{"files"}, Prepared: true},
+		"upload of unknown ID":   {Plans: []string{"files"}, Prepared: true, Thawed: true},
+		"plans changed":          {Plans: []string{"files", "db"}, Prepared: true, Thawed: true, UploadCommand: "20261205T100000-00000001"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg, _ := testConfig(t, "node1")
+			d1, err := New(cfg, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			phase := api.KindUpload
+			if !r.Thawed {
+				phase = api.KindPrepare
+			}
+			j := &api.Job{ID: newJobID(), Plan: "p", State: api.JobRunning, Phase: phase, Started: time.Now().UTC(), Nodes: map[string]*api.NodeResult{"node1": r}}
+			if err := d1.st.putJob(j); err != nil {
+				t.Fatal(err)
+			}
+			if err := d1.Close(); err != nil {
+				t.Fatal(err)
+			}
+			d, err := New(cfg, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			got, err := d.st.job(j.ID)
+			if err != nil || got.State != api.JobFailed || !strings.Contains(got.Error, "runs again") {
+				t.Fatalf("job %+v %v", got, err)
+			}
+			if _, ok := d.rerun["p"]; !ok {
+				t.Error("the plan is not marked to run again")
+			}
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if a := d.agents["node1"]; a == nil || len(a.pending) != 1 || a.pending[0].cmd.Kind != api.KindAbort {
+				t.Errorf("node1 was not told to abort")
+			}
+		})
+	}
 }
