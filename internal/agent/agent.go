@@ -49,12 +49,12 @@ type Agent struct {
 	base   string
 
 	mu   sync.Mutex
-	seen map[string]bool      // command IDs taken
+	seen map[string]bool // command IDs taken
 	// reported keeps each command's report: when the director asks again
 	// for a command already taken (it lost the report, or restarted), the
 	// report is sent again instead of running the command twice.
 	reported map[string]sentReport
-	jobs map[string]*jobState // by job ID
+	jobs     map[string]*jobState // by job ID
 	// done lists jobs this agent finished or aborted: later commands for
 	// them (a late prepare) are refused.
 	done map[string]bool
