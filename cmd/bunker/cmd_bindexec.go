@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -55,6 +57,22 @@ func newBindExecCmd() *cobra.Command {
 				return err
 			}
 			return syscall.Exec(prog, argv, os.Environ())
+		},
+	}
+}
+
+// newWatchdogCmd is the process that thaws a node's filesystems and
+// unpauses its containers at the deadline should the agent die (see
+// agent.WatchdogCommand). Hidden: it is not for people.
+func newWatchdogCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    agent.WatchdogCommand,
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+			defer stop()
+			return agent.RunWatchdog(ctx, c.InOrStdin())
 		},
 	}
 }

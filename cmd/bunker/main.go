@@ -201,7 +201,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newInitCmd(g), newBackupCmd(g), newSnapshotsCmd(g), newLsCmd(g), newDiffCmd(g),
 		newStatsCmd(g), newRestoreCmd(g), newDumpCmd(g), newCheckCmd(g), newKeyCmd(g),
-		newForgetCmd(g), newPruneCmd(g), newUnlockCmd(g), newRepairCmd(g), newConfigCmd(g), newServeCmd(g), newCopyCmd(g), newPKICmd(g), newDirectorCmd(g), newAgentCmd(g), newPlanCmd(g), newJobCmd(g), newBindExecCmd(),
+		newForgetCmd(g), newPruneCmd(g), newUnlockCmd(g), newRepairCmd(g), newConfigCmd(g), newServeCmd(g), newCopyCmd(g), newPKICmd(g), newDirectorCmd(g), newAgentCmd(g), newPlanCmd(g), newJobCmd(g), newBindExecCmd(), newWatchdogCmd(),
 		&cobra.Command{Use: "exit-codes", Short: "List the exit codes", Run: func(c *cobra.Command, _ []string) {
 			fmt.Fprintln(c.OutOrStdout(), exitCodesHelp)
 		}},

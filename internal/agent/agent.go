@@ -469,6 +469,9 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 			return fail(fmt.Errorf("plan %s: %w", name, err))
 		}
 	}
+	if err := a.startWatchdog(j, thawBy); err != nil {
+		return fail(err)
+	}
 	if !j.frozen {
 		return time.Time{}, errors.New("thawed before the prepare ended (deadline)")
 	}

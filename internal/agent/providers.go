@@ -40,6 +40,9 @@ type held struct {
 	Containers []heldContainer `json:"containers,omitempty"`
 	Frozen     []string        `json:"frozen,omitempty"`
 	Snapshots  []fsSnapshot    `json:"snapshots,omitempty"`
+	// Watchdog is the PID of the process that releases the freeze at the
+	// deadline should the agent die (see WatchdogCommand).
+	Watchdog int `json:"watchdog,omitempty"`
 }
 
 type heldContainer struct {
@@ -120,6 +123,8 @@ func (a *Agent) recoverJournals(ctx context.Context) {
 		}
 		job := strings.TrimSuffix(filepath.Base(f), journalSuffix)
 		a.log.Warn("releasing what an earlier run of the agent held", "job", job, "frozen", h.Frozen, "containers", len(h.Containers), "snapshots", len(h.Snapshots))
+		stopWatchdog(h.Watchdog, true)
+		h.Watchdog = 0
 		errs := a.release(ctx, &h, false)
 		errs = append(errs, a.removeSnapshots(ctx, &h)...)
 		for _, err := range errs {
@@ -136,6 +141,12 @@ func (a *Agent) recoverJournals(ctx context.Context) {
 func (a *Agent) releaseHolds(ctx context.Context, j *jobState, frozenOnly bool) []error {
 	j.holdMu.Lock()
 	defer j.holdMu.Unlock()
+	if !frozenOnly {
+		// The agent releases: its watchdog must not release a later
+		// job's freeze.
+		stopWatchdog(j.held.Watchdog, false)
+		j.held.Watchdog = 0
+	}
 	errs := a.release(ctx, &j.held, frozenOnly)
 	if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
 		errs = append(errs, fmt.Errorf("journal: %w", err))
@@ -645,4 +656,94 @@ func (a *Agent) capture(ctx context.Context, j *jobState, name string, p Plan) e
 		j.snaps[name] = snap
 	}
 	return nil
+}
+
+// WatchdogCommand is the hidden bunker command that releases a freeze
+// should the agent die: started at the end of a prepare in a session of its
+// own, it reads a WatchdogOrder on stdin, sleeps until its time (a little
+// after the agent's own deadline), then thaws the filesystems and unpauses
+// the containers, and exits; on SIGTERM (the agent's service stopping) it
+// does so at once. The agent kills it when it releases them itself.
+const WatchdogCommand = "__thaw-watchdog"
+
+// WatchdogOrder is what a watchdog releases, and when.
+type WatchdogOrder struct {
+	At         time.Time       `json:"at"`
+	Frozen     []string        `json:"frozen,omitempty"`
+	Containers []heldContainer `json:"containers,omitempty"`
+}
+
+// watchdogLate is how long after the agent's own deadline the watchdog
+// acts: the agent thaws in order (filesystems, containers, post hooks) if
+// it is alive.
+const watchdogLate = 2 * time.Second
+
+// RunWatchdog carries out an order read from in (the watchdog process).
+func RunWatchdog(ctx context.Context, in io.Reader) error {
+	var o WatchdogOrder
+	if err := json.NewDecoder(io.LimitReader(in, 1<<20)).Decode(&o); err != nil {
+		return fmt.Errorf("watchdog order: %w", err)
+	}
+	t := time.NewTimer(time.Until(o.At))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	var errs []error
+	for i := len(o.Frozen) - 1; i >= 0; i-- {
+		if err := thawFS(o.Frozen[i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for i := len(o.Containers) - 1; i >= 0; i-- {
+		c := o.Containers[i]
+		if err := newDockerClient(c.Socket).unpause(context.Background(), c.ID); err != nil {
+			errs = append(errs, fmt.Errorf("unpause %s: %w", c.Name, err))
+		}
+	}
+	return joinErrors(errs...)
+}
+
+// startWatchdog starts the watchdog of a job's freeze (j.mu held).
+func (a *Agent) startWatchdog(j *jobState, thawBy time.Time) error {
+	j.holdMu.Lock()
+	defer j.holdMu.Unlock()
+	if len(j.held.Frozen) == 0 && len(j.held.Containers) == 0 {
+		return nil
+	}
+	order, err := json.Marshal(WatchdogOrder{At: thawBy.Add(watchdogLate), Frozen: j.held.Frozen, Containers: j.held.Containers})
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(a.opts.Bunker, WatchdogCommand)
+	cmd.Stdin = bytes.NewReader(order)
+	// A session of its own: signals to the agent's process group do not
+	// reach it. No output: nothing may hold the agent's pipes open.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("watchdog: %w", err)
+	}
+	go func() { _ = cmd.Wait() }()
+	j.held.Watchdog = cmd.Process.Pid
+	if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	return nil
+}
+
+// stopWatchdog kills a watchdog: the agent's own child, or (earlier, when
+// a previous run of the agent started it) only if that PID is still a
+// bunker watchdog.
+func stopWatchdog(pid int, foreign bool) {
+	if pid <= 0 {
+		return
+	}
+	if foreign {
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !bytes.Contains(cmdline, []byte(WatchdogCommand)) {
+			return
+		}
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
 }
