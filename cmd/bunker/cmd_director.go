@@ -47,7 +47,8 @@ func newDirectorCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx := c.Context()
+			ctx, cancel := context.WithCancelCause(c.Context())
+			defer cancel(nil)
 			if cfg.HealthListen != "" {
 				hl, err := net.Listen("tcp", cfg.HealthListen)
 				if err != nil {
@@ -66,14 +67,20 @@ func newDirectorCmd(g *globalOptions) *cobra.Command {
 				}
 				go func() {
 					if err := d.ServeEnrol(ctx, el); err != nil {
-						log.Error("enrolment listener stopped", "err", err)
+						cancel(fmt.Errorf("enrolment listener: %w", err))
 					}
 				}()
 				fmt.Fprintf(c.OutOrStdout(), "enrolment listening on %s\n", el.Addr())
 			}
 			go d.Schedule(ctx)
 			fmt.Fprintf(c.OutOrStdout(), "listening on %s\n", ln.Addr())
-			return d.Serve(ctx, ln)
+			if err := d.Serve(ctx, ln); err != nil {
+				return err
+			}
+			if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
 		},
 	}
 	serve.Flags().StringVar(&cfgFile, "config", "", "the director's configuration `file` (director.yaml)")

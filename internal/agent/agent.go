@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -160,6 +161,13 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Log, client: &http.Client{Transport: tr, Timeout: opts.PollTimeout + 5*time.Second},
 		base: strings.TrimSuffix(cfg.Director, "/"), seen: map[string]bool{}, jobs: map[string]*jobState{}, done: map[string]bool{},
 		frozenBy: map[string]string{}, reported: map[string]sentReport{}}
+	if os.Geteuid() != 0 {
+		for _, name := range slices.Sorted(maps.Keys(cfg.Plans)) {
+			if p := cfg.Plans[name]; p.Snapshot != nil || len(p.FSFreeze) > 0 {
+				return nil, fmt.Errorf("plan %s: snapshots and fsfreeze need the agent to run as root", name)
+			}
+		}
+	}
 	// A previous run of the agent killed while it held containers paused,
 	// filesystems frozen or snapshots: release them before anything else.
 	rctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -707,7 +715,7 @@ func (a *Agent) upload(ctx context.Context, c api.Command, j *jobState) (map[str
 			return nil, fmt.Errorf("plan %s: %w", name, err)
 		}
 		if p.Snapshot != nil {
-			cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+			cmd.SysProcAttr.Unshareflags = syscall.CLONE_NEWNS
 		}
 		cmd.Env = append(cmd.Env, extraEnv...)
 		if stdin != nil {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -30,6 +31,16 @@ func Enrol(ctx context.Context, cfg *Config, enrolURL, token string) (time.Time,
 		if _, err := os.Lstat(f); err == nil {
 			return time.Time{}, fmt.Errorf("%s: %w (this node has a certificate; remove both files to enrol again)", f, pki.ErrExists)
 		}
+	}
+	// The token is used up by the director: check first that the files
+	// can be written.
+	for _, dir := range []string{filepath.Dir(cfg.TLS.Cert), filepath.Dir(cfg.TLS.Key)} {
+		f, err := os.CreateTemp(dir, ".bunker-enrol-*")
+		if err != nil {
+			return time.Time{}, fmt.Errorf("cannot write the certificate files: %w", err)
+		}
+		f.Close()
+		os.Remove(f.Name())
 	}
 	caPEM, err := pki.ReadCA(cfg.TLS.CA)
 	if err != nil {

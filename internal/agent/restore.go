@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"go.etcd.io/etcd/etcdutl/v3/snapshot"
 	"go.uber.org/zap"
@@ -78,6 +79,9 @@ func (a *Agent) bunker(ctx context.Context, r Repository, args ...string) (*exec
 	}
 	cmd := exec.CommandContext(ctx, a.opts.Bunker, args...)
 	cmd.Env = env
+	// A child does not outlive the agent: a restarted agent drops what
+	// prepare took, and an orphaned upload would read a removed snapshot.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd, nil
 }
 
