@@ -428,6 +428,11 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 	fail := func(err error) (time.Time, error) {
 		return time.Time{}, joinErrors(err, a.thawLocked(j, "a failed prepare"))
 	}
+	// Before anything is paused or frozen: should the agent die from here
+	// on, the watchdog releases what the journal says by the deadline.
+	if err := a.startWatchdog(j, c.Plans, thawBy); err != nil {
+		return fail(err)
+	}
 	for _, name := range c.Plans {
 		p := a.cfg.Plans[name]
 		for i, h := range p.Pre {
@@ -476,9 +481,6 @@ func (a *Agent) prepare(ctx context.Context, c api.Command, j *jobState) (time.T
 		if err := a.freezeMounts(j, a.cfg.Plans[name].FSFreeze); err != nil {
 			return fail(fmt.Errorf("plan %s: %w", name, err))
 		}
-	}
-	if err := a.startWatchdog(j, thawBy); err != nil {
-		return fail(err)
 	}
 	if !j.frozen {
 		return time.Time{}, errors.New("thawed before the prepare ended (deadline)")

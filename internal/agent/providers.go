@@ -659,18 +659,19 @@ func (a *Agent) capture(ctx context.Context, j *jobState, name string, p Plan) e
 }
 
 // WatchdogCommand is the hidden bunker command that releases a freeze
-// should the agent die: started at the end of a prepare in a session of its
-// own, it reads a WatchdogOrder on stdin, sleeps until its time (a little
-// after the agent's own deadline), then thaws the filesystems and unpauses
-// the containers, and exits; on SIGTERM (the agent's service stopping) it
-// does so at once. The agent kills it when it releases them itself.
+// should the agent die: started at the beginning of a prepare that will
+// pause or freeze, in a session of its own, it reads a WatchdogOrder on
+// stdin, sleeps until its time (a little after the agent's own deadline),
+// then thaws the filesystems and unpauses the containers the job's journal
+// lists (every hold is journaled before it is taken), and exits; on
+// SIGTERM (the agent's service stopping) it does so at once. The agent
+// kills it when it releases them itself.
 const WatchdogCommand = "__thaw-watchdog"
 
-// WatchdogOrder is what a watchdog releases, and when.
+// WatchdogOrder says which journal to release, and when.
 type WatchdogOrder struct {
-	At         time.Time       `json:"at"`
-	Frozen     []string        `json:"frozen,omitempty"`
-	Containers []heldContainer `json:"containers,omitempty"`
+	At      time.Time `json:"at"`
+	Journal string    `json:"journal"`
 }
 
 // watchdogLate is how long after the agent's own deadline the watchdog
@@ -690,14 +691,25 @@ func RunWatchdog(ctx context.Context, in io.Reader) error {
 	case <-t.C:
 	case <-ctx.Done():
 	}
+	data, err := os.ReadFile(o.Journal)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // all released
+	}
+	if err != nil {
+		return err
+	}
+	var h held
+	if err := json.Unmarshal(data, &h); err != nil {
+		return fmt.Errorf("journal %s: %w", o.Journal, err)
+	}
 	var errs []error
-	for i := len(o.Frozen) - 1; i >= 0; i-- {
-		if err := thawFS(o.Frozen[i]); err != nil {
+	for i := len(h.Frozen) - 1; i >= 0; i-- {
+		if err := thawFS(h.Frozen[i]); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for i := len(o.Containers) - 1; i >= 0; i-- {
-		c := o.Containers[i]
+	for i := len(h.Containers) - 1; i >= 0; i-- {
+		c := h.Containers[i]
 		if err := newDockerClient(c.Socket).unpause(context.Background(), c.ID); err != nil {
 			errs = append(errs, fmt.Errorf("unpause %s: %w", c.Name, err))
 		}
@@ -705,14 +717,18 @@ func RunWatchdog(ctx context.Context, in io.Reader) error {
 	return joinErrors(errs...)
 }
 
-// startWatchdog starts the watchdog of a job's freeze (j.mu held).
-func (a *Agent) startWatchdog(j *jobState, thawBy time.Time) error {
-	j.holdMu.Lock()
-	defer j.holdMu.Unlock()
-	if len(j.held.Frozen) == 0 && len(j.held.Containers) == 0 {
+// startWatchdog starts the watchdog of a job's freeze, before anything is
+// paused or frozen, if any of its plans will.
+func (a *Agent) startWatchdog(j *jobState, plans []string, thawBy time.Time) error {
+	needed := false
+	for _, name := range plans {
+		p := a.cfg.Plans[name]
+		needed = needed || p.Docker != nil || len(p.FSFreeze) > 0
+	}
+	if !needed {
 		return nil
 	}
-	order, err := json.Marshal(WatchdogOrder{At: thawBy.Add(watchdogLate), Frozen: j.held.Frozen, Containers: j.held.Containers})
+	order, err := json.Marshal(WatchdogOrder{At: thawBy.Add(watchdogLate), Journal: filepath.Join(a.opts.StateDir, j.id+journalSuffix)})
 	if err != nil {
 		return err
 	}
@@ -725,10 +741,9 @@ func (a *Agent) startWatchdog(j *jobState, thawBy time.Time) error {
 		return fmt.Errorf("watchdog: %w", err)
 	}
 	go func() { _ = cmd.Wait() }()
+	j.holdMu.Lock()
 	j.held.Watchdog = cmd.Process.Pid
-	if err := writeJournal(a.opts.StateDir, j.id, &j.held); err != nil {
-		return fmt.Errorf("journal: %w", err)
-	}
+	j.holdMu.Unlock()
 	return nil
 }
 

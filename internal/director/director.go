@@ -2,6 +2,7 @@ package director
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -904,7 +905,12 @@ func (d *Director) Serve(ctx context.Context, ln net.Listener) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: d.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10,
+	return d.serveTLS(ctx, ln, d.Handler(), tlsCfg, 64<<10)
+}
+
+// serveTLS serves h over TLS on ln until ctx ends, then shuts down.
+func (d *Director) serveTLS(ctx context.Context, ln net.Listener, h http.Handler, tlsCfg *tls.Config, maxHeader int) error {
+	srv := &http.Server{Handler: h, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeader,
 		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
 	go func() {
 		<-ctx.Done()
