@@ -81,9 +81,10 @@ func (r *Repository) encodeBlob(data []byte) (*[]byte, bool, error) {
 	// compressibility sample first), and a sample misjudges mixed chunks
 	// (a disk image's zero runs between random extents).
 	if r.opts.Compression != CompressionOff && len(data) > 64 {
-		*zp = r.enc.EncodeAll(data, (*zp)[:0])
+		var ok bool
+		*zp, ok = r.benc.encode(*zp, data)
 		// Keep compression where it saves at least 1/256 of the size.
-		if len(*zp) < len(data)-len(data)/256 {
+		if ok && len(*zp) < len(data)-len(data)/256 {
 			payload, compressed = *zp, true
 		}
 	}

@@ -130,7 +130,8 @@ type Repository struct {
 	keyName string
 	idx     *index.Index
 
-	enc    *zstd.Encoder
+	enc    *zstd.Encoder // metadata (and tests)
+	benc   *blobEncoder  // data blobs
 	dec    *zstd.Decoder
 	metaDc *zstd.Decoder
 
@@ -193,7 +194,7 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 		return nil, err
 	}
 	return &Repository{
-		be: be, opts: opts, idx: index.New(), enc: enc, dec: dec, metaDc: metaDc,
+		be: be, opts: opts, idx: index.New(), enc: enc, benc: newBlobEncoder(opts.Compression), dec: dec, metaDc: metaDc,
 		packers:    make(map[repo.BlobType]*pack.Writer),
 		pending:    make(map[repo.BlobHandle]struct{}),
 		uploadSem:  make(chan struct{}, opts.Uploads),
