@@ -131,7 +131,7 @@ type Repository struct {
 	idx     *index.Index
 
 	enc    *zstd.Encoder // metadata (and tests)
-	benc   *blobEncoder  // data blobs
+	benc   blobEncoder   // data blobs
 	dec    *zstd.Decoder
 	metaDc *zstd.Decoder
 

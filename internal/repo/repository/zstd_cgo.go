@@ -9,14 +9,14 @@ import (
 	"github.com/DataDog/zstd"
 )
 
-// blobEncoder compresses data blobs with libzstd, the reference C
+// cEncoder compresses data blobs with libzstd, the reference C
 // implementation (bundled by github.com/DataDog/zstd): measured on this
 // project's dataset it compresses 1.6x faster than the pure-Go encoder at
 // the same level, and a little smaller. The output is ordinary zstd frames;
 // every blob is still verified by decoding it with the pure-Go decoder, an
 // independent implementation. Builds without cgo use the pure-Go encoder
 // (zstd_nocgo.go).
-type blobEncoder struct {
+type cEncoder struct {
 	level int
 	// ctxs holds the idle compression contexts. They are C memory (a few
 	// MiB each) that the Go collector does not see: kept, not pooled in a
@@ -28,19 +28,20 @@ type blobEncoder struct {
 	maxCtx int
 }
 
-func newBlobEncoder(c Compression) *blobEncoder {
+func newBlobEncoder(c Compression) blobEncoder {
 	level := 3 // the zstd default, as SpeedDefault
 	switch c {
 	case CompressionFastest:
 		level = 1
 	case CompressionMax:
-		level = 11 // as SpeedBestCompression
+		// libzstd's high levels use match windows over 2 MiB (format §7).
+		return newGoEncoder(c)
 	}
 	n := runtime.GOMAXPROCS(0) // as many as can run at once
-	return &blobEncoder{level: level, ctxs: make(chan zstd.Ctx, n), maxCtx: n}
+	return &cEncoder{level: level, ctxs: make(chan zstd.Ctx, n), maxCtx: n}
 }
 
-func (e *blobEncoder) get() zstd.Ctx {
+func (e *cEncoder) get() zstd.Ctx {
 	select {
 	case c := <-e.ctxs:
 		return c
@@ -58,7 +59,7 @@ func (e *blobEncoder) get() zstd.Ctx {
 
 // encode compresses src into dst's storage; ok is false when it failed
 // (the blob is then stored uncompressed).
-func (e *blobEncoder) encode(dst, src []byte) ([]byte, bool) {
+func (e *cEncoder) encode(dst, src []byte) ([]byte, bool) {
 	ctx := e.get()
 	defer func() { e.ctxs <- ctx }()
 	out, err := ctx.CompressLevel(dst[:0], src, e.level)
