@@ -173,18 +173,7 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 			opts.Uploads = 2
 		}
 	}
-	level := zstd.SpeedDefault
-	switch opts.Compression {
-	case CompressionFastest:
-		level = zstd.SpeedFastest
-	case CompressionMax:
-		level = zstd.SpeedBestCompression
-	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithZeroFrames(true),
-		zstd.WithWindowSize(encoderWindow), zstd.WithEncoderCRC(false))
-	if err != nil {
-		return nil, err
-	}
+	enc := newGoEncoder(opts.Compression).enc
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithDecoderMaxMemory(pack.MaxBlobSize), zstd.WithDecodeAllCapLimit(true), zstd.IgnoreChecksum(true))
 	if err != nil {
 		return nil, err
