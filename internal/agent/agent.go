@@ -202,6 +202,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		plans = append(plans, p)
 	}
 	slices.Sort(plans)
+	a.wg.Go(func() {
+		t := time.NewTicker(JournalRetry)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				a.recoverJournals(ctx)
+			}
+		}
+	})
 	backoff := time.Second
 	for ctx.Err() == nil {
 		var resp api.PollResponse

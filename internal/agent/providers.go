@@ -106,12 +106,23 @@ func (a *Agent) record(j *jobState, change func(h *held)) error {
 	return nil
 }
 
-// recoverJournals releases what jobs of an earlier run of the agent still
-// held: it thaws, unpauses and removes snapshots; what fails stays in the
-// journal for the next start.
+// JournalRetry is how often the agent tries again to release what a
+// journal still lists (a Docker daemon not up yet at boot, a snapshot busy).
+var JournalRetry = time.Minute
+
+// recoverJournals releases what jobs no longer running still hold (an
+// earlier run of the agent killed, or a release that failed): it thaws,
+// unpauses and removes snapshots; what fails stays in the journal for the
+// next try.
 func (a *Agent) recoverJournals(ctx context.Context) {
 	files, _ := filepath.Glob(filepath.Join(a.opts.StateDir, "*"+journalSuffix))
 	for _, f := range files {
+		a.mu.Lock()
+		_, running := a.jobs[strings.TrimSuffix(filepath.Base(f), journalSuffix)]
+		a.mu.Unlock()
+		if running {
+			continue // its job releases it
+		}
 		data, err := os.ReadFile(f)
 		var h held
 		if err == nil {

@@ -71,6 +71,14 @@ func TestFSFreezeAndRecovery(t *testing.T) {
 	if err := freezeFS(mnt); err == nil || !strings.Contains(err.Error(), "already frozen") {
 		t.Errorf("freezing twice: %v", err)
 	}
+	// The periodic retry leaves alone the journal of a job still running.
+	a.jobs = map[string]*jobState{j.id: j}
+	a.recoverJournals(context.Background())
+	select {
+	case err := <-wrote:
+		t.Fatalf("the retry released a running job's freeze (%v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
 	// The agent dies here; another starts with the same state directory.
 	b := &Agent{opts: a.opts, log: a.log}
 	b.recoverJournals(context.Background())
