@@ -16,64 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"bunker/internal/agent/agenttest"
 )
-
-// needTools skips a test whose tools are missing, and fails it in CI
-// (make test installs them).
-func needTools(t *testing.T, why string, tools ...string) {
-	t.Helper()
-	missing := os.Geteuid() != 0
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = true
-		}
-	}
-	if !missing {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s: needs root and %s (make test installs them)", why, strings.Join(tools, ", "))
-	}
-	t.Skipf("%s: needs root and %s", why, strings.Join(tools, ", "))
-}
-
-// loopFS makes a filesystem of type fstype on a loop device and mounts it
-// on a new directory, for the test only.
-func loopFS(t *testing.T, fstype string, size int64) string {
-	t.Helper()
-	dir := t.TempDir()
-	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	out, err := exec.Command("losetup", "--find", "--show", img).CombinedOutput()
-	if err != nil {
-		t.Fatalf("losetup: %v: %s", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() { _ = exec.Command("losetup", "-d", dev).Run() })
-	if out, err := exec.Command("mkfs."+fstype, "-q", dev).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs: %v: %s", err, out)
-	}
-	if out, err := exec.Command("mount", dev, mnt).CombinedOutput(); err != nil {
-		t.Fatalf("mount: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		_ = exec.Command("fsfreeze", "-u", mnt).Run()
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount: %v: %s", err, out)
-		}
-	})
-	return mnt
-}
 
 // podman is a real container engine serving the Docker Engine API on a
 // unix socket (Debian's podman, isolated in a directory of the test).
@@ -236,9 +181,9 @@ func (p *podman) status(name string) string {
 // upload. Then node1's agent is killed while it holds them: started
 // again, it unpauses the containers and removes the snapshot.
 func TestDirectorSnapshotAndPause(t *testing.T) {
-	needTools(t, "btrfs snapshots and Docker pause", "losetup", "mkfs.btrfs", "btrfs", "podman", "runc", "/bin/busybox")
+	agenttest.NeedTools(t, "btrfs snapshots and Docker pause", "losetup", "mkfs.btrfs", "btrfs", "podman", "runc", "/bin/busybox")
 	t.Parallel()
-	mnt := loopFS(t, "btrfs", 256<<20)
+	mnt := agenttest.LoopFS(t, "btrfs", 256<<20)
 	writeFile(t, filepath.Join(mnt, "data", "state"), "before\n")
 	pm := startPodman(t)
 	pm.container("app", nil)

@@ -5,11 +5,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"bunker/internal/agent/agenttest"
 )
 
 func quietAgent(t *testing.T) *Agent {
@@ -20,41 +21,8 @@ func quietAgent(t *testing.T) *Agent {
 // writes; an agent that died holding it thaws it from the journal when it
 // starts again. What must not be frozen is refused.
 func TestFSFreezeAndRecovery(t *testing.T) {
-	for _, tool := range []string{"losetup", "mkfs.ext4", "mount", "umount"} {
-		if _, err := exec.LookPath(tool); err != nil || os.Geteuid() != 0 {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("needs root and %s", tool)
-			}
-			t.Skipf("needs root and %s", tool)
-		}
-	}
-	dir := t.TempDir()
-	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 64<<20); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("losetup", "--find", "--show", img).CombinedOutput()
-	if err != nil {
-		t.Fatalf("losetup: %v: %s", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() { _ = exec.Command("losetup", "-d", dev).Run() })
-	if out, err := exec.Command("mkfs.ext4", "-q", dev).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs: %v: %s", err, out)
-	}
-	if out, err := exec.Command("mount", dev, mnt).CombinedOutput(); err != nil {
-		t.Fatalf("mount: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		_ = thawFS(mnt)
-		_ = exec.Command("umount", mnt).Run()
-	})
+	agenttest.NeedTools(t, "fsfreeze on a real filesystem", "losetup", "mkfs.ext4", "mount", "umount")
+	mnt := agenttest.LoopFS(t, "ext4", 64<<20)
 
 	a := quietAgent(t)
 	j := &jobState{id: "20261205T100000-0123abcd", snaps: map[string]*fsSnapshot{}}
