@@ -251,16 +251,29 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // call posts a JSON body to the director and decodes the answer.
 func (a *Agent) call(ctx context.Context, path string, body, out any) error {
+	return postJSON(ctx, a.client, a.base+path, body, out)
+}
+
+// errDirector is the director's answer to a request it refused.
+type errDirector struct {
+	status, msg string
+}
+
+func (e *errDirector) Error() string { return "director: " + e.status + ": " + e.msg }
+
+// postJSON posts body as JSON to url and decodes the answer into out; a
+// refusal comes back as an *errDirector with the director's message.
+func postJSON(ctx context.Context, client *http.Client, url string, body, out any) error {
 	data, err := json.Marshal(body)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.base+path, bytes.NewReader(data))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(data))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := a.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
@@ -269,7 +282,7 @@ func (a *Agent) call(ctx context.Context, path string, body, out any) error {
 	if resp.StatusCode != http.StatusOK {
 		var e api.Error
 		_ = json.NewDecoder(lr).Decode(&e)
-		return fmt.Errorf("director: %s: %s", resp.Status, e.Error)
+		return &errDirector{status: resp.Status, msg: e.Error}
 	}
 	return json.NewDecoder(lr).Decode(out)
 }

@@ -1,11 +1,9 @@
 package agent
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -54,26 +52,16 @@ func Enrol(ctx context.Context, cfg *Config, enrolURL, token string) (time.Time,
 	if err != nil {
 		return time.Time{}, err
 	}
-	body, _ := json.Marshal(api.EnrolRequest{Version: api.Version, Node: cfg.Name, Token: strings.TrimSpace(token), CSR: csr})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(enrolURL, "/")+api.PathEnrol, bytes.NewReader(body))
-	if err != nil {
-		return time.Time{}, err
-	}
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}, Timeout: 30 * time.Second}
-	resp, err := client.Do(req)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("director: %w", err)
-	}
-	defer resp.Body.Close()
-	lr := io.LimitReader(resp.Body, api.MaxBody)
-	if resp.StatusCode != http.StatusOK {
-		var e api.Error
-		_ = json.NewDecoder(lr).Decode(&e)
-		return time.Time{}, fmt.Errorf("director refused the enrolment: %s", e.Error)
-	}
 	var out api.EnrolResponse
-	if err := json.NewDecoder(lr).Decode(&out); err != nil {
-		return time.Time{}, fmt.Errorf("director's answer: %w", err)
+	err = postJSON(ctx, client, strings.TrimSuffix(enrolURL, "/")+api.PathEnrol,
+		api.EnrolRequest{Version: api.Version, Node: cfg.Name, Token: strings.TrimSpace(token), CSR: csr}, &out)
+	var refused *errDirector
+	switch {
+	case errors.As(err, &refused):
+		return time.Time{}, fmt.Errorf("director refused the enrolment: %s", refused.msg)
+	case err != nil:
+		return time.Time{}, fmt.Errorf("director: %w", err)
 	}
 	// Check what came back before keeping it: issued by our CA, for this
 	// node as an agent, for the key made here.

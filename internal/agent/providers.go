@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -409,14 +410,11 @@ const (
 // a mount point, and the filesystem of the agent's state directory (its
 // journal must stay writable to thaw after a crash).
 func checkFreezable(mount, stateDir string) error {
-	var st, parent, state unix.Stat_t
+	var st, state unix.Stat_t
 	if err := unix.Stat(mount, &st); err != nil {
 		return fmt.Errorf("fsfreeze %s: %w", mount, err)
 	}
-	if err := unix.Stat(filepath.Dir(filepath.Clean(mount)), &parent); err != nil {
-		return fmt.Errorf("fsfreeze %s: %w", mount, err)
-	}
-	if st.Dev == parent.Dev {
+	if !isMountPoint(mount) {
 		return fmt.Errorf("fsfreeze %s: not a mount point", mount)
 	}
 	if err := unix.Stat(stateDir, &state); err == nil && state.Dev == st.Dev {
@@ -637,9 +635,10 @@ func unmountSnapshot(ctx context.Context, dir string) error {
 	return nil
 }
 
+// isMountPoint: dir is on another device than its parent.
 func isMountPoint(dir string) bool {
 	var st, parent syscall.Stat_t
-	if syscall.Stat(dir, &st) != nil || syscall.Stat(filepath.Dir(dir), &parent) != nil {
+	if syscall.Stat(dir, &st) != nil || syscall.Stat(filepath.Dir(filepath.Clean(dir)), &parent) != nil {
 		return false
 	}
 	return st.Dev != parent.Dev
@@ -713,19 +712,8 @@ func RunWatchdog(ctx context.Context, in io.Reader) error {
 	if err := json.Unmarshal(data, &h); err != nil {
 		return fmt.Errorf("journal %s: %w", o.Journal, err)
 	}
-	var errs []error
-	for i := len(h.Frozen) - 1; i >= 0; i-- {
-		if err := thawFS(h.Frozen[i]); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for i := len(h.Containers) - 1; i >= 0; i-- {
-		c := h.Containers[i]
-		if err := newDockerClient(c.Socket).unpause(context.Background(), c.ID); err != nil {
-			errs = append(errs, fmt.Errorf("unpause %s: %w", c.Name, err))
-		}
-	}
-	return joinErrors(errs...)
+	quiet := &Agent{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	return joinErrors(quiet.release(context.Background(), &h, false)...)
 }
 
 // startWatchdog starts the watchdog of a job's freeze, before anything is

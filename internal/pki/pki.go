@@ -213,11 +213,6 @@ func (ca *CA) IssueFiles(dir string, req Request, now time.Time) (certPath, keyP
 	}
 	base := filepath.Join(dir, req.Role+"-"+req.Name)
 	certPath, keyPath = base+".pem", base+".key"
-	for _, f := range []string{certPath, keyPath} {
-		if _, err := os.Lstat(f); err == nil {
-			return "", "", fmt.Errorf("%s: %w", f, ErrExists)
-		}
-	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return "", "", err
