@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
@@ -139,8 +140,9 @@ func setMemoryLimit(indexBlobs int) {
 	debug.SetMemoryLimit(baseMemoryLimit + int64(indexBlobs)*200)
 }
 
-// startProfile writes a CPU profile to $BUNKER_CPUPROFILE and a heap profile
-// to $BUNKER_MEMPROFILE, for `go tool pprof`.
+// startProfile writes a CPU profile to $BUNKER_CPUPROFILE, a heap profile to
+// $BUNKER_MEMPROFILE and block and mutex profiles to $BUNKER_BLOCKPROFILE.block
+// and .mutex, for `go tool pprof`.
 func startProfile() func() {
 	var cpu *os.File
 	if p := os.Getenv("BUNKER_CPUPROFILE"); p != "" {
@@ -157,7 +159,21 @@ func startProfile() func() {
 			}
 		})
 	}
+	// BUNKER_BLOCKPROFILE records where goroutines wait (locks, channels).
+	blockPath := os.Getenv("BUNKER_BLOCKPROFILE")
+	if blockPath != "" {
+		runtime.SetBlockProfileRate(int(time.Microsecond))
+		runtime.SetMutexProfileFraction(1)
+	}
 	return func() {
+		if blockPath != "" {
+			for _, name := range []string{"block", "mutex"} {
+				if f, err := os.Create(blockPath + "." + name); err == nil {
+					_ = pprof.Lookup(name).WriteTo(f, 0)
+					f.Close()
+				}
+			}
+		}
 		if cpu != nil {
 			pprof.StopCPUProfile()
 			cpu.Close()
