@@ -45,15 +45,31 @@ var ErrInvalid = errors.New("invalid pack")
 type Blob = repo.PackedBlob
 
 // Writer assembles one pack, in memory or straight into a file. It is not
-// safe for concurrent use.
+// safe for concurrent use. In file mode a goroutine of its own writes the
+// blobs and hashes them, in the order they were added, so that adding a blob
+// costs its caller no system call: the repository adds under its lock.
 type Writer struct {
 	buf   []byte
 	file  *os.File
-	hash  hash.Hash // file mode: the FileID of what was written so far
 	size  int
-	err   error // file mode: the first write error
 	blobs []Blob
+
+	// File mode: blobs go through queue to writeLoop, which owns hash and
+	// err until it closes drained.
+	queue   chan queued
+	drained chan struct{}
+	hash    hash.Hash // the FileID of what was written so far
+	err     error     // the first write error
 }
+
+type queued struct {
+	b       []byte
+	release func()
+}
+
+// queueLen is how many blobs may wait for the file: enough to ride out a
+// slow write, few enough to bound the memory they hold.
+const queueLen = 4
 
 // NewWriter returns a writer with room for sizeHint bytes.
 func NewWriter(sizeHint int) *Writer {
@@ -67,9 +83,39 @@ func NewWriterBuffer(buf []byte) *Writer {
 }
 
 // NewFileWriter returns a writer that appends the pack to the empty file f.
+// Its writing goroutine ends with FinishFile or Discard, one of which must
+// be called.
 func NewFileWriter(f *os.File) *Writer {
-	return &Writer{file: f, hash: crypto.NewFileHasher()}
+	w := &Writer{file: f, hash: crypto.NewFileHasher(), queue: make(chan queued, queueLen), drained: make(chan struct{})}
+	go w.writeLoop()
+	return w
 }
+
+func (w *Writer) writeLoop() {
+	defer close(w.drained)
+	for q := range w.queue {
+		if w.err == nil {
+			_, w.err = w.file.Write(q.b)
+			w.hash.Write(q.b)
+		}
+		if q.release != nil {
+			q.release()
+		}
+	}
+}
+
+// drain waits until every queued blob is in the file (file mode).
+func (w *Writer) drain() {
+	if w.queue != nil {
+		close(w.queue)
+		<-w.drained
+		w.queue = nil
+	}
+}
+
+// Discard ends a file writer whose pack will not be stored; the caller then
+// removes the file.
+func (w *Writer) Discard() { w.drain() }
 
 // Buffer returns the writer's storage for reuse; the writer must not be used
 // afterwards.
@@ -82,6 +128,7 @@ func (w *Writer) Buffer() []byte {
 // File returns the file of a file writer.
 func (w *Writer) File() *os.File { return w.file }
 
+// write appends b synchronously (the trailer; file mode: after drain).
 func (w *Writer) write(b []byte) {
 	if w.file == nil {
 		w.buf = append(w.buf, b...)
@@ -92,14 +139,35 @@ func (w *Writer) write(b []byte) {
 	w.size += len(b)
 }
 
-// Add appends a sealed blob. In file mode a write error is kept and returned
-// by FinishFile.
+// Add appends a sealed blob; sealed may be reused when it returns. In file
+// mode a write error is kept and returned by FinishFile.
 func (w *Writer) Add(t repo.BlobType, id repo.ID, sealed []byte, rawLen int, compressed bool) {
+	if w.queue == nil {
+		w.AddOwned(t, id, sealed, rawLen, compressed, nil)
+		return
+	}
+	done := make(chan struct{})
+	w.AddOwned(t, id, sealed, rawLen, compressed, func() { close(done) })
+	<-done
+}
+
+// AddOwned appends a sealed blob whose storage the writer keeps until it
+// calls release (at once in memory mode; in file mode once the blob is
+// written, from the writing goroutine). It blocks while queueLen blobs wait.
+func (w *Writer) AddOwned(t repo.BlobType, id repo.ID, sealed []byte, rawLen int, compressed bool, release func()) {
 	w.blobs = append(w.blobs, Blob{
 		Type: t, ID: id, Compressed: compressed,
 		Offset: uint32(w.size), Length: uint32(len(sealed)), RawLength: uint32(rawLen),
 	})
-	w.write(sealed)
+	if w.queue == nil {
+		w.write(sealed)
+		if release != nil {
+			release()
+		}
+		return
+	}
+	w.size += len(sealed)
+	w.queue <- queued{b: sealed, release: release}
 }
 
 // Size is the current size of the blobs.
@@ -137,6 +205,7 @@ func (w *Writer) Finish(k *crypto.Key) []byte {
 // FinishFile appends the sealed header to the file and returns the pack's ID
 // and size (file mode).
 func (w *Writer) FinishFile(k *crypto.Key) (repo.ID, int, error) {
+	w.drain()
 	w.write(w.trailer(k))
 	var id repo.ID
 	w.hash.Sum(id[:0])

@@ -54,8 +54,7 @@ func (r *Repository) SaveBlob(ctx context.Context, t repo.BlobType, data []byte,
 		return id, false, 0, fmt.Errorf("blob %s: %w", id.Short(), err)
 	}
 	n := len(*sealed)
-	err = r.addToPack(ctx, t, id, *sealed, len(data), compressed)
-	sealPool.Put(sealed)
+	err = r.addToPack(ctx, t, id, sealed, len(data), compressed)
 	if err != nil {
 		r.mu.Lock()
 		delete(r.pending, h)
@@ -104,7 +103,7 @@ func (r *Repository) encodeBlob(data []byte) (*[]byte, bool, error) {
 			*dp = make([]byte, 0, len(data))
 		}
 		var dec []byte
-		dec, err = r.dec.DecodeAll(opened, (*dp)[:0])
+		dec, err = r.checkDecode((*dp)[:0], opened)
 		if err == nil && !bytes.Equal(dec, data) {
 			err = ErrVerify
 		}
@@ -122,7 +121,22 @@ func (r *Repository) encodeBlob(data []byte) (*[]byte, bool, error) {
 	return sp, compressed, nil
 }
 
-func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID, sealed []byte, rawLen int, compressed bool) error {
+// checkDecode decompresses a blob just encoded, into dst's storage: with
+// the encoder's own decoder where it has one (libzstd's, faster), else with
+// the pure-Go decoder that reads blobs back.
+func (r *Repository) checkDecode(dst, frame []byte) ([]byte, error) {
+	if d, ok := r.benc.(interface {
+		decode(dst, frame []byte) ([]byte, error)
+	}); ok {
+		return d.decode(dst, frame)
+	}
+	return r.dec.DecodeAll(frame, dst)
+}
+
+// addToPack adds a sealed blob to the open pack of its type and takes its
+// buffer, which goes back to sealPool once the blob is in the pack. A file
+// pack is written by its own goroutine, outside r.mu.
+func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID, sealed *[]byte, rawLen int, compressed bool) error {
 	r.mu.Lock()
 	w := r.packers[t]
 	if w == nil {
@@ -130,6 +144,7 @@ func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID,
 			f, err := tf.TempFile()
 			if err != nil {
 				r.mu.Unlock()
+				sealPool.Put(sealed)
 				return fmt.Errorf("create pack: %w", err)
 			}
 			w = pack.NewFileWriter(f)
@@ -138,7 +153,7 @@ func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID,
 		}
 		r.packers[t] = w
 	}
-	w.Add(t, id, sealed, rawLen, compressed)
+	w.AddOwned(t, id, *sealed, rawLen, compressed, func() { sealPool.Put(sealed) })
 	var full *pack.Writer
 	if w.Size() >= r.opts.PackSize {
 		full = w
@@ -244,6 +259,7 @@ func (r *Repository) Abort() {
 	r.mu.Unlock()
 	for _, w := range open {
 		if f := w.File(); f != nil {
+			w.Discard()
 			r.be.(backend.TempFiler).DiscardTempFile(f)
 		}
 	}

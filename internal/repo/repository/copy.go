@@ -143,6 +143,9 @@ func (r *Repository) CopySealed(ctx context.Context, src *Repository, packID rep
 		}
 		r.pending[h] = struct{}{}
 		r.mu.Unlock()
-		return r.addToPack(ctx, b.Type, b.ID, sealed, int(b.RawLength), b.Compressed)
+		// The pack takes its own copy: sealed is reused for the next blob.
+		sp := sealPool.Get().(*[]byte)
+		*sp = append((*sp)[:0], sealed...)
+		return r.addToPack(ctx, b.Type, b.ID, sp, int(b.RawLength), b.Compressed)
 	})
 }

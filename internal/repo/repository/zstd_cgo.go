@@ -12,10 +12,9 @@ import (
 // cEncoder compresses data blobs with libzstd, the reference C
 // implementation (bundled by github.com/DataDog/zstd): measured on this
 // project's dataset it compresses 1.6x faster than the pure-Go encoder at
-// the same level, and a little smaller. The output is ordinary zstd frames;
-// every blob is still verified by decoding it with the pure-Go decoder, an
-// independent implementation. Builds without cgo use the pure-Go encoder
-// (zstd_nocgo.go).
+// the same level, and a little smaller. The output is ordinary zstd frames,
+// which the pure-Go decoder reads back on restore (FuzzBlobEncoder holds the
+// two to that). Builds without cgo use the pure-Go encoder (zstd_nocgo.go).
 type cEncoder struct {
 	level int
 	// ctxs holds the idle compression contexts. They are C memory (a few
@@ -59,6 +58,22 @@ func (e *cEncoder) get() zstd.Ctx {
 
 // encode compresses src into dst's storage; ok is false when it failed
 // (the blob is then stored uncompressed).
+// decode decompresses one frame into dst's storage, never beyond its
+// capacity, for the check of a blob just encoded (libzstd decodes 1.1 to 2.4
+// times as fast as the pure-Go decoder on this project's data).
+func (e *cEncoder) decode(dst, frame []byte) ([]byte, error) {
+	ctx := e.get()
+	defer func() { e.ctxs <- ctx }()
+	if cap(dst) == 0 {
+		return dst[:0], nil
+	}
+	n, err := ctx.DecompressInto(dst[:cap(dst)], frame)
+	if err != nil {
+		return dst[:0], err
+	}
+	return dst[:n], nil
+}
+
 func (e *cEncoder) encode(dst, src []byte) ([]byte, bool) {
 	ctx := e.get()
 	defer func() { e.ctxs <- ctx }()

@@ -43,3 +43,45 @@ func TestBlobEncoderFrames(t *testing.T) {
 		}
 	}
 }
+
+// FuzzBlobEncoder: whatever a blob holds, the frame the backup's encoder
+// writes decodes to it with the pure-Go decoder that restore uses, and with
+// the decoder the backup checks it with; that check never writes past its
+// buffer and fails when the buffer is too small.
+func FuzzBlobEncoder(f *testing.F) {
+	f.Add([]byte("hello, hello, hello, hello"))
+	f.Add(bytes.Repeat([]byte{0}, 100<<10))
+	f.Add(bytes.Repeat([]byte("0123456789abcdef"), 4096))
+	dec, err := zstd.NewReader(nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer dec.Close()
+	enc := newBlobEncoder(CompressionAuto)
+	r := &Repository{benc: enc, dec: dec}
+	f.Fuzz(func(t *testing.T, src []byte) {
+		out, ok := enc.encode(nil, src)
+		if !ok {
+			return
+		}
+		back, err := dec.DecodeAll(out, nil)
+		if err != nil || !bytes.Equal(back, src) {
+			t.Fatalf("pure-Go decoder: %v", err)
+		}
+		buf := make([]byte, len(src)+16)
+		got, err := r.checkDecode(buf[:0:len(src)], out)
+		if err != nil || !bytes.Equal(got, src) {
+			t.Fatalf("check decoder: %v", err)
+		}
+		for _, b := range buf[len(src):] {
+			if b != 0 {
+				t.Fatal("check decoder wrote past its buffer's capacity")
+			}
+		}
+		if len(src) > 0 {
+			if got, err := r.checkDecode(buf[:0:len(src)-1], out); err == nil && bytes.Equal(got, src) {
+				t.Fatal("check decoder fit a blob into too small a buffer")
+			}
+		}
+	})
+}
