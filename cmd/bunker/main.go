@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"syscall"
 	"time"
@@ -142,7 +143,7 @@ func setMemoryLimit(indexBlobs int) {
 
 // startProfile writes a CPU profile to $BUNKER_CPUPROFILE, a heap profile to
 // $BUNKER_MEMPROFILE and block and mutex profiles to $BUNKER_BLOCKPROFILE.block
-// and .mutex, for `go tool pprof`.
+// and .mutex, for `go tool pprof`, and an execution trace to $BUNKER_TRACE.
 func startProfile() func() {
 	var cpu *os.File
 	if p := os.Getenv("BUNKER_CPUPROFILE"); p != "" {
@@ -159,6 +160,13 @@ func startProfile() func() {
 			}
 		})
 	}
+	// BUNKER_TRACE writes an execution trace, for `go tool trace`.
+	var tr *os.File
+	if p := os.Getenv("BUNKER_TRACE"); p != "" {
+		if f, err := os.Create(p); err == nil && trace.Start(f) == nil {
+			tr = f
+		}
+	}
 	// BUNKER_BLOCKPROFILE records where goroutines wait (locks, channels).
 	blockPath := os.Getenv("BUNKER_BLOCKPROFILE")
 	if blockPath != "" {
@@ -166,6 +174,10 @@ func startProfile() func() {
 		runtime.SetMutexProfileFraction(1)
 	}
 	return func() {
+		if tr != nil {
+			trace.Stop()
+			tr.Close()
+		}
 		if blockPath != "" {
 			for _, name := range []string{"block", "mutex"} {
 				if f, err := os.Create(blockPath + "." + name); err == nil {
