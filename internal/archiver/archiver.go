@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -278,10 +277,10 @@ func (a *Archiver) saveVirtual(ctx context.Context, path string, t *trie, parent
 			pnode = parent.Find(name)
 		}
 		if child.target != "" {
-			futs = append(futs, a.saveEntry(ctx, cpath, pnode, 0))
+			futs = append(futs, a.saveEntry(ctx, unix.AT_FDCWD, cpath, cpath, pnode, 0))
 			continue
 		}
-		node, err := a.lstatNode(cpath)
+		node, err := a.lstatNode(unix.AT_FDCWD, cpath, cpath, nil)
 		if err != nil {
 			a.report(cpath, err)
 			continue
@@ -312,7 +311,7 @@ func (a *Archiver) finishDir(ctx context.Context, node *snapshot.Node, inner *fu
 
 // saveDirAt saves the directory at path, returning a future holding only its Subtree.
 func (a *Archiver) saveDirAt(ctx context.Context, path string, parent *snapshot.Tree) *future {
-	node, err := a.lstatNode(path)
+	node, err := a.lstatNode(unix.AT_FDCWD, path, path, nil)
 	if err != nil {
 		a.report(path, err)
 		return resolved(nil)
@@ -320,21 +319,23 @@ func (a *Archiver) saveDirAt(ctx context.Context, path string, parent *snapshot.
 	return a.walkDir(ctx, path, node, parent, node.DeviceID)
 }
 
-func (a *Archiver) lstatNode(path string) (*snapshot.Node, error) {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return nil, err
-	}
-	return a.meta.Node(path, fi)
+// lstatNode reads the metadata of the entry name in the directory dirfd
+// (unix.AT_FDCWD: name is a path); path is its full path, pnode its node in
+// the parent snapshot or nil.
+func (a *Archiver) lstatNode(dirfd int, name, path string, pnode *snapshot.Node) (*snapshot.Node, error) {
+	return a.meta.NodeAt(dirfd, name, path, pnode)
 }
 
 // saveEntry saves one entry of any kind. dev is the device of the backup root
 // for --one-file-system (0 means the entry itself is a root).
-func (a *Archiver) saveEntry(ctx context.Context, path string, pnode *snapshot.Node, dev uint64) *future {
+// saveEntry saves the entry name of the directory open as dirfd, whose full
+// path is path (dirfd unix.AT_FDCWD: name is a path). dirfd is only used
+// before saveEntry returns.
+func (a *Archiver) saveEntry(ctx context.Context, dirfd int, name, path string, pnode *snapshot.Node, dev uint64) *future {
 	if a.excluded(path) {
 		return resolved(nil)
 	}
-	node, err := a.lstatNode(path)
+	node, err := a.lstatNode(dirfd, name, path, pnode)
 	if err != nil {
 		var xe *fs.XattrError
 		if !errors.As(err, &xe) || node == nil {
@@ -407,12 +408,13 @@ func (a *Archiver) haveContent(ids []repo.ID) bool {
 }
 
 func (a *Archiver) walkDir(ctx context.Context, path string, node *snapshot.Node, parent *snapshot.Tree, dev uint64) *future {
-	names, err := readDirNames(path)
+	dirfd, names, err := readDir(path)
 	if err != nil {
 		a.report(path, err)
 		// Keep the directory itself, empty: its metadata was readable.
 		return a.finishTree(ctx, path, node, nil, parent)
 	}
+	defer unix.Close(dirfd)
 	futs := make([]*future, 0, len(names))
 	for _, name := range names {
 		if ctx.Err() != nil || a.failed() != nil {
@@ -422,27 +424,48 @@ func (a *Archiver) walkDir(ctx context.Context, path string, node *snapshot.Node
 		if parent != nil {
 			pnode = parent.Find(name)
 		}
-		futs = append(futs, a.saveEntry(ctx, filepath.Join(path, name), pnode, dev))
+		futs = append(futs, a.saveEntry(ctx, dirfd, name, filepath.Join(path, name), pnode, dev))
 	}
 	return a.finishTree(ctx, path, node, futs, parent)
 }
 
-func readDirNames(path string) ([]string, error) {
+// readDir opens the directory at path and returns it with its entries'
+// names, sorted. The entries are then read relative to it.
+func readDir(path string) (int, []string, error) {
 	// Like files, directories are read without changing their atime.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOATIME, 0)
-	if errors.Is(err, syscall.EPERM) {
-		f, err = os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECTORY, 0)
+	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
+	var fd int
+	var err error
+	for {
+		fd, err = unix.Open(path, flags|unix.O_NOATIME, 0)
+		if err == unix.EPERM { // O_NOATIME needs ownership (or root)
+			fd, err = unix.Open(path, flags, 0)
+		}
+		if err != unix.EINTR {
+			break
+		}
 	}
 	if err != nil {
-		return nil, err
+		return -1, nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return nil, err
+	var names []string
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			unix.Close(fd)
+			return -1, nil, &os.PathError{Op: "readdir", Path: path, Err: err}
+		}
+		if n <= 0 {
+			break
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
 	}
 	sort.Strings(names)
-	return names, nil
+	return fd, names, nil
 }
 
 // finishTree waits for the children in the background, then saves the tree

@@ -1,12 +1,15 @@
 package fs
 
 import (
+	"errors"
 	"os"
 	"os/user"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -210,5 +213,111 @@ func TestReadXattrsLarge(t *testing.T) {
 	}
 	if len(xs) != 31 || xs[0].Name != "user.big" || string(xs[0].Value) != string(big) {
 		t.Fatalf("got %d xattrs, first %q (%d bytes)", len(xs), xs[0].Name, len(xs[0].Value))
+	}
+}
+
+// TestNodeAt: reading an entry relative to its open directory gives the node
+// reading it by path gives, with listxattrat and with its fallback.
+func TestNodeAt(t *testing.T) {
+	dir := t.TempDir()
+	fstest.MakeTree(t, dir)
+	m := fstest.Manifest(t, dir)
+	r := NewMetaReader(MetaOptions{})
+	for _, fallback := range []bool{false, true} {
+		noXattrAt.Store(fallback)
+		for rel := range m {
+			path := filepath.Join(dir, filepath.FromSlash(rel))
+			fi, err := os.Lstat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := r.Node(path, fi)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dfd, err := unix.Open(filepath.Dir(path), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := r.NodeAt(dfd, filepath.Base(path), path, nil)
+			unix.Close(dfd)
+			if err != nil {
+				t.Fatalf("%q: %v", rel, err)
+			}
+			// atime may move between the two reads (readlink).
+			got.AccessTime = want.AccessTime
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("%q (fallback %v): NodeAt\n%+v\nNode\n%+v", rel, fallback, got, want)
+			}
+		}
+	}
+	noXattrAt.Store(false)
+	if _, err := r.NodeAt(unix.AT_FDCWD, filepath.Join(dir, "no such entry"), "x", nil); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing entry: %v", err)
+	}
+}
+
+// TestNodeAtReusesUnchanged: an entry still the same inode with the same
+// ctime as in the earlier snapshot keeps that snapshot's xattrs and symlink
+// target without reading them; once either changes, the ctime moves and they
+// are read again.
+func TestNodeAtReusesUnchanged(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "f")
+	link := filepath.Join(dir, "l")
+	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("target-1", link); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Lsetxattr(file, "user.a", []byte("1"), 0); err != nil {
+		t.Skipf("no user xattrs here: %v", err)
+	}
+	r := NewMetaReader(MetaOptions{})
+	read := func(path string, prev *snapshot.Node) *snapshot.Node {
+		t.Helper()
+		n, err := r.NodeAt(unix.AT_FDCWD, path, path, prev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	prevF, prevL := read(file, nil), read(link, nil)
+	if len(prevF.Xattrs) != 1 || prevL.LinkTarget != "target-1" {
+		t.Fatalf("first read: %+v, %q", prevF.Xattrs, prevL.LinkTarget)
+	}
+	// Marked values show whether they were reused or read.
+	prevF.Xattrs = []snapshot.Xattr{{Name: "user.marked", Value: []byte("prev")}}
+	prevL.LinkTarget = "marked"
+	if n := read(file, prevF); len(n.Xattrs) != 1 || n.Xattrs[0].Name != "user.marked" {
+		t.Errorf("unchanged file: xattrs %+v, want the earlier snapshot's", n.Xattrs)
+	}
+	if n := read(link, prevL); n.LinkTarget != "marked" {
+		t.Errorf("unchanged symlink: target %q, want the earlier snapshot's", n.LinkTarget)
+	}
+	// Another inode, or another type, is read whatever its ctime.
+	other := *prevF
+	other.Inode++
+	if n := read(file, &other); len(n.Xattrs) != 1 || n.Xattrs[0].Name != "user.a" {
+		t.Errorf("other inode: xattrs %+v, want the file's", n.Xattrs)
+	}
+	// A changed xattr moves the ctime.
+	time.Sleep(10 * time.Millisecond)
+	if err := unix.Lsetxattr(file, "user.b", []byte("2"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := read(file, prevF); len(n.Xattrs) != 2 || n.Xattrs[0].Name != "user.a" {
+		t.Errorf("file with a new xattr: %+v", n.Xattrs)
+	}
+	// A new target is a new symlink.
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("target-2", link); err != nil {
+		t.Fatal(err)
+	}
+	if n := read(link, prevL); n.LinkTarget != "target-2" {
+		t.Errorf("replaced symlink: target %q", n.LinkTarget)
 	}
 }
