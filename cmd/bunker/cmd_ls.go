@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"io/fs"
 	"path"
 	"strings"
@@ -81,7 +83,9 @@ func newLsCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			w := c.OutOrStdout()
+			// One write per line cost ls a third of its time on a large tree.
+			bw := bufio.NewWriterSize(c.OutOrStdout(), 64<<10)
+			w := io.Writer(bw)
 			print := func(p string, n *snapshot.Node) error {
 				switch {
 				case g.json:
@@ -99,9 +103,14 @@ func newLsCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			if node.Type != snapshot.TypeDir {
-				return print(start, node)
+				err = print(start, node)
+			} else {
+				err = walk(ctx, r, node.Subtree, start, print)
 			}
-			return walk(ctx, r, node.Subtree, start, print)
+			if ferr := bw.Flush(); err == nil {
+				err = ferr
+			}
+			return err
 		},
 	}
 	c.Flags().BoolVarP(&long, "long", "l", false, "show mode, owner, size and time")

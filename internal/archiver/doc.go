@@ -4,11 +4,13 @@
 //
 // A backup overlaps four kinds of work so that both cores stay busy:
 //
-//   - Walkers read directories and lstat their entries. The caller's
-//     goroutine walks, and up to one more walker per CPU takes whole
-//     subdirectories while a slot is free. Each entry becomes a future: a file
-//     whose size, mtime, ctime and inode match the parent snapshot's node is
-//     resolved at once with the old content list and never opened.
+//   - Walkers read directories and lstat their entries, relative to the
+//     open directory. The caller's goroutine walks, and up to one more walker
+//     per CPU takes whole subdirectories while a slot is free. Each entry
+//     becomes a future: a file whose size, mtime, ctime and inode match the
+//     parent snapshot's node is resolved at once with the old content list
+//     and never opened; any entry with the parent's inode and ctime keeps its
+//     xattrs and symlink target.
 //   - File workers (two per CPU, to overlap system calls) open changed files
 //     with O_NOATIME and check that the inode is still the one walked. A file
 //     smaller than the minimum chunk is read whole into one buffer; a larger

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
 	"time"
 
@@ -19,7 +20,75 @@ import (
 	"bunker/internal/repo/pack"
 )
 
-var sealPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20); return &b }}
+// encodeSlot is the scratch of one blob encoding: the compressed payload
+// (then the opened one) and the decompressed check. encodeSlots holds one
+// per CPU and encoding takes one, so no more blobs are encoded at once than
+// can run (six workers encoding, each with its buffers, only added memory),
+// and the scratch is reused rather than allocated for every blob.
+type encodeSlot struct{ z, d []byte }
+
+var encodeSlots = func() chan *encodeSlot {
+	n := runtime.GOMAXPROCS(0)
+	c := make(chan *encodeSlot, n)
+	for range n {
+		c <- new(encodeSlot)
+	}
+	return c
+}()
+
+// scratchMax is the most scratch a slot keeps, and the size of pooled
+// sealed buffers: chunks average 1 MiB and pass 2 MiB with probability e^-8,
+// so those few get buffers of their own.
+const scratchMax = 2<<20 + 64<<10
+
+// scratch returns empty storage of at least n bytes, b's if it is or can be
+// made large enough.
+func scratch(b *[]byte, n int) []byte {
+	if cap(*b) >= n {
+		return (*b)[:0]
+	}
+	if n > scratchMax {
+		return make([]byte, 0, n)
+	}
+	*b = make([]byte, 0, scratchMax)
+	return *b
+}
+
+// sealPools hold sealed blobs until their pack has them, by size (sealed
+// chunks are their compressed size: a quarter of a chunk for text): a
+// buffer per class of 256 KiB, 512 KiB, 1 MiB and scratchMax.
+var sealPools [4]sync.Pool
+
+func sealClass(n int) (int, int) {
+	for i := range 3 {
+		if size := 256 << 10 << i; n <= size {
+			return i, size
+		}
+	}
+	return 3, scratchMax
+}
+
+// getSealBuf returns an empty buffer for a sealed blob of n bytes: small
+// ones (trees, small files) are allocated to size, others pooled.
+func getSealBuf(n int) *[]byte {
+	if n <= 32<<10 || n > scratchMax {
+		b := make([]byte, 0, n)
+		return &b
+	}
+	i, size := sealClass(n)
+	if b, ok := sealPools[i].Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, size)
+	return &b
+}
+
+func putSealBuf(b *[]byte) {
+	if i, size := sealClass(cap(*b)); cap(*b) == size {
+		*b = (*b)[:0]
+		sealPools[i].Put(b)
+	}
+}
 
 // SaveBlob stores a blob unless the repository already has it. It returns the
 // blob's ID and whether it was new. The work (compression, sealing, the check
@@ -67,12 +136,11 @@ func (r *Repository) SaveBlob(ctx context.Context, t repo.BlobType, data []byte,
 // encodeBlob compresses (when it pays) and seals data, then opens and
 // decompresses the result and compares it with data: a faulty encoder or
 // memory error must fail the backup, not store corrupt data (RELIABILITY B6).
-// Scratch buffers come from pools: a backup encodes every chunk once and the
-// garbage would otherwise dominate the heap.
+// The sealed blob is returned in a buffer from getSealBuf.
 func (r *Repository) encodeBlob(data []byte) (*[]byte, bool, error) {
-	sp := sealPool.Get().(*[]byte)
-	zp := sealPool.Get().(*[]byte)
-	defer sealPool.Put(zp)
+	slot := <-encodeSlots
+	defer func() { encodeSlots <- slot }()
+	z := scratch(&slot.z, compressBound(len(data)))
 	payload := data
 	compressed := false
 	// Every blob is offered to zstd: it stores incompressible blocks raw at
@@ -80,42 +148,31 @@ func (r *Repository) encodeBlob(data []byte) (*[]byte, bool, error) {
 	// compressibility sample first), and a sample misjudges mixed chunks
 	// (a disk image's zero runs between random extents).
 	if r.opts.Compression != CompressionOff && len(data) > 64 {
-		var ok bool
-		*zp, ok = r.benc.encode(*zp, data)
+		out, ok := r.benc.encode(z, data)
 		// Keep compression where it saves at least 1/256 of the size.
-		if ok && len(*zp) < len(data)-len(data)/256 {
-			payload, compressed = *zp, true
+		if ok && len(out) < len(data)-len(data)/256 {
+			payload, compressed = out, true
 		}
 	}
-	*sp = r.key.Seal((*sp)[:0], payload)
+	sp := getSealBuf(len(payload) + crypto.Overhead)
+	*sp = r.key.Seal(*sp, payload)
 	if r.testCorrupt != nil {
 		r.testCorrupt(*sp)
 	}
-	// Open into the compression scratch buffer (payload is no longer needed),
-	// then decompress into a third buffer.
-	opened, err := r.key.Open((*zp)[:0], *sp)
-	if err == nil {
-		*zp = opened
-	}
+	// Open into the compression scratch (payload is no longer needed), then
+	// decompress into the slot's other buffer.
+	opened, err := r.key.Open(z[:0], *sp)
 	if err == nil && compressed {
-		dp := sealPool.Get().(*[]byte)
-		if cap(*dp) < len(data) {
-			*dp = make([]byte, 0, len(data))
-		}
 		var dec []byte
-		dec, err = r.checkDecode((*dp)[:0], opened)
+		dec, err = r.checkDecode(scratch(&slot.d, len(data)), opened)
 		if err == nil && !bytes.Equal(dec, data) {
 			err = ErrVerify
 		}
-		if dec != nil {
-			*dp = dec
-		}
-		sealPool.Put(dp)
 	} else if err == nil && !bytes.Equal(opened, data) {
 		err = ErrVerify
 	}
 	if err != nil {
-		sealPool.Put(sp)
+		putSealBuf(sp)
 		return nil, false, ErrVerify
 	}
 	return sp, compressed, nil
@@ -134,7 +191,7 @@ func (r *Repository) checkDecode(dst, frame []byte) ([]byte, error) {
 }
 
 // addToPack adds a sealed blob to the open pack of its type and takes its
-// buffer, which goes back to sealPool once the blob is in the pack. A file
+// buffer (from getSealBuf), given back once the blob is in the pack. A file
 // pack is written by its own goroutine, outside r.mu.
 func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID, sealed *[]byte, rawLen int, compressed bool) error {
 	r.mu.Lock()
@@ -144,7 +201,7 @@ func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID,
 			f, err := tf.TempFile()
 			if err != nil {
 				r.mu.Unlock()
-				sealPool.Put(sealed)
+				putSealBuf(sealed)
 				return fmt.Errorf("create pack: %w", err)
 			}
 			w = pack.NewFileWriter(f)
@@ -153,7 +210,7 @@ func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID,
 		}
 		r.packers[t] = w
 	}
-	w.AddOwned(t, id, *sealed, rawLen, compressed, func() { sealPool.Put(sealed) })
+	w.AddOwned(t, id, *sealed, rawLen, compressed, func() { putSealBuf(sealed) })
 	var full *pack.Writer
 	if w.Size() >= r.opts.PackSize {
 		full = w
@@ -361,7 +418,13 @@ func (r *Repository) Flush(ctx context.Context) error {
 
 // SaveIndex compresses, seals and stores an index file.
 func (r *Repository) SaveIndex(ctx context.Context, f *index.File) (repo.ID, error) {
-	plain := r.enc.EncodeAll(f.Encode(), nil)
+	// The blob encoder (libzstd where there is cgo): the pure-Go encoder
+	// would keep megabytes of history per CPU for the rest of the run.
+	body := f.Encode()
+	plain, ok := r.benc.encode(make([]byte, 0, compressBound(len(body))), body)
+	if !ok {
+		plain = r.enc.EncodeAll(body, nil)
+	}
 	id, err := r.SaveUnpacked(ctx, backend.IndexFile, plain)
 	if err != nil {
 		return id, fmt.Errorf("save index: %w", err)

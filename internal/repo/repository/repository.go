@@ -130,7 +130,7 @@ type Repository struct {
 	keyName string
 	idx     *index.Index
 
-	enc    *zstd.Encoder // metadata (and tests)
+	enc    *zstd.Encoder // index files if benc fails (and tests)
 	benc   blobEncoder   // data blobs
 	dec    *zstd.Decoder
 	metaDc *zstd.Decoder

@@ -8,12 +8,14 @@ import (
 	"math/rand"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
 
 	"bunker/internal/backend"
+	"bunker/internal/backend/local"
 	"bunker/internal/backend/mem"
 	"bunker/internal/repo"
 	"bunker/internal/repo/chunker"
@@ -281,6 +283,14 @@ func TestLoadBlobRoundTrip(t *testing.T) {
 		{"compressible large", bytes.Repeat([]byte("0123456789abcdef"), 64<<10), true},
 		{"incompressible", random(100 << 10), false},
 		{"incompressible large", random(1 << 20), false},
+		// Around the scratch and sealed-buffer sizes (scratchMax, the
+		// classes of getSealBuf) and past them, up to the largest chunk.
+		{"incompressible at the small limit", random(32<<10 - crypto.Overhead), false},
+		{"incompressible past a class", random(256<<10 + 1), false},
+		{"incompressible at scratchMax", random(scratchMax - crypto.Overhead), false},
+		{"incompressible past scratchMax", random(scratchMax + 1), false},
+		{"compressible past scratchMax", bytes.Repeat([]byte("abcdefghij"), 3<<20/10), true},
+		{"largest chunk", append(random(4<<20), make([]byte, 4<<20)...), true},
 	}
 	for _, c := range cases {
 		if _, _, _, err := r.SaveBlob(ctx, repo.DataBlob, c.data, repo.ID{}); err != nil {
@@ -562,4 +572,64 @@ func TestDecodeBlobBombBounded(t *testing.T) {
 		t.Fatalf("decoding a %d-byte bomb allocated %d MiB", len(sealed), d>>20)
 	}
 	t.Logf("%d-byte bomb: %v; allocated %d MiB", len(sealed), err, (m2.TotalAlloc-m1.TotalAlloc)>>20)
+}
+
+// TestSaveBlobConcurrentFilePacks: blobs of every size saved from more
+// goroutines than there are encoding slots, into file packs written in the
+// background, all read back intact.
+func TestSaveBlobConcurrentFilePacks(t *testing.T) {
+	ctx := context.Background()
+	be, err := local.Create(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Create(ctx, be, []byte("pw"), Options{KDF: crypto.TestKDF, PackSize: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var blobs [][]byte
+	for i := range 120 {
+		rnd := rand.New(rand.NewSource(int64(i)))
+		n := []int{100, 20 << 10, 300 << 10, 900 << 10, 1800 << 10, 3 << 20}[i%6]
+		b := make([]byte, n)
+		if i%2 == 0 {
+			rnd.Read(b)
+		} else {
+			for j := range b {
+				b[j] = byte('a' + rnd.Intn(4))
+			}
+		}
+		blobs = append(blobs, b)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(blobs))
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < len(blobs); i += 8 {
+				if _, _, _, err := r.SaveBlob(ctx, repo.DataBlob, blobs[i], repo.ID{}); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r2 := mustOpen(t, be, "pw")
+	defer r2.Close()
+	if err := r2.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range blobs {
+		got, err := r2.LoadBlob(ctx, repo.DataBlob, r2.BlobID(b))
+		if err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("blob %d (%d bytes): %v", i, len(b), err)
+		}
+	}
 }

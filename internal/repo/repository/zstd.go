@@ -35,3 +35,8 @@ func newGoEncoder(c Compression) goEncoder {
 func (e goEncoder) encode(dst, src []byte) ([]byte, bool) {
 	return e.enc.EncodeAll(src, dst[:0]), true
 }
+
+// compressBound is at least the largest zstd frame of n bytes (libzstd's
+// ZSTD_COMPRESSBOUND, rounded up): an encoder given that much room never
+// allocates.
+func compressBound(n int) int { return n + n>>8 + 64 }

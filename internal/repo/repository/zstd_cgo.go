@@ -56,8 +56,6 @@ func (e *cEncoder) get() zstd.Ctx {
 	return <-e.ctxs
 }
 
-// encode compresses src into dst's storage; ok is false when it failed
-// (the blob is then stored uncompressed).
 // decode decompresses one frame into dst's storage, never beyond its
 // capacity, for the check of a blob just encoded (libzstd decodes 1.1 to 2.4
 // times as fast as the pure-Go decoder on this project's data).
@@ -74,6 +72,8 @@ func (e *cEncoder) decode(dst, frame []byte) ([]byte, error) {
 	return dst[:n], nil
 }
 
+// encode compresses src into dst's storage; ok is false when it failed
+// (the blob is then stored uncompressed).
 func (e *cEncoder) encode(dst, src []byte) ([]byte, bool) {
 	ctx := e.get()
 	defer func() { e.ctxs <- ctx }()
