@@ -249,7 +249,15 @@ func (l *Lock) ID() repo.ID {
 func (l *Lock) StorageTime(ctx context.Context) (time.Time, error) {
 	l.fileMu.Lock()
 	defer l.fileMu.Unlock()
-	fi, err := l.r.be.Stat(ctx, backend.Handle{Type: backend.LockFile, Name: l.ID().String()})
+	id := l.ID()
+	fi, err := l.r.be.Stat(ctx, backend.Handle{Type: backend.LockFile, Name: id.String()})
+	if errors.Is(err, backend.ErrNotExist) {
+		// The same loss Check reports: the holder must stop (exit 11), not
+		// fail as if the storage had.
+		err = fmt.Errorf("%w: lock file %s was removed by someone else", ErrLockLost, id.Short())
+		l.fail(err)
+		return time.Time{}, err
+	}
 	if err != nil {
 		return time.Time{}, fmt.Errorf("stat own lock: %w", err)
 	}

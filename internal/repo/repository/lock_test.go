@@ -217,6 +217,11 @@ func TestLockLostByRemoval(t *testing.T) {
 		if err := be.Remove(ctx, h); err != nil {
 			t.Fatal(err)
 		}
+		// Prune asks for the storage's time through its own lock; that
+		// finds the loss too (it used to fail as a storage error, exit 1).
+		if _, err := l.StorageTime(ctx); !errors.Is(err, repository.ErrLockLost) {
+			t.Errorf("exclusive %v: StorageTime after removal = %v, want ErrLockLost", exclusive, err)
+		}
 		if err := l.Check(ctx); !errors.Is(err, repository.ErrLockLost) {
 			t.Errorf("exclusive %v: Check after removal = %v, want ErrLockLost", exclusive, err)
 		}
