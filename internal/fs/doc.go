@@ -4,9 +4,10 @@
 //
 // # Reading
 //
-// MetaReader.Node turns the result of os.Lstat into a snapshot.Node. It never
-// follows symbolic links: link targets are read with readlink and extended
-// attributes with the l*xattr calls, so a symlink's own metadata is recorded.
+// MetaReader.NodeAt lstats an entry, relative to its open directory, into a
+// snapshot.Node. It never follows symbolic links: link targets are read with
+// readlinkat and extended attributes with listxattrat (or the l*xattr calls),
+// so a symlink's own metadata is recorded.
 //
 // # Writing: the safety model of Root
 //

@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -61,30 +60,16 @@ func (e *XattrError) Error() string {
 
 func (e *XattrError) Unwrap() error { return e.Err }
 
-// Node builds the node for the entry at path, where fi is the result of
-// os.Lstat(path). Content and Subtree are left empty.
+// NodeAt builds the node for the entry name of the directory open as dirfd
+// (or for the path name, with dirfd unix.AT_FDCWD), not following a final
+// symlink; path is the entry's full path, for messages. Content and Subtree
+// are left empty. Working relative to the directory, the kernel looks up one
+// name instead of the whole path for each system call: most of an unchanged
+// re-backup's time.
 //
-// If everything but the extended attributes could be read, Node returns the
-// node (without xattrs) together with a *XattrError; callers may treat that as
-// a warning. Any other error is returned with a nil node.
-func (r *MetaReader) Node(path string, fi os.FileInfo) (*snapshot.Node, error) {
-	sst, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok || sst == nil {
-		return nil, fmt.Errorf("%s: no stat information (%T)", path, fi.Sys())
-	}
-	st := unix.Stat_t{
-		Dev: sst.Dev, Ino: sst.Ino, Nlink: sst.Nlink, Mode: sst.Mode, Uid: sst.Uid, Gid: sst.Gid,
-		Rdev: sst.Rdev, Size: sst.Size,
-		Atim: unix.Timespec(sst.Atim), Mtim: unix.Timespec(sst.Mtim), Ctim: unix.Timespec(sst.Ctim),
-	}
-	return r.node(unix.AT_FDCWD, path, path, &st, nil)
-}
-
-// NodeAt is Node for the entry name of the directory open as dirfd, which it
-// lstats itself; path is the entry's full path, for messages. Working
-// relative to the directory, the kernel looks up one name instead of the
-// whole path for each system call: most of an unchanged re-backup's time.
-// dirfd may be unix.AT_FDCWD with name a path.
+// If everything but the extended attributes could be read, NodeAt returns
+// the node (without xattrs) together with a *XattrError; callers may treat
+// that as a warning. Any other error is returned with a nil node.
 //
 // prev, if not nil, is the entry's node in an earlier snapshot. If the entry
 // is still that inode and its ctime has not moved, its extended attributes
@@ -155,7 +140,8 @@ func (r *MetaReader) node(dirfd int, name, path string, st *unix.Stat_t, prev *s
 }
 
 func readlinkAt(dirfd int, name string) (string, error) {
-	for size := 256; ; size *= 2 {
+	size := 256
+	for {
 		buf := make([]byte, size)
 		n, err := unix.Readlinkat(dirfd, name, buf)
 		if err == unix.EINTR {
@@ -167,6 +153,7 @@ func readlinkAt(dirfd int, name string) (string, error) {
 		if n < size {
 			return string(buf[:n]), nil
 		}
+		size *= 2
 	}
 }
 

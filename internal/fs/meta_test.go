@@ -26,11 +26,7 @@ func TestMetaReaderNode(t *testing.T) {
 	inodes := map[uint64]bool{}
 	for rel, e := range m {
 		path := filepath.Join(dir, filepath.FromSlash(rel))
-		fi, err := os.Lstat(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, err := r.Node(path, fi)
+		n, err := r.NodeAt(unix.AT_FDCWD, path, path, nil)
 		if err != nil {
 			t.Fatalf("%q: %v", rel, err)
 		}
@@ -123,11 +119,7 @@ func TestMetaReaderNode(t *testing.T) {
 
 func node(t *testing.T, r *MetaReader, path string) *snapshot.Node {
 	t.Helper()
-	fi, err := os.Lstat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := r.Node(path, fi)
+	n, err := r.NodeAt(unix.AT_FDCWD, path, path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,12 +167,7 @@ func TestMetaReaderConcurrent(t *testing.T) {
 			defer wg.Done()
 			for i := range 20 {
 				path := filepath.Join(dir, strconv.Itoa((i+g)%20))
-				fi, err := os.Lstat(path)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if _, err := r.Node(path, fi); err != nil {
+				if _, err := r.NodeAt(unix.AT_FDCWD, path, path, nil); err != nil {
 					t.Error(err)
 				}
 			}
@@ -227,11 +214,7 @@ func TestNodeAt(t *testing.T) {
 		noXattrAt.Store(fallback)
 		for rel := range m {
 			path := filepath.Join(dir, filepath.FromSlash(rel))
-			fi, err := os.Lstat(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want, err := r.Node(path, fi)
+			want, err := r.NodeAt(unix.AT_FDCWD, path, path, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -43,11 +43,7 @@ func restoreTree(t *testing.T, src string, root *Root) {
 		if err != nil {
 			return err
 		}
-		fi, err := os.Lstat(path)
-		if err != nil {
-			return err
-		}
-		n, err := mr.Node(path, fi)
+		n, err := mr.NodeAt(unix.AT_FDCWD, path, path, nil)
 		if err != nil {
 			return err
 		}
