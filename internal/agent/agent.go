@@ -107,6 +107,14 @@ type jobState struct {
 }
 
 // New prepares an agent from its configuration.
+// newAgent returns an agent with empty state that talks to the director at
+// base through client (the tests give a plain HTTP one).
+func newAgent(cfg *Config, opts Options, client *http.Client, base string) *Agent {
+	return &Agent{cfg: cfg, opts: opts, log: opts.Log, client: client, base: base,
+		seen: map[string]bool{}, jobs: map[string]*jobState{}, done: map[string]bool{},
+		frozenBy: map[string]string{}, reported: map[string]sentReport{}}
+}
+
 func New(cfg *Config, opts Options) (*Agent, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -158,9 +166,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("%s is not the agent certificate of %q (it names %s %s)", cfg.TLS.Cert, cfg.Name, id.Role, id.Name)
 	}
 	tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true, ResponseHeaderTimeout: opts.PollTimeout, IdleConnTimeout: time.Minute}
-	a := &Agent{cfg: cfg, opts: opts, log: opts.Log, client: &http.Client{Transport: tr, Timeout: opts.PollTimeout + 5*time.Second},
-		base: strings.TrimSuffix(cfg.Director, "/"), seen: map[string]bool{}, jobs: map[string]*jobState{}, done: map[string]bool{},
-		frozenBy: map[string]string{}, reported: map[string]sentReport{}}
+	a := newAgent(cfg, opts, &http.Client{Transport: tr, Timeout: opts.PollTimeout + 5*time.Second}, strings.TrimSuffix(cfg.Director, "/"))
 	if os.Geteuid() != 0 {
 		for _, name := range slices.Sorted(maps.Keys(cfg.Plans)) {
 			if p := cfg.Plans[name]; p.Snapshot != nil || len(p.FSFreeze) > 0 {

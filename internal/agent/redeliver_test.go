@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -46,10 +45,8 @@ func TestCommandAskedAgainIsReportedAgain(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	a := &Agent{cfg: &Config{Name: "node1", Plans: map[string]Plan{"files": {Paths: []string{"/srv"}}}},
-		opts: Options{StateDir: filepath.Join(t.TempDir()), Bunker: "/bin/false"}, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		client: srv.Client(), base: srv.URL, seen: map[string]bool{}, jobs: map[string]*jobState{}, done: map[string]bool{},
-		frozenBy: map[string]string{}, reported: map[string]sentReport{}}
+	a := newAgent(&Config{Name: "node1", Plans: map[string]Plan{"files": {Paths: []string{"/srv"}}}},
+		Options{StateDir: t.TempDir(), Bunker: "/bin/false", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, srv.Client(), srv.URL)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		for {

@@ -21,8 +21,7 @@ import (
 	"bunker/internal/pki"
 )
 
-// reviewAgent is an agent whose director is a plain HTTP server that
-// accepts every report and records it.
+// reviewReports records the reports a reviewAgent's director received.
 type reviewReports struct {
 	mu   sync.Mutex
 	reps []api.Report
@@ -34,6 +33,8 @@ func (r *reviewReports) all() []api.Report {
 	return append([]api.Report(nil), r.reps...)
 }
 
+// reviewAgent is an agent whose director is a plain HTTP server that
+// accepts every report and records it.
 func reviewAgent(t *testing.T, plans map[string]Plan) (*Agent, *reviewReports) {
 	t.Helper()
 	reps := &reviewReports{}
@@ -52,9 +53,7 @@ func reviewAgent(t *testing.T, plans map[string]Plan) (*Agent, *reviewReports) {
 		t.Fatal(err)
 	}
 	cfg := &Config{Name: "node1", ThawDeadline: 0, Plans: plans}
-	return &Agent{cfg: cfg, opts: Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Bunker: "/bin/false", StateDir: state},
-		log: slog.New(slog.NewTextHandler(io.Discard, nil)), client: srv.Client(), base: srv.URL,
-		seen: map[string]bool{}, jobs: map[string]*jobState{}, done: map[string]bool{}, frozenBy: map[string]string{}, reported: map[string]sentReport{}}, reps
+	return newAgent(cfg, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Bunker: "/bin/false", StateDir: state}, srv.Client(), srv.URL), reps
 }
 
 func sh(script string) Hook { return Hook{Exec: []string{"/bin/sh", "-c", script}} }
