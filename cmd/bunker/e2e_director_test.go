@@ -162,12 +162,35 @@ func (dp *deployment) operatorRun(args ...string) result {
 		"BUNKER_DIRECTOR_CERT": pk + "/operator-ops.pem", "BUNKER_DIRECTOR_KEY": pk + "/operator-ops.key"}}, args...)
 }
 
+// runPlan starts a plan through the operator CLI (waiting for its end with
+// wait) and returns the job; the command must exit with code.
+func (dp *deployment) runPlan(code int, plan string, wait bool) jobJSON {
+	dp.t.Helper()
+	args := []string{"plan", "run", plan, "--json"}
+	if wait {
+		args = append(args, "--wait")
+	}
+	var j jobJSON
+	if err := json.Unmarshal([]byte(dp.operator(code, args...).stdout), &j); err != nil {
+		dp.t.Fatalf("plan run %s: %v", plan, err)
+	}
+	return j
+}
+
+// showJob returns a job as the director shows it now (zero if it cannot).
+func (dp *deployment) showJob(id string) jobJSON {
+	dp.t.Helper()
+	var j jobJSON
+	_ = json.Unmarshal([]byte(dp.operatorRun("job", "show", id, "--json").stdout), &j)
+	return j
+}
+
 // waitJob waits until a job is no longer running and returns it.
 func (dp *deployment) waitJob(id string) jobJSON {
 	dp.t.Helper()
 	var j jobJSON
 	dp.waitFor("job "+id+" to end", func() bool {
-		_ = json.Unmarshal([]byte(dp.operatorRun("job", "show", id, "--json").stdout), &j)
+		j = dp.showJob(id)
 		return j.State != "" && j.State != "running"
 	})
 	return j
@@ -303,10 +326,7 @@ func TestDirectorKilledWhileFrozen(t *testing.T) {
 	})
 	dp.startDirector()
 	dp.startAgents()
-	var job jobJSON
-	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--json").stdout), &job); err != nil {
-		t.Fatal(err)
-	}
+	job := dp.runPlan(0, "cluster", false)
 	dp.waitFor("node1 and node2 to freeze", func() bool {
 		_, e1 := os.Stat(filepath.Join(dp.dir, "frozen-node1"))
 		_, e2 := os.Stat(filepath.Join(dp.dir, "frozen-node2"))
@@ -387,15 +407,8 @@ func TestDirectorRestartMidUpload(t *testing.T) {
 	}
 	dp.startDirector()
 	dp.startAgents()
-	var job jobJSON
-	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--json").stdout), &job); err != nil {
-		t.Fatal(err)
-	}
-	dp.waitFor("the upload phase", func() bool {
-		var j jobJSON
-		_ = json.Unmarshal([]byte(dp.operatorRun("job", "show", job.ID, "--json").stdout), &j)
-		return j.Phase == "upload"
-	})
+	job := dp.runPlan(0, "cluster", false)
+	dp.waitFor("the upload phase", func() bool { return dp.showJob(job.ID).Phase == "upload" })
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 		_ = dp.dirCmd.Process.Signal(sig)
 		_ = dp.dirCmd.Wait()
@@ -508,10 +521,7 @@ func TestDirectorNetworkCut(t *testing.T) {
 	}
 	dp.startDirector()
 	dp.startAgents()
-	var job jobJSON
-	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--json").stdout), &job); err != nil {
-		t.Fatal(err)
-	}
+	job := dp.runPlan(0, "cluster", false)
 	dp.waitFor("both nodes to thaw", func() bool {
 		for _, n := range nodes {
 			if _, err := os.Stat(filepath.Join(dp.dir, "thawed-"+n)); err != nil {
@@ -571,10 +581,7 @@ func TestDirectorRetentionAndCopy(t *testing.T) {
 	var ids []string
 	for i := range 3 {
 		writeFile(t, filepath.Join(dp.dir, "data", "node1", "file"), fmt.Sprintf("version %d\n", i))
-		var job jobJSON
-		if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--wait", "--json").stdout), &job); err != nil {
-			t.Fatal(err)
-		}
+		job := dp.runPlan(0, "cluster", true)
 		ids = append(ids, job.ID)
 		var full struct {
 			Followups map[string]string `json:"followups"`

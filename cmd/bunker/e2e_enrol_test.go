@@ -118,10 +118,7 @@ func TestDirectorEnrol(t *testing.T) {
 
 	// The enrolled agents run a plan with their new certificates.
 	dp.startAgents()
-	var job jobJSON
-	if err := json.Unmarshal([]byte(dp.operator(exitOK, "plan", "run", "pair", "--wait", "--json").stdout), &job); err != nil {
-		t.Fatal(err)
-	}
+	job := dp.runPlan(exitOK, "pair", true)
 	if job.State != "succeeded" || len(job.Nodes["node1"].Snapshots) != 1 || len(job.Nodes["node2"].Snapshots) != 1 {
 		t.Fatalf("job with enrolled agents: %+v", job)
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/url"
 	"os"
@@ -80,10 +79,7 @@ func TestDirectorEtcd(t *testing.T) {
 	})
 	dp.startDirector()
 	dp.startAgents()
-	var job jobJSON
-	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "etcd", "--json").stdout), &job); err != nil {
-		t.Fatal(err)
-	}
+	job := dp.runPlan(0, "etcd", false)
 	dp.waitFor("the thaw", func() bool { _, err := os.Stat(filepath.Join(dp.dir, "thawed-node1")); return err == nil })
 	if _, err := cli.Put(ctx, "after", "written after the freeze"); err != nil {
 		t.Fatal(err)

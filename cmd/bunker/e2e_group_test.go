@@ -54,10 +54,7 @@ func TestGroupEtcdPostgresFiles(t *testing.T) {
 	})
 	dp.startDirector()
 	dp.startAgents()
-	var job jobJSON
-	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--json").stdout), &job); err != nil {
-		t.Fatal(err)
-	}
+	job := dp.runPlan(0, "cluster", false)
 	// As soon as any node thaws, the services take writes again.
 	dp.waitFor("a node to thaw", func() bool {
 		for _, n := range nodes {

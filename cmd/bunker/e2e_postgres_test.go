@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -117,10 +116,7 @@ func TestDirectorPostgres(t *testing.T) {
 	})
 	dp.startDirector()
 	dp.startAgents()
-	var job jobJSON
-	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "db", "--json").stdout), &job); err != nil {
-		t.Fatal(err)
-	}
+	job := dp.runPlan(0, "db", false)
 	dp.waitFor("the thaw", func() bool { _, err := os.Stat(filepath.Join(dp.dir, "thawed-db1")); return err == nil })
 	pg.sql(t, "app", "INSERT INTO orders SELECT g, 'after' FROM generate_series(101, 150) g")
 	done := dp.waitJob(job.ID)

@@ -218,10 +218,7 @@ func TestDirectorSnapshotAndPause(t *testing.T) {
 	state := filepath.Join(dp.dir, "state-node1")
 	snapDir := filepath.Join(mnt, ".bunker-snapshots")
 
-	var job jobJSON
-	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--json").stdout), &job); err != nil {
-		t.Fatal(err)
-	}
+	job := dp.runPlan(0, "cluster", false)
 	dp.waitFor("node1 to freeze", func() bool { return strings.Contains(dp.logs["node1"].String(), "filesystem frozen") })
 	for _, c := range []string{"app", "worker"} {
 		if s := pm.status(c); s != "paused" {
@@ -275,9 +272,7 @@ func TestDirectorSnapshotAndPause(t *testing.T) {
 	// Killed while holding (RELIABILITY E2): the agent's watchdog thaws
 	// the filesystem and unpauses the containers by the deadline with the
 	// agent dead; the restarted agent removes the snapshot.
-	if err := json.Unmarshal([]byte(dp.operator(0, "plan", "run", "cluster", "--json").stdout), &job); err != nil {
-		t.Fatal(err)
-	}
+	job = dp.runPlan(0, "cluster", false)
 	dp.waitFor("node1 to freeze again", func() bool { return strings.Count(dp.logs["node1"].String(), "filesystem frozen") == 2 })
 	killed := time.Now()
 	_ = dp.agents["node1"].Process.Kill()
