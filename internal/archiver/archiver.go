@@ -79,8 +79,10 @@ type Archiver struct {
 	blobs chan *blobJob
 	// chunkers holds the chunkers for large files. Chunking runs at about
 	// 1 GB/s, several times faster than the blob workers it feeds, so one is
-	// enough to keep every core busy; each holds a 16 MiB buffer.
+	// enough to keep every core busy; each holds a 6 MiB buffer.
 	chunkers chan repo.Chunker
+	// smallBufs holds the read buffers of files smaller than a chunk.
+	smallBufs chan *[]byte
 	// walkSem bounds the goroutines walking directories besides the caller's.
 	walkSem chan struct{}
 	ctx     context.Context
@@ -123,9 +125,9 @@ type fileJob struct {
 }
 
 type blobJob struct {
-	data   []byte // valid until wg is done
+	data   []byte // valid until done is closed
 	result *repo.ID
-	wg     *sync.WaitGroup
+	done   chan struct{}
 	errp   *atomic.Pointer[error]
 }
 
@@ -166,6 +168,15 @@ func (a *Archiver) Run(ctx context.Context, paths []string) (repo.ID, []string, 
 	a.walkSem = make(chan struct{}, runtime.GOMAXPROCS(0))
 	a.chunkers = make(chan repo.Chunker, 1)
 	a.chunkers <- nil // created on first use
+	// A file smaller than a chunk is read whole into one buffer, skipping
+	// the chunker. Each file worker has its own for the run: buffers from
+	// a sync.Pool would be lost at each collection and their memory faulted
+	// in again.
+	a.smallBufs = make(chan *[]byte, a.opts.FileWorkers)
+	for range a.opts.FileWorkers {
+		b := make([]byte, 0, 64<<10)
+		a.smallBufs <- &b
+	}
 	var fileWG, blobWG sync.WaitGroup
 	for range a.opts.BlobWorkers {
 		blobWG.Go(a.blobWorker)
@@ -530,10 +541,6 @@ func Excluded(patterns []string, path string) bool {
 	return false
 }
 
-// smallFile is the size under which a file is read whole into one buffer (it
-// is one chunk anyway), skipping the chunker and its larger buffer.
-var smallFileBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
-
 func (a *Archiver) fileWorker() {
 	for job := range a.files {
 		if a.failed() != nil || a.ctx.Err() != nil {
@@ -615,8 +622,8 @@ func (a *Archiver) saveFile(job *fileJob) (*snapshot.Node, error) {
 	node := job.node
 	if st.Size < int64(a.repo.MinChunk()) {
 		// One chunk: read it whole.
-		bp := smallFileBufs.Get().(*[]byte)
-		defer smallFileBufs.Put(bp)
+		bp := <-a.smallBufs
+		defer func() { a.smallBufs <- bp }()
 		buf, err := readAll(f, (*bp)[:0], st.Size)
 		*bp = buf
 		if err != nil {
@@ -646,36 +653,42 @@ func (a *Archiver) saveFile(job *fileJob) (*snapshot.Node, error) {
 		ch.Reset(f)
 	}
 	var ids []*repo.ID
-	var wg sync.WaitGroup
 	var errp atomic.Pointer[error]
 	var size uint64
 	// Chunks go to the blob workers without a copy; before the chunker
-	// overwrites its buffer, every chunk handed out must be done.
-	ch.OnRefill(wg.Wait)
-	defer ch.OnRefill(nil)
+	// overwrites one, it and those before it must be done.
+	var dones []chan struct{}
+	waited := 0
+	release := func(n int) {
+		for ; waited < n; waited++ {
+			<-dones[waited]
+		}
+	}
+	ch.OnOverwrite(release)
+	defer ch.OnOverwrite(nil)
 	for {
 		chunk, err := ch.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			wg.Wait()
+			release(len(dones))
 			return nil, err
 		}
 		size += uint64(len(chunk))
 		a.Stats.BytesRead.Add(uint64(len(chunk)))
 		id := new(repo.ID)
 		ids = append(ids, id)
-		wg.Add(1)
+		done := make(chan struct{})
 		select {
-		case a.blobs <- &blobJob{data: chunk, result: id, wg: &wg, errp: &errp}:
+		case a.blobs <- &blobJob{data: chunk, result: id, done: done, errp: &errp}:
+			dones = append(dones, done)
 		case <-a.ctx.Done():
-			wg.Done()
-			wg.Wait()
+			release(len(dones))
 			return nil, a.ctx.Err()
 		}
 	}
-	wg.Wait()
+	release(len(dones))
 	if e := errp.Load(); e != nil {
 		a.fatal(*e)
 		return nil, *e
@@ -726,7 +739,7 @@ func (a *Archiver) blobWorker() {
 			}
 			*job.result = id
 		}
-		job.wg.Done()
+		close(job.done)
 	}
 }
 

@@ -16,8 +16,10 @@
 //     smaller than the minimum chunk is read whole into one buffer; a larger
 //     one goes through the repository's chunker (one at a time: chunking runs
 //     several times faster than the stages after it), and each chunk is
-//     handed to the blob workers without a copy. The chunker's OnRefill hook
-//     waits for the chunks already handed out before it reuses its buffer.
+//     handed to the blob workers without a copy. The chunker's OnOverwrite
+//     hook waits for a chunk, and those handed out before it, before the
+//     chunker reads over it: its buffer holds several chunks, so that wait
+//     is for chunks long done.
 //   - Blob workers (one per CPU) call Repository.SaveBlob: hash, dedup,
 //     compress, seal, verify, pack.
 //   - The repository stores full packs in the background.

@@ -106,7 +106,8 @@ type Chunker interface {
 	Next() ([]byte, error)
 	// Reset starts over on a new stream.
 	Reset(rd io.Reader)
-	// OnRefill sets a function that runs before the chunker overwrites its
-	// buffer: chunks returned since the previous refill stay valid until then.
-	OnRefill(fn func())
+	// OnOverwrite sets a function that the chunker calls with n before it
+	// overwrites a chunk it has returned: it must return once the first n
+	// chunks returned since Reset are no longer in use.
+	OnOverwrite(fn func(n int))
 }

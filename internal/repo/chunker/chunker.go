@@ -14,7 +14,7 @@ import (
 const (
 	// MinAvg is the smallest allowed Params.Avg.
 	MinAvg = 64
-	// MaxMax is the largest allowed Params.Max (the chunker buffers 1.25*Max bytes).
+	// MaxMax is the largest allowed Params.Max (the chunker buffers at least 1.25*Max bytes).
 	MaxMax = 1 << 30
 )
 
@@ -33,9 +33,9 @@ type Params struct {
 	Min, Avg, Max int // Avg must be a power of two
 }
 
-// DefaultParams returns Min 512 KiB, Avg 1 MiB, Max 8 MiB.
+// DefaultParams returns Min 512 KiB, Avg 1 MiB, Max 2 MiB.
 func DefaultParams() Params {
-	return Params{Min: 512 << 10, Avg: 1 << 20, Max: 8 << 20}
+	return Params{Min: 512 << 10, Avg: 1 << 20, Max: 2 << 20}
 }
 
 // Validate checks 1 <= Min <= Avg <= Max <= MaxMax, Avg >= MinAvg and Avg a
@@ -188,9 +188,9 @@ func (t *Table) scan(d []byte, h, mask uint64) (int, uint64) {
 	return -1, h
 }
 
-// Chunker splits a stream into content-defined chunks. It reads the input in
-// large blocks into an internal buffer of 1.25*Max bytes that is reused, also
-// across Reset.
+// Chunker splits a stream into content-defined chunks. It reads the input
+// into an internal buffer of several chunks (see bufSize) that is reused,
+// also across Reset.
 type Chunker struct {
 	rd    io.Reader
 	tab   *Table
@@ -200,12 +200,18 @@ type Chunker struct {
 
 	buf  []byte
 	r, w int // unconsumed data is buf[r:w]
-	// beforeFill, if set, runs before the buffer is refilled, which
-	// overwrites the chunks returned so far.
-	beforeFill func()
-	eof        bool  // rd returned io.EOF
-	err        error // sticky error
+	// release, if set, is called before part of the buffer is overwritten
+	// (see OnOverwrite); out lists the chunks returned since Reset that it
+	// has not released yet, oldest first, and handed counts them all.
+	release func(n int)
+	out     []span
+	handed  int
+	eof     bool  // rd returned io.EOF
+	err     error // sticky error
 }
+
+// span is a chunk handed out: its number since Reset and its place in buf.
+type span struct{ n, start, end int }
 
 // New returns a chunker splitting rd with parameters p and gear table t.
 // It panics if p is invalid (see Params.Validate) or t is nil.
@@ -222,45 +228,71 @@ func New(rd io.Reader, p Params, t *Table) *Chunker {
 	return c
 }
 
-// Reset makes c split rd from its start, keeping the parameters, the table
-// and the buffer.
+// Reset makes c split rd from its start, keeping the parameters, the table,
+// the buffer and the OnOverwrite function. No chunk returned before may be
+// in use any more.
 func (c *Chunker) Reset(rd io.Reader) {
 	c.rd = rd
 	c.r, c.w = 0, 0
+	c.out = c.out[:0]
+	c.handed = 0
 	c.eof = false
 	c.err = nil
 }
 
-// OnRefill sets a function that runs before the buffer is refilled. Until
-// then every chunk returned since the last refill stays valid, so a caller can
-// hand chunks to other goroutines without copying and wait for them here.
-func (c *Chunker) OnRefill(fn func()) { c.beforeFill = fn }
+// OnOverwrite lets a caller use chunks after the next call to Next, for
+// example hand them to other goroutines without a copy. Before the chunker
+// overwrites the bytes of a chunk it has returned, it calls fn(n), which
+// must return only once the first n chunks returned since Reset (the one it
+// is about to overwrite and all before it) are no longer in use. The buffer
+// holds several chunks and is overwritten oldest first, so by then those
+// are usually long done. Without fn, a chunk is valid until the next call to
+// Next or Reset.
+func (c *Chunker) OnOverwrite(fn func(n int)) { c.release = fn }
+
+// overwriting is called before buf[a:b] is written: it releases the chunks
+// up to the newest one there.
+func (c *Chunker) overwriting(a, b int) {
+	last := -1
+	for i, s := range c.out {
+		if s.start < b && a < s.end {
+			last = i
+		}
+	}
+	if last < 0 {
+		return
+	}
+	c.release(c.out[last].n + 1)
+	c.out = c.out[:copy(c.out, c.out[last+1:])]
+}
 
 // maxEmptyReads is how many successive 0, nil reads fill tolerates before
 // giving up with io.ErrNoProgress (like bufio).
 const maxEmptyReads = 100
 
-// fill moves the unconsumed data to the front of the buffer and then reads
-// until the buffer is full, EOF, or an error. It is only called with fewer
-// than Max bytes unconsumed, so afterwards at least Max bytes are buffered
-// unless the stream has ended.
+// fill reads up to Max more bytes after the unconsumed data, first moving
+// that to the front of the buffer if there is no room after it. It is only
+// called with fewer than Max bytes unconsumed; Next calls it until at least
+// Max bytes are buffered or the stream has ended.
 func (c *Chunker) fill() error {
-	if c.beforeFill != nil {
-		c.beforeFill()
-	}
 	if c.buf == nil {
-		// Max bytes for a decisive cut, plus a quarter to read into: a
-		// refill moves less than one chunk, so it reads at least Max/4.
-		// Twice Max, as before, only held 6 MiB more of the heap: the
-		// blob workers stall at a refill about as long either way.
-		c.buf = make([]byte, c.p.Max+c.p.Max/4)
+		c.buf = make([]byte, bufSize(c.p.Max))
 	}
-	c.w = copy(c.buf, c.buf[c.r:c.w])
-	c.r = 0
+	if c.w == len(c.buf) {
+		if c.release != nil {
+			c.overwriting(0, c.w-c.r)
+		}
+		c.w = copy(c.buf, c.buf[c.r:c.w])
+		c.r = 0
+	}
+	end := min(len(c.buf), c.w+c.p.Max)
+	if c.release != nil {
+		c.overwriting(c.w, end)
+	}
 	empty := 0
-	for c.w < len(c.buf) {
-		n, err := c.rd.Read(c.buf[c.w:])
-		if n < 0 || n > len(c.buf)-c.w {
+	for c.w < end {
+		n, err := c.rd.Read(c.buf[c.w:end])
+		if n < 0 || n > end-c.w {
 			return errors.New("chunker: reader returned invalid count")
 		}
 		c.w += n
@@ -281,7 +313,8 @@ func (c *Chunker) fill() error {
 }
 
 // Next returns the next chunk. The returned slice is only valid until the
-// next call to Next or Reset; the caller must copy it to keep it. After the
+// next call to Next or Reset, unless OnOverwrite says otherwise; the caller
+// must copy it to keep it. After the
 // last chunk Next returns nil, io.EOF; an empty stream yields io.EOF at once.
 // A read error other than io.EOF is returned (and then returned again by all
 // later calls until Reset); data buffered when it occurred is discarded.
@@ -302,6 +335,10 @@ func (c *Chunker) Next() ([]byte, error) {
 			// keeps the data moved by fill down to one partial chunk.
 			n := c.tab.cut(data, c.p.Min, c.p.Avg, c.p.Max, c.maskS, c.maskL)
 			if decisive || n < len(data) {
+				if c.release != nil {
+					c.out = append(c.out, span{c.handed, c.r, c.r + n})
+				}
+				c.handed++
 				c.r += n
 				return data[:n:n], nil
 			}
@@ -311,4 +348,12 @@ func (c *Chunker) Next() ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// bufSize is the chunker's buffer for chunks of at most maxChunk bytes: that
+// for a decisive cut plus a quarter to read into, and at least 10 MiB (8
+// times maxChunk for small test parameters), so that the chunks handed out
+// (see OnOverwrite) are done long before the buffer comes round to them.
+func bufSize(maxChunk int) int {
+	return max(maxChunk+maxChunk/4, min(6<<20, 8*maxChunk))
 }

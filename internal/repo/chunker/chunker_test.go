@@ -113,7 +113,7 @@ func TestParamsValidate(t *testing.T) {
 		})
 	}
 	d := DefaultParams()
-	if d.Min != 512<<10 || d.Avg != 1<<20 || d.Max != 8<<20 {
+	if d.Min != 512<<10 || d.Avg != 1<<20 || d.Max != 2<<20 {
 		t.Fatalf("DefaultParams = %+v", d)
 	}
 }
@@ -448,6 +448,87 @@ func TestChunkCapacity(t *testing.T) {
 	}
 	if cap(a) != len(a) {
 		t.Fatalf("chunk has spare capacity %d; appending would clobber the buffer", cap(a)-len(a))
+	}
+}
+
+// TestOnOverwrite holds every chunk until the chunker asks for it: a chunk
+// must stay intact until then, the requests must come in order, and the
+// chunks must be those of a chunker without the hook.
+func TestOnOverwrite(t *testing.T) {
+	zeros := make([]byte, 5*smallP.Max) // Max-length chunks
+	data := append(append(randomData(21, 60*smallP.Max), zeros...), randomData(22, 60*smallP.Max)...)
+	for _, tt := range []struct {
+		name string
+		wrap func(io.Reader) io.Reader
+	}{
+		{"whole reads", func(r io.Reader) io.Reader { return r }},
+		{"one byte", iotest.OneByteReader},
+		{"stutter", func(r io.Reader) io.Reader { return &stutterReader{r: r} }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			type held struct {
+				b   []byte
+				off int
+			}
+			var chunks []held
+			released := 0
+			intact := func(when string) {
+				for i := released; i < len(chunks); i++ {
+					c := chunks[i]
+					if !bytes.Equal(c.b, data[c.off:c.off+len(c.b)]) {
+						t.Fatalf("%s: chunk %d (offset %d) was overwritten before its release", when, i, c.off)
+					}
+				}
+			}
+			c := New(tt.wrap(bytes.NewReader(data)), smallP, testTable)
+			c.OnOverwrite(func(n int) {
+				if n <= released || n > len(chunks) {
+					t.Fatalf("release(%d) after %d released of %d handed out", n, released, len(chunks))
+				}
+				intact(fmt.Sprintf("release(%d)", n))
+				released = n
+			})
+			off := 0
+			for {
+				b, err := c.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				chunks = append(chunks, held{b, off})
+				off += len(b)
+				intact("next")
+			}
+			if released == 0 {
+				t.Fatal("the buffer was never overwritten: the test data is too short")
+			}
+			got := make([][]byte, len(chunks))
+			for i, h := range chunks {
+				got[i] = data[h.off : h.off+len(h.b)]
+			}
+			want := chunkAll(t, bytes.NewReader(data), smallP, testTable)
+			checkChunks(t, data, got, smallP)
+			if fmt.Sprint(boundaries(got)) != fmt.Sprint(boundaries(want)) {
+				t.Fatal("chunks differ from those without OnOverwrite")
+			}
+			// Reset keeps the hook and starts counting again.
+			c.Reset(bytes.NewReader(data))
+			chunks, released, off = nil, 0, 0
+			for {
+				b, err := c.Next()
+				if err == io.EOF {
+					break
+				}
+				chunks = append(chunks, held{b, off})
+				off += len(b)
+				intact("next after Reset")
+			}
+			if len(chunks) != len(want) {
+				t.Fatalf("after Reset: %d chunks, want %d", len(chunks), len(want))
+			}
+		})
 	}
 }
 

@@ -67,10 +67,16 @@
 //
 // Table.Cut is a pure function returning the length of the first chunk of a
 // buffer; Chunker applies it to a stream. Chunker reads into a reused buffer
-// of 2·Max bytes in large reads (looping over short reads like io.ReadFull)
-// and hands out chunks as sub-slices of it, valid until the next call to
-// Next, so chunking copies no data except moving the final partial chunk to
-// the front of the buffer before each refill. The hash loop is unrolled by
+// of several chunks (at least 1.25·Max bytes, 6 MiB with the default
+// parameters) in reads of up to Max bytes (looping over short reads like
+// io.ReadFull) and hands out chunks as sub-slices of it, so chunking copies
+// no data except moving the final partial chunk to the front of the buffer
+// when the reads reach its end. A chunk is valid until the next call to
+// Next, or, with OnOverwrite, until the chunker is about to write over it:
+// it fills the buffer oldest region first and asks the caller to release
+// only the chunks there, so a caller handing chunks to other goroutines
+// waits for the oldest ones (usually long done), never for all of them at
+// once. The hash loop is unrolled by
 // four with the loop-carried dependency reduced to one shift-add per four
 // bytes and no per-byte bounds checks.
 package chunker
