@@ -349,7 +349,13 @@ func TestFileWriterMatchesMemory(t *testing.T) {
 			var released []int
 			var mu sync.Mutex
 			for i := range n {
-				plain := bytes.Repeat([]byte{byte(i)}, 1+i*97)
+				// Mostly blobs the writer gathers into one write, some
+				// past stageMax that go straight to the file between them.
+				size := 1 + i*97
+				if i%7 == 3 {
+					size = stageMax + i
+				}
+				plain := bytes.Repeat([]byte{byte(i)}, size)
 				sealed := k.Seal(nil, plain)
 				mw.Add(repo.DataBlob, k.BlobID(plain), sealed, len(plain), i%2 == 0)
 				if i%5 == 4 {

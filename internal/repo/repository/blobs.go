@@ -36,9 +36,10 @@ var encodeSlots = func() chan *encodeSlot {
 	return c
 }()
 
-// scratchMax is the most scratch a slot keeps, and the size of pooled
-// sealed buffers: chunks average 1 MiB and pass 2 MiB with probability e^-8,
-// so those few get buffers of their own.
+// scratchMax is the most scratch a slot keeps, and the size of kept sealed
+// buffers: room for the largest chunk of a new repository (2 MiB)
+// compressed, sealed or decompressed. Chunks of repositories made with 8 MiB
+// chunks get buffers of their own when they pass it.
 const scratchMax = 2<<20 + 64<<10
 
 // scratch returns empty storage of at least n bytes, b's if it is or can be
@@ -52,42 +53,6 @@ func scratch(b *[]byte, n int) []byte {
 	}
 	*b = make([]byte, 0, scratchMax)
 	return *b
-}
-
-// sealPools hold sealed blobs until their pack has them, by size (sealed
-// chunks are their compressed size: a quarter of a chunk for text): a
-// buffer per class of 256 KiB, 512 KiB, 1 MiB and scratchMax.
-var sealPools [4]sync.Pool
-
-func sealClass(n int) (int, int) {
-	for i := range 3 {
-		if size := 256 << 10 << i; n <= size {
-			return i, size
-		}
-	}
-	return 3, scratchMax
-}
-
-// getSealBuf returns an empty buffer for a sealed blob of n bytes: small
-// ones (trees, small files) are allocated to size, others pooled.
-func getSealBuf(n int) *[]byte {
-	if n <= 32<<10 || n > scratchMax {
-		b := make([]byte, 0, n)
-		return &b
-	}
-	i, size := sealClass(n)
-	if b, ok := sealPools[i].Get().(*[]byte); ok {
-		return b
-	}
-	b := make([]byte, 0, size)
-	return &b
-}
-
-func putSealBuf(b *[]byte) {
-	if i, size := sealClass(cap(*b)); cap(*b) == size {
-		*b = (*b)[:0]
-		sealPools[i].Put(b)
-	}
 }
 
 // SaveBlob stores a blob unless the repository already has it. It returns the
@@ -136,7 +101,7 @@ func (r *Repository) SaveBlob(ctx context.Context, t repo.BlobType, data []byte,
 // encodeBlob compresses (when it pays) and seals data, then opens and
 // decompresses the result and compares it with data: a faulty encoder or
 // memory error must fail the backup, not store corrupt data (RELIABILITY B6).
-// The sealed blob is returned in a buffer from getSealBuf.
+// The sealed blob is returned in a buffer from r.seals.
 func (r *Repository) encodeBlob(data []byte) (*[]byte, bool, error) {
 	slot := <-encodeSlots
 	defer func() { encodeSlots <- slot }()
@@ -154,7 +119,7 @@ func (r *Repository) encodeBlob(data []byte) (*[]byte, bool, error) {
 			payload, compressed = out, true
 		}
 	}
-	sp := getSealBuf(len(payload) + crypto.Overhead)
+	sp := r.seals.get(len(payload) + crypto.Overhead)
 	*sp = r.key.Seal(*sp, payload)
 	if r.testCorrupt != nil {
 		r.testCorrupt(*sp)
@@ -172,7 +137,7 @@ func (r *Repository) encodeBlob(data []byte) (*[]byte, bool, error) {
 		err = ErrVerify
 	}
 	if err != nil {
-		putSealBuf(sp)
+		r.seals.put(sp)
 		return nil, false, ErrVerify
 	}
 	return sp, compressed, nil
@@ -191,7 +156,7 @@ func (r *Repository) checkDecode(dst, frame []byte) ([]byte, error) {
 }
 
 // addToPack adds a sealed blob to the open pack of its type and takes its
-// buffer (from getSealBuf), given back once the blob is in the pack. A file
+// buffer (from r.seals), given back once the blob is in the pack. A file
 // pack is written by its own goroutine, outside r.mu.
 func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID, sealed *[]byte, rawLen int, compressed bool) error {
 	r.mu.Lock()
@@ -201,7 +166,7 @@ func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID,
 			f, err := tf.TempFile()
 			if err != nil {
 				r.mu.Unlock()
-				putSealBuf(sealed)
+				r.seals.put(sealed)
 				return fmt.Errorf("create pack: %w", err)
 			}
 			w = pack.NewFileWriter(f)
@@ -210,7 +175,7 @@ func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID,
 		}
 		r.packers[t] = w
 	}
-	w.AddOwned(t, id, *sealed, rawLen, compressed, func() { putSealBuf(sealed) })
+	w.AddOwned(t, id, *sealed, rawLen, compressed, func() { r.seals.put(sealed) })
 	var full *pack.Writer
 	if w.Size() >= r.opts.PackSize {
 		full = w

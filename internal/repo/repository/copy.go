@@ -144,7 +144,7 @@ func (r *Repository) CopySealed(ctx context.Context, src *Repository, packID rep
 		r.pending[h] = struct{}{}
 		r.mu.Unlock()
 		// The pack takes its own copy: sealed is reused for the next blob.
-		sp := getSealBuf(len(sealed))
+		sp := r.seals.get(len(sealed))
 		*sp = append(*sp, sealed...)
 		return r.addToPack(ctx, b.Type, b.ID, sp, int(b.RawLength), b.Compressed)
 	})

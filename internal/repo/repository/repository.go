@@ -143,6 +143,7 @@ type Repository struct {
 	uploads   sync.WaitGroup
 	uploadSem chan struct{}
 	freePacks [][]byte // storage of stored packs, for reuse
+	seals     bufCache // buffers of sealed blobs on their way to a pack
 	// indexFiles are the index files LoadIndex read or SaveIndex wrote.
 	indexFiles map[repo.ID]bool
 	// ownIndex maps the index files this handle wrote to the packs they

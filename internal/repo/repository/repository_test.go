@@ -284,7 +284,7 @@ func TestLoadBlobRoundTrip(t *testing.T) {
 		{"incompressible", random(100 << 10), false},
 		{"incompressible large", random(1 << 20), false},
 		// Around the scratch and sealed-buffer sizes (scratchMax, the
-		// classes of getSealBuf) and past them, up to the largest chunk.
+		// classes of bufCache) and past them, up to the largest chunk.
 		{"incompressible at the small limit", random(32<<10 - crypto.Overhead), false},
 		{"incompressible past a class", random(256<<10 + 1), false},
 		{"incompressible at scratchMax", random(scratchMax - crypto.Overhead), false},
