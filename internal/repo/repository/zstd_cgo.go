@@ -25,19 +25,31 @@ type cEncoder struct {
 	mu     sync.Mutex
 	made   int
 	maxCtx int
+	// largeLevel is the level for inputs over largeInput bytes.
+	largeLevel int
 }
 
+// largeInput is the input size above which libzstd's level 3 sizes its
+// match tables for the whole 2 MiB window (768 KiB, more than a core's L2
+// cache) where level 2 uses half of that and a 1 MiB window. Measured on
+// the bench's 1-2 MiB chunks of a log and a disk image: level 2 took about
+// a third less time for 1.5% more output, a seventh of a first backup's CPU
+// time for 0.2% of its repository. Up to largeInput zstd scales both
+// levels' tables down to the input, and level 3 costs little more for 1%
+// less output on small files.
+const largeInput = 256 << 10
+
 func newBlobEncoder(c Compression) blobEncoder {
-	level := 3 // the zstd default, as SpeedDefault
+	level, largeLevel := 3, 2 // the default
 	switch c {
 	case CompressionFastest:
-		level = 1
+		level, largeLevel = 1, 1
 	case CompressionMax:
 		// libzstd's high levels use match windows over 2 MiB (format §7).
 		return newGoEncoder(c)
 	}
 	n := runtime.GOMAXPROCS(0) // as many as can run at once
-	return &cEncoder{level: level, ctxs: make(chan zstd.Ctx, n), maxCtx: n}
+	return &cEncoder{level: level, largeLevel: largeLevel, ctxs: make(chan zstd.Ctx, n), maxCtx: n}
 }
 
 func (e *cEncoder) get() zstd.Ctx {
@@ -77,7 +89,11 @@ func (e *cEncoder) decode(dst, frame []byte) ([]byte, error) {
 func (e *cEncoder) encode(dst, src []byte) ([]byte, bool) {
 	ctx := e.get()
 	defer func() { e.ctxs <- ctx }()
-	out, err := ctx.CompressLevel(dst[:0], src, e.level)
+	level := e.level
+	if len(src) > largeInput {
+		level = e.largeLevel
+	}
+	out, err := ctx.CompressLevel(dst[:0], src, level)
 	if err != nil {
 		return dst[:0], false
 	}
