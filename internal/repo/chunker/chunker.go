@@ -246,8 +246,8 @@ func (c *Chunker) Reset(rd io.Reader) {
 // must return only once the first n chunks returned since Reset (the one it
 // is about to overwrite and all before it) are no longer in use. The buffer
 // holds several chunks and is overwritten oldest first, so by then those
-// are usually long done. Without fn, a chunk is valid until the next call to
-// Next or Reset.
+// are usually long done. Set fn before the first Next after New or Reset;
+// without it, a chunk is valid until the next call to Next or Reset.
 func (c *Chunker) OnOverwrite(fn func(n int)) { c.release = fn }
 
 // overwriting is called before buf[a:b] is written: it releases the chunks
