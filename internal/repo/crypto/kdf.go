@@ -50,6 +50,7 @@ func DeriveKey(password []byte, salt []byte, p KDFParams) ([KeySize]byte, error)
 	if len(salt) < 16 {
 		return out, fmt.Errorf("salt too short")
 	}
+	prepareKDFMemory(int(p.Memory) << 10)
 	copy(out[:], argon2.IDKey(password, salt, p.Time, p.Memory, p.Threads, KeySize))
 	return out, nil
 }

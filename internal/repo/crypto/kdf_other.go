@@ -1,0 +1,5 @@
+//go:build !linux
+
+package crypto
+
+func prepareKDFMemory(int) {}
