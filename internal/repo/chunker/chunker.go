@@ -351,7 +351,7 @@ func (c *Chunker) Next() ([]byte, error) {
 }
 
 // bufSize is the chunker's buffer for chunks of at most maxChunk bytes: that
-// for a decisive cut plus a quarter to read into, and at least 10 MiB (8
+// for a decisive cut plus a quarter to read into, and at least 6 MiB (8
 // times maxChunk for small test parameters), so that the chunks handed out
 // (see OnOverwrite) are done long before the buffer comes round to them.
 func bufSize(maxChunk int) int {
