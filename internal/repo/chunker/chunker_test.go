@@ -43,18 +43,26 @@ func chunkAll(t testing.TB, rd io.Reader, p Params, tab *Table) [][]byte {
 func drain(t testing.TB, c *Chunker) [][]byte {
 	t.Helper()
 	var out [][]byte
+	each(t, c, func(b []byte) { out = append(out, bytes.Clone(b)) })
+	return out
+}
+
+// each calls fn with every remaining chunk of c (not copied), failing t on
+// an error.
+func each(t testing.TB, c *Chunker, fn func([]byte)) {
+	t.Helper()
 	for {
 		b, err := c.Next()
 		if err == io.EOF {
 			if b != nil {
 				t.Fatalf("Next returned %d bytes with io.EOF", len(b))
 			}
-			return out
+			return
 		}
 		if err != nil {
 			t.Fatalf("Next: %v", err)
 		}
-		out = append(out, bytes.Clone(b))
+		fn(b)
 	}
 }
 
@@ -256,17 +264,10 @@ func TestDeterministicAndReset(t *testing.T) {
 		c.Reset(bytes.NewReader(data))
 		var got []int
 		off := 0
-		for {
-			b, err := c.Next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+		each(t, c, func(b []byte) {
 			off += len(b)
 			got = append(got, off)
-		}
+		})
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatal("boundaries differ between runs")
 		}
@@ -489,18 +490,14 @@ func TestOnOverwrite(t *testing.T) {
 				released = n
 			})
 			off := 0
-			for {
-				b, err := c.Next()
-				if err == io.EOF {
-					break
+			hold := func(when string) func([]byte) {
+				return func(b []byte) {
+					chunks = append(chunks, held{b, off})
+					off += len(b)
+					intact(when)
 				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				chunks = append(chunks, held{b, off})
-				off += len(b)
-				intact("next")
 			}
+			each(t, c, hold("next"))
 			if released == 0 {
 				t.Fatal("the buffer was never overwritten: the test data is too short")
 			}
@@ -516,15 +513,7 @@ func TestOnOverwrite(t *testing.T) {
 			// Reset keeps the hook and starts counting again.
 			c.Reset(bytes.NewReader(data))
 			chunks, released, off = nil, 0, 0
-			for {
-				b, err := c.Next()
-				if err == io.EOF {
-					break
-				}
-				chunks = append(chunks, held{b, off})
-				off += len(b)
-				intact("next after Reset")
-			}
+			each(t, c, hold("next after Reset"))
 			if len(chunks) != len(want) {
 				t.Fatalf("after Reset: %d chunks, want %d", len(chunks), len(want))
 			}
