@@ -569,6 +569,12 @@ func (r *Repository) loadPackRange(ctx context.Context, packID repo.ID, blobs []
 	return nil
 }
 
+// runReaders buffer a run's stream: read blob by blob, a run of small
+// files' blobs cost a system call each (a tenth of a restore's, which also
+// creates and finishes a file per blob). Blobs past the buffer's size are
+// read straight into their own buffer.
+var runReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 256<<10) }}
+
 // blobBufs hold one sealed blob, and decompressed plaintext, while streaming packs.
 var blobBufs = sync.Pool{New: func() any { b := make([]byte, 0, blobBufSize); return &b }}
 
@@ -597,7 +603,13 @@ func (r *Repository) loadRun(ctx context.Context, packID repo.ID, blobs []pack.B
 		cp = blobBufs.Get().(*[]byte)
 		defer blobBufs.Put(cp)
 	}
-	err := r.be.Load(ctx, h, int(end-start), start, func(rd io.Reader) error {
+	err := r.be.Load(ctx, h, int(end-start), start, func(raw io.Reader) error {
+		rd := runReaders.Get().(*bufio.Reader)
+		rd.Reset(raw)
+		defer func() {
+			rd.Reset(nil)
+			runReaders.Put(rd)
+		}()
 		pos := start
 		for _, b := range blobs {
 			if gap := int64(b.Offset) - pos; gap > 0 {
