@@ -23,15 +23,19 @@ func TestCommandAskedAgainIsReportedAgain(t *testing.T) {
 	cmd := api.Command{ID: "20261205T000000-000000c1", Job: "20261205T000000-0000000a", Kind: api.KindUpload, Plans: []string{"files"}}
 	var mu sync.Mutex
 	var reports []api.Report
-	polls := 0
+	asked := 0
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
 		switch r.URL.Path {
 		case api.PathPoll:
-			polls++
 			resp := api.PollResponse{Commands: []api.Command{}}
-			if polls <= 3 {
+			// The director asks again once the previous answer has come
+			// (and been lost), three times in all. Asked while the command
+			// is still being handled, the agent reports it once, when done:
+			// asking before the report came made this test fail under load.
+			if asked < 3 && len(reports) == asked {
+				asked++
 				resp.Commands = append(resp.Commands, cmd)
 			} else {
 				time.Sleep(50 * time.Millisecond)
