@@ -330,8 +330,8 @@ func (r *Root) Mkdir(rel string) error {
 // CreateFile creates a new, empty regular file rel with mode 0600 and opens
 // it for writing. An existing non-directory entry is removed first (a symlink
 // is removed, never followed); an existing directory is an error.
-func (r *Root) CreateFile(rel string) (*os.File, error) {
-	var f *os.File
+func (r *Root) CreateFile(rel string) (*File, error) {
+	var f *File
 	err := r.inParent(rel, func(p *parent) error {
 		const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
 		fd, err := unix.Openat(p.fd, p.name, flags, 0o600)
@@ -345,7 +345,7 @@ func (r *Root) CreateFile(rel string) (*os.File, error) {
 		if err != nil {
 			return r.pathErr("create", rel, err)
 		}
-		f = os.NewFile(uintptr(fd), filepath.Join(r.dir, rel))
+		f = &File{fd: fd, name: filepath.Join(r.dir, rel)}
 		return nil
 	})
 	return f, err

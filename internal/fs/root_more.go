@@ -40,8 +40,8 @@ func (r *Root) OpenFile(rel string) (*os.File, error) {
 // SetFileMetadata applies n's metadata to a regular file this Root created
 // and that is still open for writing, through its descriptor: no path is
 // resolved again. Order as in SetMetadata: owner, mode, xattrs, times last.
-func (r *Root) SetFileMetadata(f *os.File, n *snapshot.Node, opts RestoreOptions) error {
-	fd := int(f.Fd())
+func (r *Root) SetFileMetadata(f *File, n *snapshot.Node, opts RestoreOptions) error {
+	fd := f.fd
 	// A new file usually has the owner it should have already (restoring as
 	// root what root owns): fstat is far cheaper than a chown, which the file
 	// system journals.

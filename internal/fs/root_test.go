@@ -92,7 +92,7 @@ func restoreTree(t *testing.T, src string, root *Root) {
 	}
 }
 
-func copySparse(dst *os.File, srcPath string) error {
+func copySparse(dst *File, srcPath string) error {
 	src, err := os.OpenFile(srcPath, os.O_RDONLY|syscall.O_NOATIME, 0)
 	if err != nil {
 		return err

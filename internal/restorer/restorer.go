@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path"
 	"runtime"
 	"sort"
@@ -68,7 +67,7 @@ type fileState struct {
 	rel       string
 	node      *snapshot.Node
 	mu        sync.Mutex
-	f         *os.File
+	f         *fs.File
 	remaining int
 	written   int64 // end of the data written so far
 	failed    bool
@@ -388,7 +387,7 @@ func (r *Restorer) failFile(f *fileState, err error) {
 	r.report(f.rel, fmt.Errorf("not restored: %w", err))
 }
 
-func (r *Restorer) finishFile(f *fileState, file *os.File) {
+func (r *Restorer) finishFile(f *fileState, file *fs.File) {
 	if file == nil {
 		var err error
 		if file, err = r.root.CreateFile(f.rel); err != nil {
