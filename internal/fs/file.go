@@ -38,26 +38,6 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	return done, nil
 }
 
-// WriteString writes s at the file's current offset.
-func (f *File) WriteString(s string) (int, error) {
-	p := []byte(s)
-	done := 0
-	for done < len(p) {
-		n, err := unix.Write(f.fd, p[done:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return done, &os.PathError{Op: "write", Path: f.name, Err: err}
-		}
-		if n == 0 {
-			return done, &os.PathError{Op: "write", Path: f.name, Err: io.ErrShortWrite}
-		}
-		done += n
-	}
-	return done, nil
-}
-
 // Truncate sets the file's size.
 func (f *File) Truncate(size int64) error {
 	for {

@@ -25,7 +25,7 @@ func TestFile(t *testing.T) {
 		name string
 		do   func() error
 	}{
-		{"write at 0", func() error { _, err := f.WriteString("abc"); return err }},
+		{"write at 0", func() error { _, err := f.WriteAt([]byte("abc"), 0); return err }},
 		{"write at 10", func() error { _, err := f.WriteAt([]byte("xyz"), 10); return err }},
 		{"overwrite at 1", func() error { _, err := f.WriteAt([]byte("B"), 1); return err }},
 		{"extend", func() error { return f.Truncate(16) }},

@@ -241,7 +241,7 @@ func TestRootNoEscape(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.WriteString("replaced")
+	f.WriteAt([]byte("replaced"), 0)
 	f.Close()
 	if err := root.Mkdir("evil"); err != nil {
 		t.Fatal(err)
@@ -328,7 +328,7 @@ func TestRootReplace(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.WriteString(content); err != nil {
+		if _, err := f.WriteAt([]byte(content), 0); err != nil {
 			t.Fatal(err)
 		}
 		if err := f.Close(); err != nil {
