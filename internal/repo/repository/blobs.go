@@ -37,9 +37,10 @@ var encodeSlots = func() chan *encodeSlot {
 }()
 
 // scratchMax is the most scratch a slot keeps, and the size of kept sealed
-// buffers: room for the largest chunk of a new repository (2 MiB)
-// compressed, sealed or decompressed. Chunks of repositories made with 8 MiB
-// chunks get buffers of their own when they pass it.
+// buffers and of the buffers that stream packs back: room for the largest
+// chunk of a new repository (2 MiB) compressed, sealed or decompressed.
+// Chunks of repositories made with 8 MiB chunks get buffers of their own
+// when they pass it.
 const scratchMax = 2<<20 + 64<<10
 
 // scratch returns empty storage of at least n bytes, b's if it is or can be
@@ -575,15 +576,17 @@ func (r *Repository) loadPackRange(ctx context.Context, packID repo.ID, blobs []
 // read straight into their own buffer.
 var runReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 256<<10) }}
 
-// blobBufs hold one sealed blob, and decompressed plaintext, while streaming packs.
-var blobBufs = sync.Pool{New: func() any { b := make([]byte, 0, blobBufSize); return &b }}
+// blobBufs hold one sealed blob, and decompressed plaintext, while streaming
+// packs: scratchMax, like the encoder's buffers, so that a whole 2 MiB chunk
+// fits sealed (at 2 MiB even, an incompressible chunk cut at the maximum was
+// a "big" blob below, read one at a time into a buffer of its own).
+var blobBufs = sync.Pool{New: func() any { b := make([]byte, 0, scratchMax); return &b }}
 
-const blobBufSize = 2 << 20
-
-// bigBlobs lets one reader at a time hold a blob larger than blobBufSize
-// (chunks past 2 MiB are rare, but a disk image's zero runs make 8 MiB
-// ones): two restore workers each holding one, sealed and decoded, set the
-// restore's peak memory (measured: 4 MB more RSS on the bench).
+// bigBlobs lets one reader at a time hold a blob larger than scratchMax (the
+// 8 MiB chunks of repositories made before the 2 MiB bound, such as a disk
+// image's zero runs): two restore workers each holding one, sealed and
+// decoded, set the restore's peak memory (measured: 4 MB more RSS on the
+// bench).
 var bigBlobs = make(chan struct{}, 1)
 
 // loadRun reads one run of blobs. With keepSealed the sealed bytes handed to
@@ -634,7 +637,7 @@ func (r *Repository) loadRun(ctx context.Context, packID repo.ID, blobs []pack.B
 			if b.Compressed {
 				dst = (*dp)[:0]
 			}
-			big := b.RawLength > blobBufSize || b.Length > blobBufSize
+			big := b.RawLength > scratchMax || b.Length > scratchMax
 			if big {
 				bigBlobs <- struct{}{}
 			}
@@ -645,11 +648,11 @@ func (r *Repository) loadRun(ctx context.Context, packID repo.ID, blobs []pack.B
 			err = fn(b, sealed, plain, err)
 			if big {
 				// Drop what outgrew the pooled size rather than keep it.
-				if cap(*sp) > blobBufSize {
-					*sp = make([]byte, 0, blobBufSize)
+				if cap(*sp) > scratchMax {
+					*sp = make([]byte, 0, scratchMax)
 				}
-				if cap(*dp) > blobBufSize {
-					*dp = make([]byte, 0, blobBufSize)
+				if cap(*dp) > scratchMax {
+					*dp = make([]byte, 0, scratchMax)
 				}
 				<-bigBlobs
 			}
