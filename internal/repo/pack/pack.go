@@ -172,22 +172,11 @@ func (w *Writer) write(b []byte) {
 	w.size += len(b)
 }
 
-// Add appends a sealed blob; sealed may be reused when it returns. In file
-// mode a write error is kept and returned by FinishFile.
-func (w *Writer) Add(t repo.BlobType, id repo.ID, sealed []byte, rawLen int, compressed bool) {
-	if w.queue == nil {
-		w.AddOwned(t, id, sealed, rawLen, compressed, nil)
-		return
-	}
-	done := make(chan struct{})
-	w.AddOwned(t, id, sealed, rawLen, compressed, func() { close(done) })
-	<-done
-}
-
-// AddOwned appends a sealed blob whose storage the writer keeps until it
-// calls release (at once in memory mode; in file mode once the blob is
-// written, from the writing goroutine). It blocks while queueLen blobs wait.
-func (w *Writer) AddOwned(t repo.BlobType, id repo.ID, sealed []byte, rawLen int, compressed bool, release func()) {
+// Add appends a sealed blob whose storage the writer keeps until it calls
+// release, if not nil (at once in memory mode; in file mode once the blob is
+// written or copied, from the writing goroutine). It blocks while queueLen
+// blobs wait. In file mode a write error is kept and returned by FinishFile.
+func (w *Writer) Add(t repo.BlobType, id repo.ID, sealed []byte, rawLen int, compressed bool, release func()) {
 	w.blobs = append(w.blobs, Blob{
 		Type: t, ID: id, Compressed: compressed,
 		Offset: uint32(w.size), Length: uint32(len(sealed)), RawLength: uint32(rawLen),

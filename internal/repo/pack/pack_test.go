@@ -37,7 +37,7 @@ func buildPack(t testing.TB, k *crypto.Key, in []added) ([]byte, [][]byte, []Blo
 	for _, a := range in {
 		s := k.Seal(nil, a.plain)
 		sealed = append(sealed, s)
-		w.Add(a.t, k.BlobID(a.plain), s, len(a.plain)+7, a.compressed)
+		w.Add(a.t, k.BlobID(a.plain), s, len(a.plain)+7, a.compressed, nil)
 	}
 	if w.Count() != len(in) {
 		t.Fatalf("Count = %d", w.Count())
@@ -334,7 +334,7 @@ func ExampleParseHeader() {
 // TestFileWriterMatchesMemory: a file pack written in the background holds
 // the same bytes as the same pack assembled in memory, its ID is the
 // FileID of those bytes, and each blob's storage is released only after it
-// is written, in order, whether added with Add or AddOwned.
+// is written (or gathered into a write), in order.
 func TestFileWriterMatchesMemory(t *testing.T) {
 	k := testKey(t)
 	for _, n := range []int{0, 1, queueLen, 3*queueLen + 1, 200} {
@@ -357,16 +357,9 @@ func TestFileWriterMatchesMemory(t *testing.T) {
 				}
 				plain := bytes.Repeat([]byte{byte(i)}, size)
 				sealed := k.Seal(nil, plain)
-				mw.Add(repo.DataBlob, k.BlobID(plain), sealed, len(plain), i%2 == 0)
-				if i%5 == 4 {
-					fw.Add(repo.DataBlob, k.BlobID(plain), sealed, len(plain), i%2 == 0)
-					mu.Lock()
-					released = append(released, i)
-					mu.Unlock()
-					continue
-				}
+				mw.Add(repo.DataBlob, k.BlobID(plain), sealed, len(plain), i%2 == 0, nil)
 				buf := append([]byte(nil), sealed...)
-				fw.AddOwned(repo.DataBlob, k.BlobID(plain), buf, len(plain), i%2 == 0, func() {
+				fw.Add(repo.DataBlob, k.BlobID(plain), buf, len(plain), i%2 == 0, func() {
 					// Once released, the writer must not read buf again:
 					// scribbling on it would show in the file.
 					for j := range buf {
@@ -431,7 +424,7 @@ func TestFileWriterDiscard(t *testing.T) {
 	w := NewFileWriter(f)
 	var released atomic.Int32
 	for i := range 10 {
-		w.AddOwned(repo.DataBlob, repo.ID{byte(i)}, k.Seal(nil, []byte{byte(i)}), 1, false, func() { released.Add(1) })
+		w.Add(repo.DataBlob, repo.ID{byte(i)}, k.Seal(nil, []byte{byte(i)}), 1, false, func() { released.Add(1) })
 	}
 	w.Discard()
 	if released.Load() != 10 {

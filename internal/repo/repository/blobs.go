@@ -176,7 +176,7 @@ func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID,
 		}
 		r.packers[t] = w
 	}
-	w.AddOwned(t, id, *sealed, rawLen, compressed, func() { r.seals.put(sealed) })
+	w.Add(t, id, *sealed, rawLen, compressed, func() { r.seals.put(sealed) })
 	var full *pack.Writer
 	if w.Size() >= r.opts.PackSize {
 		full = w
