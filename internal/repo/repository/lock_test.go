@@ -324,8 +324,20 @@ func TestLockRefresh(t *testing.T) {
 	if err := l.Err(); err != nil {
 		t.Fatalf("Err: %v", err)
 	}
-	if !lockFileExists(t, be, l.ID()) {
-		t.Fatal("the current lock file is not stored")
+	// The current lock file is stored. A refresh (every 20 ms here) stores
+	// the next file, switches the ID, then removes the old file: an ID that
+	// is the same before and after the check was current throughout it.
+	// (Checking without that failed once in CI under load.)
+	for i := 0; ; i++ {
+		id := l.ID()
+		stored := lockFileExists(t, be, id)
+		if l.ID() != id && i < 50 {
+			continue // refreshed meanwhile: check the new one
+		}
+		if !stored {
+			t.Fatal("the current lock file is not stored")
+		}
+		break
 	}
 	// Refreshed: others see it live (an exclusive lock is refused) and
 	// Locks lists it as not stale.
