@@ -52,6 +52,7 @@ func FuzzBlobEncoder(f *testing.F) {
 	f.Add([]byte("hello, hello, hello, hello"))
 	f.Add(bytes.Repeat([]byte{0}, 100<<10))
 	f.Add(bytes.Repeat([]byte("0123456789abcdef"), 4096))
+	f.Add(bytes.Repeat([]byte("0123456789abcdef"), 20<<10)) // over largeInput
 	dec, err := zstd.NewReader(nil)
 	if err != nil {
 		f.Fatal(err)
