@@ -6,7 +6,7 @@
 #   BENCH_DIR        work dir (default: <repo>/.bench)
 #   BUNKER_BIN       bunker binary (default: <repo>/bin/bunker)
 #   BENCH_TOOLS      tools to run (default: "bunker restic borg")
-#   BENCH_REPEAT     runs of each first backup, unchanged re-backup, restore and cp floor; the fastest is kept (default 2)
+#   BENCH_REPEAT     runs of each first backup, unchanged re-backup, restore and cp floor; the fastest is kept (default 3)
 #   BENCH_SKIP_DATA  1 = reuse the existing dataset, never generate it
 #   BENCH_SEED       dataset seed (default: 1)
 set -euo pipefail
@@ -23,7 +23,7 @@ BUNKER_BIN=$(abspath "${BUNKER_BIN:-$repo_root/bin/bunker}")
 BENCH_TOOLS=${BENCH_TOOLS:-"bunker restic borg"}
 BENCH_SKIP_DATA=${BENCH_SKIP_DATA:-0}
 # REPEAT: first backups, unchanged re-backups, restores and the cp floor run this many times, best kept.
-REPEAT=${BENCH_REPEAT:-2}
+REPEAT=${BENCH_REPEAT:-3}
 BENCH_SEED=${BENCH_SEED:-1}
 
 ALL_TOOLS=(bunker restic borg)
