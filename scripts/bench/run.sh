@@ -260,7 +260,7 @@ done
 # file creation that follows for a while; let it finish before a timed step.
 settle() {
 	sync
-	sleep "${BENCH_SETTLE:-10}"
+	sleep "${BENCH_SETTLE:-5}"
 }
 
 # Phase 1: first backup and unchanged re-backup of the pristine dataset.

@@ -82,7 +82,7 @@ const largeInput = 256 << 10
 // the tables cut to 256 and 32 KiB. Measured on the bench's log and disk
 // image cut in 1 MiB blocks, two compressions at a time (zstd -b): level 3
 // 238.19 MB at 357 MB/s each, these 238.26 MB at 413 MB/s, level 2
-// 239.67 MB at 478 MB/s. These keep 96% of level 3's gain over level 2 for
+// 239.67 MB at 478 MB/s. These keep 95% of level 3's gain over level 2 for
 // less than half of its cost.
 var largeParams = []cParam{{zStrategy, zDfast}, {zWindowLog, 21}, {zChainLog, 13}, {zHashLog, 16}, {zMinMatch, 5}}
 
