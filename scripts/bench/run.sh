@@ -263,68 +263,82 @@ settle() {
 	sleep "${BENCH_SETTLE:-5}"
 }
 
+# The machine's speed drifts within minutes, so the tools take turns: round
+# after round, each tool runs the step once, and its fastest run is kept. A
+# slow stretch then falls on every tool alike instead of on whichever tool
+# ran all of its repeats in it.
+
 # Phase 1: first backup and unchanged re-backup of the pristine dataset.
-for t in "${TOOLS[@]}"; do
-	[[ -n ${AVAILABLE[$t]:-} ]] || continue
-	say "== $t: init, first backup, unchanged re-backup"
-	if ! run_action "$t" init; then
-		unset "AVAILABLE[$t]"
-		continue
-	fi
-	# Every first backup follows the deletion of repositories (all of them
-	# at the start, its own before a repeat): the first tool would pay
-	# for the most.
-	settle
-	run_action "$t" backup 1 || true
-	# Shared machines drift: repeat the long first backup from scratch and
-	# keep the fastest run, for every tool alike.
-	for ((rep = 2; rep <= REPEAT; rep++)); do
-		rm -rf "$(repo_dir "$t")" "$BENCH_DIR/cache/$t"
-		mkdir -p "$BENCH_DIR/cache/$t"
-		run_action "$t" init >/dev/null || true
+# Every first backup is into a new repository and follows the deletion of
+# repositories (all of them before the first round, its own before the
+# others), hence the settle.
+for ((rep = 1; rep <= REPEAT; rep++)); do
+	for t in "${TOOLS[@]}"; do
+		[[ -n ${AVAILABLE[$t]:-} ]] || continue
+		say "== $t: init, first backup (round $rep of $REPEAT)"
+		if ((rep > 1)); then
+			rm -rf "$(repo_dir "$t")" "$BENCH_DIR/cache/$t"
+			mkdir -p "$BENCH_DIR/cache/$t"
+		fi
+		if ! run_action "$t" init && ((rep == 1)); then
+			unset "AVAILABLE[$t]"
+			continue
+		fi
 		settle
 		run_action "$t" backup 1 || true
 	done
-	run_action "$t" backup 2 || true
-	# The re-backup is short, so a moment of load on the shared machine
-	# decides it: repeat it too (every repeat is unchanged, for every tool).
-	for ((rep = 2; rep <= REPEAT; rep++)); do
-		ARCHIVE_SUFFIX=-$rep run_action "$t" backup 2 || true
+done
+# The re-backup is short, so a moment of load decides it: it takes turns
+# too (every repeat is again an unchanged backup on top of the last).
+for ((rep = 1; rep <= REPEAT; rep++)); do
+	for t in "${TOOLS[@]}"; do
+		[[ -n ${AVAILABLE[$t]:-} ]] || continue
+		if ((rep == 1)); then
+			run_action "$t" backup 2 || true
+		else
+			ARCHIVE_SUFFIX=-$rep run_action "$t" backup 2 || true
+		fi
 	done
 done
 
 # Phase 2: the same small change for everyone, then backup, restore, check.
 say "mutating the dataset"
 "$MKDATA" -mutate "$DATA" >&2
+for t in "${TOOLS[@]}"; do
+	[[ -n ${AVAILABLE[$t]:-} ]] || continue
+	say "== $t: backup after mutation"
+	run_action "$t" backup 3 || true
+done
 
-# The restore floor: a plain copy of the (mutated) dataset on the same disk,
-# measured under the same conditions as the restores below: every timed
-# restore follows the deletion of a previous tree (and such a deletion slows
-# the file creation after it), so an untimed copy is made and deleted first.
-rm -rf "$CPDIR"
+# The restore floor is a plain copy of the (mutated) dataset on the same
+# disk, and it takes turns with the restores. Every timed copy and restore
+# follows the deletion of the tree made before it (such a deletion slows the
+# file creation after it; each one adds to the next), so an untimed copy is
+# made first for the first timed step to follow.
+rm -rf "$CPDIR" "$RESTORE"
 cp -a "$DATA" "$CPDIR"
 for ((rep = 1; rep <= REPEAT; rep++)); do
-	rm -rf "$CPDIR"
+	rm -rf "$CPDIR" "$RESTORE"
 	settle
+	say "== restore round $rep of $REPEAT"
 	measure cp copy cp -a "$DATA" "$CPDIR" || true
+	for t in "${TOOLS[@]}"; do
+		[[ -n ${AVAILABLE[$t]:-} ]] || continue
+		rm -rf "$CPDIR" "$RESTORE"
+		mkdir -p "$RESTORE"
+		settle
+		if run_action "$t" restore; then
+			((rep > 1)) || verify_restore "$t"
+		else
+			VERIFY[$t]=FAIL
+		fi
+	done
 done
-rm -rf "$CPDIR"
+rm -rf "$CPDIR" "$RESTORE"
 
 for t in "${TOOLS[@]}"; do
 	[[ -n ${AVAILABLE[$t]:-} ]] || continue
-	say "== $t: backup after mutation, restore, check"
-	run_action "$t" backup 3 || true
-	rm -rf "$RESTORE"
-	mkdir -p "$RESTORE"
-	settle
-	if run_action "$t" restore; then verify_restore "$t"; else VERIFY[$t]=FAIL; fi
-	for ((rep = 2; rep <= REPEAT; rep++)); do
-		rm -rf "$RESTORE"
-		mkdir -p "$RESTORE"
-		settle
-		run_action "$t" restore || VERIFY[$t]=FAIL
-	done
-	rm -rf "$RESTORE"
+	say "== $t: check"
 	run_action "$t" check || true
 	SIZE[$t]=$(du -sb "$(repo_dir "$t")" | cut -f 1)
 done
