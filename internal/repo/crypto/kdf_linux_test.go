@@ -40,8 +40,13 @@ func vmFlags(addr uintptr) (string, error) {
 	in := false
 	for sc.Scan() {
 		line := sc.Text()
-		var lo, hi uintptr
-		if _, err := fmt.Sscanf(line, "%x-%x", &lo, &hi); err == nil && strings.Contains(line, " ") && !strings.HasSuffix(strings.Fields(line)[0], ":") {
+		// A mapping's first line starts with its range; the lines after
+		// it start with a "Key:".
+		if f := strings.Fields(line); len(f) > 0 && !strings.HasSuffix(f[0], ":") {
+			var lo, hi uintptr
+			if _, err := fmt.Sscanf(f[0], "%x-%x", &lo, &hi); err != nil {
+				return "", fmt.Errorf("smaps line %q: %v", line, err)
+			}
 			in = lo <= addr && addr < hi
 			continue
 		}
