@@ -82,10 +82,11 @@ const largeInput = 256 << 10
 // context serves small files on both cores between other work (reading,
 // BLAKE3, AES, large blobs), so its tables are cold at every file, and
 // level 3 took 1.8 times as long per byte as in a loop over the same files.
-// libzstd cuts the tables further for inputs up to 2 KiB. Measured on the bench's 38,882 files up to
-// 256 KiB (228 MB): in a loop, level 3 104.85 MB at 286-297 MB/s, these
-// 105.12 MB at 319 MB/s; backing up those files alone, interleaved, 2.99 s
-// of CPU time against level 3's 3.36 s (three runs each).
+// libzstd cuts the tables further for inputs up to 2 KiB. Measured on the
+// bench's 38,882 files up to 256 KiB (228 MB): in a loop, level 3 104.85 MB
+// at 286-297 MB/s, these 105.12 MB at 319 MB/s; backing up those files
+// alone, interleaved, 2.99 s of CPU time against level 3's 3.36 s (three
+// runs each).
 var smallParams = []cParam{{zStrategy, zDfast}, {zWindowLog, 18}, {zChainLog, 12}, {zHashLog, 13}, {zMinMatch, 5}}
 
 // largeParams: above 256 KiB libzstd's level 3 sizes its two match tables
