@@ -110,6 +110,7 @@ declare -A PEAK=()  # PEAK[tool] = max KiB over all the tool's commands
 declare -A FAILED=() # FAILED[tool] = 1 if any command failed
 declare -A VERIFY=() # VERIFY[tool] = restore verification result
 declare -A SIZE=()  # SIZE[tool] = repository bytes
+declare -A ROUNDS=() # ROUNDS[tool.key] = every run's seconds, in the order run
 
 # measure TOOL KEY CMD...: run CMD under /usr/bin/time after a sync, with
 # output appended to $LOGS/TOOL.log; record elapsed seconds and max RSS.
@@ -128,12 +129,14 @@ measure() {
 		if [[ -z $prev || $prev == FAIL ]] || awk -v a="$secs" -v b="$prev" 'BEGIN {exit !(a < b)}'; then
 			T[$tool.$key]=$secs
 		fi
+		ROUNDS[$tool.$key]+="${ROUNDS[$tool.$key]:+ }$secs"
 		if ((rss > ${RSS[$tool.$key]:-0})); then RSS[$tool.$key]=$rss; fi
 		if ((rss > ${PEAK[$tool]:-0})); then PEAK[$tool]=$rss; fi
 		say "$tool $key: ${secs}s, $((rss / 1024)) MiB max RSS"
 		return 0
 	else
 		T[$tool.$key]=FAIL
+		ROUNDS[$tool.$key]+="${ROUNDS[$tool.$key]:+ }FAIL"
 		FAILED[$tool]=1
 		say "$tool $key: FAILED (exit $rc), see $log"
 	fi
@@ -383,6 +386,24 @@ time_row() { # LABEL KEY
 	g=$(cell_time borg "$2")
 	row "$1" "$b" "$r" "$g" "$(ratio "$r" "$b")" "$(ratio "$g" "$b")"
 }
+# rounds_row LABEL KEY: every round's time per tool, and restic's and borg's
+# time over Bunker's round by round: how near a best-of ratio is to its floor.
+rounds_row() {
+	local t line=$1: by_round
+	for t in bunker restic borg cp; do
+		[[ -n ${ROUNDS[$t.$2]:-} ]] && line+=" $t ${ROUNDS[$t.$2]};"
+	done
+	echo "  ${line%;}"
+	for t in restic borg; do
+		[[ -n ${ROUNDS[$t.$2]:-} && -n ${ROUNDS[bunker.$2]:-} ]] || continue
+		by_round=$(awk -v p="${ROUNDS[$t.$2]}" -v b="${ROUNDS[bunker.$2]}" 'BEGIN {
+			n = split(p, pp, " "); m = split(b, bb, " "); s = ""
+			for (i = 1; i <= n && i <= m; i++)
+				s = s ((pp[i] + 0 > 0 && bb[i] + 0 > 0) ? sprintf(" %.2fx", pp[i] / bb[i]) : " -")
+			print s }')
+		echo "    $t/bunker by round:$by_round"
+	done
+}
 mib_row() { # LABEL VALUES... (bunker restic borg, MiB) — ratio bunker/peer
 	local b=$2 r=$3 g=$4
 	row "$1" "$b" "$r" "$g" "$(ratio "$b" "$r")" "$(ratio "$b" "$g")"
@@ -433,6 +454,12 @@ elapsed=$(($(date +%s) - script_start))
 		"$(cell_mib restic "${PEAK[restic]:-}")" \
 		"$(cell_mib borg "${PEAK[borg]:-}")"
 	row "restore matches dataset" "$(cell_verify bunker)" "$(cell_verify restic)" "$(cell_verify borg)" "" ""
+	echo
+	echo "rounds (s), in the order run:"
+	rounds_row "first backup" backup1
+	rounds_row "unchanged re-backup" backup2
+	rounds_row "full restore" restore
+	rounds_row "cp -a floor" copy
 	echo
 	echo "total script runtime: ${elapsed} s; logs: $LOGS"
 } | tee "$RESULTS"
