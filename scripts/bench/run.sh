@@ -104,13 +104,12 @@ data_bytes=$(find "$DATA" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d"
 
 # ------------------------------------------------------------ measuring ----
 
-declare -A T=()     # T[tool.key] = seconds, or FAIL
 declare -A RSS=()   # RSS[tool.key] = KiB
 declare -A PEAK=()  # PEAK[tool] = max KiB over all the tool's commands
 declare -A FAILED=() # FAILED[tool] = 1 if any command failed
 declare -A VERIFY=() # VERIFY[tool] = restore verification result
 declare -A SIZE=()  # SIZE[tool] = repository bytes
-declare -A ROUNDS=() # ROUNDS[tool.key] = every run's seconds, in the order run
+declare -A ROUNDS=() # ROUNDS[tool.key] = every run's seconds (or FAIL), in the order run
 
 # measure TOOL KEY CMD...: run CMD under /usr/bin/time after a sync, with
 # output appended to $LOGS/TOOL.log; record elapsed seconds and max RSS.
@@ -124,18 +123,14 @@ measure() {
 	read -r secs rss < <(tail -n 1 "$tf" 2>/dev/null || echo "0 0") || true
 	# borg exits 1 for warnings (the backup/extract itself is complete).
 	if [[ $rc -eq 0 || ($tool == borg && $rc -eq 1) ]]; then
-		# Repeated measurements keep the fastest time and the largest RSS.
-		local prev=${T[$tool.$key]:-}
-		if [[ -z $prev || $prev == FAIL ]] || awk -v a="$secs" -v b="$prev" 'BEGIN {exit !(a < b)}'; then
-			T[$tool.$key]=$secs
-		fi
+		# Repeated measurements keep every time (the table shows the
+		# fastest) and the largest RSS.
 		ROUNDS[$tool.$key]+="${ROUNDS[$tool.$key]:+ }$secs"
 		if ((rss > ${RSS[$tool.$key]:-0})); then RSS[$tool.$key]=$rss; fi
 		if ((rss > ${PEAK[$tool]:-0})); then PEAK[$tool]=$rss; fi
 		say "$tool $key: ${secs}s, $((rss / 1024)) MiB max RSS"
 		return 0
 	else
-		T[$tool.$key]=FAIL
 		ROUNDS[$tool.$key]+="${ROUNDS[$tool.$key]:+ }FAIL"
 		FAILED[$tool]=1
 		say "$tool $key: FAILED (exit $rc), see $log"
@@ -302,13 +297,11 @@ done
 # The re-backup is short, so a moment of load decides it: it takes turns
 # too (every repeat is again an unchanged backup on top of the last).
 for ((rep = 1; rep <= REPEAT; rep++)); do
+	sfx=-$rep # borg archive names must differ
+	((rep > 1)) || sfx=
 	for t in "${TOOLS[@]}"; do
 		[[ -n ${AVAILABLE[$t]:-} ]] || continue
-		if ((rep == 1)); then
-			run_action "$t" backup 2 || true
-		else
-			ARCHIVE_SUFFIX=-$rep run_action "$t" backup 2 || true
-		fi
+		ARCHIVE_SUFFIX=$sfx run_action "$t" backup 2 || true
 	done
 done
 
@@ -360,9 +353,15 @@ done
 
 # Cells: "-" for a tool not in BENCH_TOOLS, FAIL for a step that failed or
 # never ran (e.g. after a failed init).
-cell_time() { # TOOL KEY
-	local v=${T[$1.$2]:-}
-	if [[ $1 != cp ]] && ! selected "$1"; then echo -; elif [[ -z $v ]]; then echo FAIL; else echo "$v"; fi
+cell_time() { # TOOL KEY: the fastest round; FAIL if a round failed or none ran
+	local v=${ROUNDS[$1.$2]:-}
+	if [[ $1 != cp ]] && ! selected "$1"; then
+		echo -
+	elif [[ -z $v || " $v " == *" FAIL "* ]]; then
+		echo FAIL
+	else
+		awk -v r="$v" 'BEGIN { n = split(r, x, " "); m = x[1]; for (i = 2; i <= n; i++) if (x[i] + 0 < m + 0) m = x[i]; print m }'
+	fi
 }
 cell_mib() { # TOOL KiB -> MiB
 	if ! selected "$1"; then echo -; elif [[ -z $2 ]]; then echo FAIL; else awk -v k="$2" 'BEGIN {printf "%.1f", k/1024}'; fi
