@@ -156,7 +156,7 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 	default:
 		var parent *snapshot.Snapshot
 		if !o.force {
-			parent, err = findParent(ctx, r, host, args)
+			parent, err = findParent(ctx, r, host, args, c.ErrOrStderr())
 			if err != nil {
 				stopProgress()
 				return err
@@ -213,15 +213,16 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 func matchCheck(pattern string) (bool, error) { return filepath.Match(pattern, "") }
 
 // findParent returns the newest snapshot of the same host and paths.
-func findParent(ctx context.Context, r *repository.Repository, host string, args []string) (*snapshot.Snapshot, error) {
+func findParent(ctx context.Context, r *repository.Repository, host string, args []string, warn io.Writer) (*snapshot.Snapshot, error) {
 	targets, err := archiver.CleanTargets(args)
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := r.Snapshots(ctx)
+	snaps, damaged, err := readableSnapshots(ctx, r)
 	if err != nil {
 		return nil, err
 	}
+	warnDamaged(warn, damaged)
 	for i := len(snaps) - 1; i >= 0; i-- {
 		sn := snaps[i]
 		p := slices.Clone(sn.Paths)

@@ -274,7 +274,7 @@ func selectForCopy(snaps []*snapshot.Snapshot, o copyOptions, ids []string) ([]*
 	if len(ids) > 0 {
 		var picked []*snapshot.Snapshot
 		for _, id := range ids {
-			found, err := byIDPrefix(out, id)
+			found, err := byIDPrefix(out, nil, id)
 			if err != nil {
 				return nil, sideError("source", err)
 			}

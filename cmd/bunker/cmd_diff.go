@@ -31,14 +31,19 @@ func newDiffCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			defer release()
-			a, err := findSnapshot(ctx, r, args[0], snapshotFilter{})
+			snaps, damaged, err := readableSnapshots(ctx, r)
 			if err != nil {
 				return err
 			}
-			b, err := findSnapshot(ctx, r, args[1], snapshotFilter{})
+			a, err := pickSnapshot(snaps, damaged, args[0], snapshotFilter{})
 			if err != nil {
 				return err
 			}
+			b, err := pickSnapshot(snaps, damaged, args[1], snapshotFilter{})
+			if err != nil {
+				return err
+			}
+			warnDamaged(c.ErrOrStderr(), damaged)
 			var out []diffEntry
 			if err := diffTrees(ctx, r, a.Tree, b.Tree, "/", &out); err != nil {
 				return err

@@ -170,7 +170,7 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 	if byID {
 		var ds []forgetDecision
 		for _, a := range args {
-			sn, err := findSnapshot(ctx, r, a, snapshotFilter{})
+			sn, err := pickSnapshot(snaps, nil, a, snapshotFilter{})
 			if err != nil {
 				return usageError{err}
 			}

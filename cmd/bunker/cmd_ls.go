@@ -70,7 +70,7 @@ func newLsCmd(g *globalOptions) *cobra.Command {
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
-			r, sn, release, err := g.openSnapshot(ctx, args[0], f)
+			r, sn, release, err := g.openSnapshot(ctx, args[0], f, c.ErrOrStderr())
 			if err != nil {
 				return err
 			}

@@ -82,6 +82,8 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 			w := c.OutOrStdout()
 			for _, s := range res {
 				switch {
+				case s.Unreadable:
+					fmt.Fprintf(w, "snapshot %s: its file is damaged; nothing of it can be read\n", s.ID[:8])
 				case s.RootLost:
 					fmt.Fprintf(w, "snapshot %s: its root tree is lost; nothing of it can be restored\n", s.ID[:8])
 				case s.New != "":
@@ -104,7 +106,7 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 			if len(res) == 0 {
 				g.msgf(c, "no snapshot refers to lost data\n")
 			} else if !forget && !dryRun {
-				g.msgf(c, "the damaged originals are kept; remove them with `bunker forget ID` or run again with --forget\n")
+				g.msgf(c, "the damaged originals are kept; run again with --forget to remove them\n")
 			}
 			return nil
 		},

@@ -51,7 +51,7 @@ func newRestoreCmd(g *globalOptions) *cobra.Command {
 			}
 			ctx := c.Context()
 			start := time.Now()
-			r, sn, release, err := g.openSnapshot(ctx, args[0], f)
+			r, sn, release, err := g.openSnapshot(ctx, args[0], f, c.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -117,7 +117,7 @@ func newDumpCmd(g *globalOptions) *cobra.Command {
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
-			r, sn, release, err := g.openSnapshot(ctx, args[0], f)
+			r, sn, release, err := g.openSnapshot(ctx, args[0], f, c.ErrOrStderr())
 			if err != nil {
 				return err
 			}

@@ -35,7 +35,7 @@ func newSnapshotsCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			defer closeRepo(r)
-			snaps, err := r.Snapshots(ctx)
+			snaps, damaged, err := readableSnapshots(ctx, r)
 			if err != nil {
 				return err
 			}
@@ -57,10 +57,16 @@ func newSnapshotsCmd(g *globalOptions) *cobra.Command {
 				if out == nil {
 					out = []snapshotJSON{}
 				}
-				return printJSON(c.OutOrStdout(), out)
+				if err := printJSON(c.OutOrStdout(), out); err != nil {
+					return err
+				}
+			} else {
+				ui.Table(c.OutOrStdout(), []string{"ID", "Time", "Host", "Tags", "Size", "Paths"}, rows)
+				fmt.Fprintf(c.OutOrStdout(), "%d snapshots\n", len(rows))
 			}
-			ui.Table(c.OutOrStdout(), []string{"ID", "Time", "Host", "Tags", "Size", "Paths"}, rows)
-			fmt.Fprintf(c.OutOrStdout(), "%d snapshots\n", len(rows))
+			if len(damaged) > 0 {
+				return errDamagedLeftOut(damaged)
+			}
 			return nil
 		},
 	}

@@ -38,7 +38,7 @@ func newStatsCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			defer release()
-			snaps, err := r.Snapshots(ctx)
+			snaps, damaged, err := readableSnapshots(ctx, r)
 			if err != nil {
 				return err
 			}
@@ -83,14 +83,20 @@ func newStatsCmd(g *globalOptions) *cobra.Command {
 				s.Deduplication = float64(s.RestoreSize) / float64(s.RawSize)
 			}
 			if g.json {
-				return printJSON(c.OutOrStdout(), s)
+				if err := printJSON(c.OutOrStdout(), s); err != nil {
+					return err
+				}
+			} else {
+				w := c.OutOrStdout()
+				fmt.Fprintf(w, "Snapshots:          %d\n", s.Snapshots)
+				fmt.Fprintf(w, "Files in snapshots: %d, %s to restore\n", s.Files, ui.Bytes(s.RestoreSize))
+				fmt.Fprintf(w, "Unique data:        %d blobs in %d packs, %s (%s stored)\n", s.Blobs, s.Packs, ui.Bytes(s.RawSize), ui.Bytes(s.StoredSize))
+				fmt.Fprintf(w, "Repository size:    %s\n", ui.Bytes(s.RepoSize))
+				fmt.Fprintf(w, "Compression:        %.2fx, deduplication %.2fx\n", s.Compression, s.Deduplication)
 			}
-			w := c.OutOrStdout()
-			fmt.Fprintf(w, "Snapshots:          %d\n", s.Snapshots)
-			fmt.Fprintf(w, "Files in snapshots: %d, %s to restore\n", s.Files, ui.Bytes(s.RestoreSize))
-			fmt.Fprintf(w, "Unique data:        %d blobs in %d packs, %s (%s stored)\n", s.Blobs, s.Packs, ui.Bytes(s.RawSize), ui.Bytes(s.StoredSize))
-			fmt.Fprintf(w, "Repository size:    %s\n", ui.Bytes(s.RepoSize))
-			fmt.Fprintf(w, "Compression:        %.2fx, deduplication %.2fx\n", s.Compression, s.Deduplication)
+			if len(damaged) > 0 {
+				return errDamagedLeftOut(damaged)
+			}
 			return nil
 		},
 	}

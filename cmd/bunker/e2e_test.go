@@ -878,42 +878,126 @@ func TestWrongPasswordWritesNothing(t *testing.T) {
 	}
 }
 
-// TestCorruptSnapshot: a flipped byte in a snapshot file is reported as
-// damage (exit 4) in one line.
+// corruptSnapshotFile flips a byte in the middle of a snapshot's file.
+func corruptSnapshotFile(t *testing.T, repoDir, id string) {
+	t.Helper()
+	var file string
+	err := filepath.WalkDir(filepath.Join(repoDir, "snapshots"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Name() == id {
+			file = p
+		}
+		return err
+	})
+	if err != nil || file == "" {
+		t.Fatalf("no file for snapshot %s (%v)", id, err)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x01
+	if err := os.Chmod(file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCorruptSnapshot: a flipped byte in one snapshot's file is damage that
+// check reports (exit 4), but it does not take the other snapshots with it
+// (RELIABILITY B1/B2): they list, restore and serve as a backup's parent,
+// with a warning; the commands that decide from all snapshots what to keep
+// or delete refuse; `repair snapshots --forget` removes the damaged file.
 func TestCorruptSnapshot(t *testing.T) {
+	t.Parallel()
+	e := newFastRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "f"), "first\n")
+	e.ok("backup", src)
+	writeFile(t, filepath.Join(src, "g"), "second\n")
+	e.ok("backup", src)
+	snaps := e.snapshots()
+	if len(snaps) != 2 {
+		t.Fatalf("want 2 snapshots, got %d", len(snaps))
+	}
+	good, bad := snaps[0], snaps[1]
+	corruptSnapshotFile(t, e.repo, bad.ID)
+
+	r := e.fails(4, "snapshots")
+	if !strings.Contains(r.stdout, good.ShortID) || strings.Contains(r.stdout, bad.ShortID) || !strings.Contains(r.stderr, bad.ShortID) {
+		t.Errorf("snapshots with one damaged: want the good one listed and the damaged one named on stderr, got %v", r)
+	}
+	r = e.fails(4, "snapshots", "--json")
+	var listed []snapshotInfo
+	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil || len(listed) != 1 || listed[0].ID != good.ID {
+		t.Errorf("snapshots --json with one damaged: want the good one, got %v (%v)", r, err)
+	}
+	e.fails(4, "stats")
+	e.fails(4, "ls", bad.ShortID)
+	e.fails(4, "restore", bad.ID, "--target", filepath.Join(t.TempDir(), "t"))
+
+	// "latest" is the newest readable snapshot; the damage is a warning.
+	r = e.run("ls", "latest")
+	if r.code != 0 || !strings.Contains(r.stdout, "/f") || strings.Contains(r.stdout, "/g") ||
+		!strings.Contains(r.stderr, "warning") || !strings.Contains(r.stderr, bad.ShortID) {
+		t.Errorf("ls latest with the newest snapshot damaged: %v", r)
+	}
+	target := filepath.Join(t.TempDir(), "restored")
+	r = e.run("restore", good.ShortID, "--target", target)
+	if r.code != 0 || !strings.Contains(r.stderr, bad.ShortID) {
+		t.Errorf("restore of the good snapshot: %v", r)
+	}
+	if b, err := os.ReadFile(filepath.Join(target, src, "f")); err != nil || string(b) != "first\n" {
+		t.Errorf("restored f: %q, %v", b, err)
+	}
+	if r := e.run("diff", good.ShortID, "latest"); r.code != 0 {
+		t.Errorf("diff between readable snapshots: %v", r)
+	}
+	r = e.run("backup", src)
+	if r.code != 0 || !strings.Contains(r.stderr, bad.ShortID) {
+		t.Errorf("backup with a damaged snapshot in the repository: %v", r)
+	}
+
+	// Deciding what to delete needs every snapshot.
+	e.fails(4, "forget", "--keep-last", "1")
+	e.fails(4, "prune")
+	r = e.run("check")
+	if r.code != 4 || !strings.Contains(r.stdout+r.stderr, bad.ShortID) {
+		t.Errorf("check of a repository with a damaged snapshot: want exit 4 naming it, got %v", r)
+	}
+	noGarbage(t, r)
+
+	out := e.ok("repair", "snapshots", "--dry-run")
+	if !strings.Contains(out, bad.ShortID) || !strings.Contains(out, "damaged") {
+		t.Errorf("repair snapshots --dry-run does not name the damaged snapshot: %q", out)
+	}
+	e.fails(4, "snapshots")
+	out = e.ok("repair", "snapshots", "--forget")
+	if !strings.Contains(out, "removed the original snapshot "+bad.ShortID) {
+		t.Errorf("repair snapshots --forget: %q", out)
+	}
+	if got := e.snapshots(); len(got) != 2 {
+		t.Errorf("after repair: want the 2 readable snapshots, got %d", len(got))
+	}
+	e.ok("check", "--read-data")
+	e.ok("forget", "--keep-last", "1")
+}
+
+// TestOnlySnapshotDamaged: with its only snapshot damaged, "latest" names
+// the damage in one line (exit 4), not "no snapshot found".
+func TestOnlySnapshotDamaged(t *testing.T) {
 	t.Parallel()
 	e := newFastRepo(t)
 	src := filepath.Join(t.TempDir(), "src")
 	writeFile(t, filepath.Join(src, "f"), "f\n")
 	e.ok("backup", src)
-	var files []string
-	err := filepath.WalkDir(filepath.Join(e.repo, "snapshots"), func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			files = append(files, p)
-		}
-		return err
-	})
-	if err != nil || len(files) != 1 {
-		t.Fatalf("want one snapshot file, got %v (%v)", files, err)
-	}
-	b, err := os.ReadFile(files[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 0x01
-	if err := os.Chmod(files[0], 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(files[0], b, 0o600); err != nil {
-		t.Fatal(err)
+	corruptSnapshotFile(t, e.repo, e.snapshots()[0].ID)
+	r := e.fails(4, "ls", "latest")
+	if !strings.Contains(r.stderr, "no readable snapshot") {
+		t.Errorf("ls latest: %v", r)
 	}
 	e.fails(4, "snapshots")
-	e.fails(4, "ls", "latest")
-	r := e.run("check")
-	if r.code != 4 {
-		t.Errorf("check of a repository with a corrupt snapshot: want exit 4, got %v", r)
-	}
-	noGarbage(t, r)
 }
 
 // TestUnreadableFile: a file that cannot be read is reported, the backup

@@ -159,10 +159,13 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 // SnapshotResult describes the repair of one snapshot.
 type SnapshotResult struct {
 	ID       string   `json:"id"`
-	Lost     []string `json:"lost"`              // paths removed from the snapshot
-	RootLost bool     `json:"root_lost"`         // nothing of it can be restored
-	New      string   `json:"new_id,omitempty"`  // the rewritten snapshot
-	Removed  bool     `json:"removed,omitempty"` // the original was removed (--forget)
+	Lost     []string `json:"lost"`      // paths removed from the snapshot
+	RootLost bool     `json:"root_lost"` // nothing of it can be restored
+	// Unreadable: the snapshot file itself is damaged (it does not match
+	// its name, decrypt or decode), so RootLost is set too.
+	Unreadable bool   `json:"unreadable,omitempty"`
+	New        string `json:"new_id,omitempty"`  // the rewritten snapshot
+	Removed    bool   `json:"removed,omitempty"` // the original was removed (--forget)
 	// KeptByFloor: --forget did not remove the original, which is younger
 	// than the repository's min-retention.
 	KeptByFloor bool `json:"kept_by_min_retention,omitempty"`
@@ -209,12 +212,13 @@ const RepairedTag = snapshot.RepairedTag
 // or damaged are left out, every other entry is kept as it was. The new
 // snapshot keeps the original's time, host and paths and gets the tag
 // "repaired". With forget the original is removed once the new one is
-// stored (and a snapshot whose root tree is lost is removed). With dryRun
+// stored (and a snapshot whose root tree is lost, or whose own file is
+// damaged, is removed). With dryRun
 // nothing is written. Run it after RebuildIndex, under the exclusive lock,
 // with the index loaded.
 func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget bool, opts ...Option) ([]SnapshotResult, error) {
 	o := options(opts)
-	snaps, err := r.Snapshots(ctx)
+	snaps, damaged, err := r.ReadableSnapshots(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -263,6 +267,24 @@ func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget boo
 			}
 			if err := r.Backend().Remove(ctx, backend.Handle{Type: backend.SnapshotFile, Name: sn.ID.String()}); err != nil {
 				return out, fmt.Errorf("remove snapshot %s: %w", sn.ID.Short(), err)
+			}
+			res.Removed = true
+		}
+		out = append(out, res)
+	}
+	// A damaged snapshot file holds nothing to rewrite; --forget removes it
+	// like an original whose root tree is lost. Its own time cannot be
+	// read, so the floor goes by the time the storage stored it.
+	for _, d := range damaged {
+		res := SnapshotResult{ID: d.ID.String(), Lost: []string{"/"}, RootLost: true, Unreadable: true}
+		if !dryRun && forget && o.keep != nil && o.keep(&snapshot.Snapshot{ID: d.ID}) {
+			res.KeptByFloor = true
+		} else if !dryRun && forget {
+			if err := o.check(ctx); err != nil {
+				return out, err
+			}
+			if err := r.Backend().Remove(ctx, backend.Handle{Type: backend.SnapshotFile, Name: d.ID.String()}); err != nil {
+				return out, fmt.Errorf("remove snapshot %s: %w", d.ID.Short(), err)
 			}
 			res.Removed = true
 		}

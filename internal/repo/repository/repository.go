@@ -1,6 +1,7 @@
 package repository
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -576,31 +577,68 @@ func (r *Repository) LoadSnapshot(ctx context.Context, id repo.ID) (*snapshot.Sn
 	return sn, nil
 }
 
-// Snapshots loads every snapshot, oldest first.
+// Snapshots loads every snapshot, oldest first. A damaged snapshot file is
+// an error (ErrCorrupt): commands that decide from all the snapshots what to
+// keep or delete (forget, prune, copy, repair) must not go on without one.
 func (r *Repository) Snapshots(ctx context.Context) ([]*snapshot.Snapshot, error) {
-	ids, err := r.List(ctx, backend.SnapshotFile)
+	snaps, damaged, err := r.ReadableSnapshots(ctx)
 	if err != nil {
 		return nil, err
 	}
+	if len(damaged) > 0 {
+		return nil, damaged[0].Err
+	}
+	return snaps, nil
+}
+
+// DamagedSnapshot is a snapshot file that cannot be read: its content does
+// not match its name, does not decrypt or does not decode. Err wraps
+// ErrCorrupt.
+type DamagedSnapshot struct {
+	ID  repo.ID
+	Err error
+}
+
+// ReadableSnapshots loads every snapshot, oldest first, except the damaged
+// ones, which it returns apart (in name order): one damaged file must not
+// keep the others from being listed or restored. Any other error (the
+// storage failing) stops it.
+func (r *Repository) ReadableSnapshots(ctx context.Context) ([]*snapshot.Snapshot, []DamagedSnapshot, error) {
+	ids, err := r.List(ctx, backend.SnapshotFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	slices.SortFunc(ids, func(a, b repo.ID) int { return bytes.Compare(a[:], b[:]) })
 	out := make([]*snapshot.Snapshot, len(ids))
+	bad := make([]error, len(ids))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
 	for i, id := range ids {
 		g.Go(func() error {
 			sn, err := r.LoadSnapshot(gctx, id)
-			if errors.Is(err, backend.ErrNotExist) {
+			switch {
+			case errors.Is(err, backend.ErrNotExist):
 				return nil // removed since it was listed
+			case errors.Is(err, ErrCorrupt):
+				bad[i] = err
+				return nil
 			}
 			out[i] = sn
 			return err
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	var damaged []DamagedSnapshot
+	for i, err := range bad {
+		if err != nil {
+			damaged = append(damaged, DamagedSnapshot{ID: ids[i], Err: err})
+		}
 	}
 	out = slices.DeleteFunc(out, func(sn *snapshot.Snapshot) bool { return sn == nil })
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
-	return out, nil
+	return out, damaged, nil
 }
 
 // HasBlob reports whether the index holds a blob.

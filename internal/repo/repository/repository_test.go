@@ -15,6 +15,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"bunker/internal/backend"
+	"bunker/internal/backend/fault"
 	"bunker/internal/backend/local"
 	"bunker/internal/backend/mem"
 	"bunker/internal/repo"
@@ -631,5 +632,53 @@ func TestSaveBlobConcurrentFilePacks(t *testing.T) {
 		if err != nil || !bytes.Equal(got, b) {
 			t.Fatalf("blob %d (%d bytes): %v", i, len(b), err)
 		}
+	}
+}
+
+// TestReadableSnapshots: a damaged snapshot file is returned apart by
+// ReadableSnapshots, with the others loaded, and is an ErrCorrupt for
+// Snapshots; a storage failure stops both.
+func TestReadableSnapshots(t *testing.T) {
+	ctx := context.Background()
+	be, r := newTestRepo(t)
+	var ids []repo.ID
+	for i := range 3 {
+		id, err := r.SaveSnapshot(ctx, &snapshot.Snapshot{Time: time.Unix(int64(1000+i), 0), Tree: repo.ID{1}, Paths: []string{"/x"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	// Replace the middle one with other bytes under its name.
+	h := backend.Handle{Type: backend.SnapshotFile, Name: ids[1].String()}
+	if err := be.Remove(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Save(ctx, h, []byte("not a snapshot")); err != nil {
+		t.Fatal(err)
+	}
+	snaps, damaged, err := r.ReadableSnapshots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snaps) != 2 || snaps[0].ID != ids[0] || snaps[1].ID != ids[2] {
+		t.Errorf("readable: got %v", snaps)
+	}
+	if len(damaged) != 1 || damaged[0].ID != ids[1] || !errors.Is(damaged[0].Err, ErrCorrupt) {
+		t.Errorf("damaged: got %+v", damaged)
+	}
+	if _, err := r.Snapshots(ctx); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Snapshots with a damaged file: want ErrCorrupt, got %v", err)
+	}
+	fb := fault.New(be)
+	fr := mustOpen(t, fb, "pw")
+	fb.SetRules(fault.Rules{BeforeLoad: func(h backend.Handle, _ int, _ int64) error {
+		if h.Type == backend.SnapshotFile {
+			return errors.New("storage down")
+		}
+		return nil
+	}})
+	if _, _, err := fr.ReadableSnapshots(ctx); err == nil || errors.Is(err, ErrCorrupt) {
+		t.Errorf("ReadableSnapshots with the storage failing: want its error, got %v", err)
 	}
 }
