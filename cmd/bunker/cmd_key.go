@@ -66,7 +66,11 @@ func newKeyCmd(g *globalOptions) *cobra.Command {
 				if k.Current {
 					cur = "*"
 				}
-				rows = append(rows, []string{cur + k.ID[:8], k.Username, k.Hostname, k.Created.Local().Format("2006-01-02 15:04:05")})
+				created := k.Created.Local().Format("2006-01-02 15:04:05")
+				if k.Damaged {
+					created = "damaged: does not decode"
+				}
+				rows = append(rows, []string{cur + k.ID[:8], k.Username, k.Hostname, created})
 			}
 			ui.Table(c.OutOrStdout(), []string{"ID", "User", "Host", "Created"}, rows)
 			return nil

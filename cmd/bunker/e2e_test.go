@@ -1078,6 +1078,50 @@ func TestUnreadableFile(t *testing.T) {
 }
 
 // TestKeys (RELIABILITY G7): key add, list, remove, passwd.
+// TestDamagedKeySlot: a key slot that does not decode neither locks out the
+// holder of another slot nor stops `key list` (it is marked damaged), and
+// `key remove` removes it (format §4).
+func TestDamagedKeySlot(t *testing.T) {
+	t.Parallel()
+	e := newFastRepo(t)
+	pw2 := filepath.Join(e.dir, "pw2")
+	writeFile(t, pw2, "second password\n")
+	var added struct {
+		ID string `json:"id"`
+	}
+	e.okJSON(&added, "key", "add", "--new-password-file", pw2, "--json")
+	slot := filepath.Join(e.repo, "keys", added.ID)
+	if err := os.Chmod(slot, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(slot, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var keys []struct {
+		ID      string `json:"id"`
+		Current bool   `json:"current"`
+		Damaged bool   `json:"damaged"`
+	}
+	e.okJSON(&keys, "key", "list", "--json")
+	if len(keys) != 2 {
+		t.Fatalf("key list with a damaged slot: %+v", keys)
+	}
+	for _, k := range keys {
+		if k.Damaged != (k.ID == added.ID) || k.Current == k.Damaged {
+			t.Errorf("key list with a damaged slot: %+v", keys)
+		}
+	}
+	if out := e.ok("key", "list"); !strings.Contains(out, "damaged") {
+		t.Errorf("key list does not mark the damaged slot:\n%s", out)
+	}
+	e.ok("key", "remove", added.ID[:8])
+	keys = nil
+	e.okJSON(&keys, "key", "list", "--json")
+	if len(keys) != 1 || keys[0].Damaged {
+		t.Errorf("after removing the damaged slot: %+v", keys)
+	}
+}
+
 func TestKeys(t *testing.T) {
 	t.Parallel()
 	e := newFastRepo(t)

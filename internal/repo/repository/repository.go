@@ -421,19 +421,28 @@ type KeyInfo struct {
 	Created  time.Time `json:"created"`
 	Hostname string    `json:"hostname"`
 	Username string    `json:"username"`
+	// Damaged: the slot does not decode; it opens nothing and can only
+	// be removed.
+	Damaged bool `json:"damaged,omitempty"`
 }
 
-// ListKeys lists the key slots.
+// ListKeys lists the key slots, a damaged one (it does not decode) marked
+// as such rather than failing the listing: it must stay possible to see
+// and remove it (format §4).
 func (r *Repository) ListKeys(ctx context.Context) ([]KeyInfo, error) {
 	var out []KeyInfo
 	err := r.be.List(ctx, backend.KeyFile, func(fi backend.FileInfo) error {
 		data, err := backend.LoadAll(ctx, r.be, backend.Handle{Type: backend.KeyFile, Name: fi.Name})
+		if errors.Is(err, backend.ErrNotExist) {
+			return nil // removed since it was listed
+		}
 		if err != nil {
 			return err
 		}
 		var ks keySlot
 		if err := json.Unmarshal(data, &ks); err != nil {
-			return fmt.Errorf("key %s: %w", fi.Name, ErrCorrupt)
+			out = append(out, KeyInfo{ID: fi.Name, Damaged: true})
+			return nil
 		}
 		out = append(out, KeyInfo{ID: fi.Name, Current: fi.Name == r.keyName, Created: ks.Created, Hostname: ks.Hostname, Username: ks.Username})
 		return nil
