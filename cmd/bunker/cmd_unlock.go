@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"bunker/internal/repo/repository"
 )
 
 func newUnlockCmd(g *globalOptions) *cobra.Command {
@@ -13,8 +15,9 @@ func newUnlockCmd(g *globalOptions) *cobra.Command {
 		Use:   "unlock",
 		Short: "Remove stale locks (with --remove-all, every lock)",
 		Long: "unlock removes locks whose holder is gone: not refreshed for 30 minutes, or held by a\n" +
-			"process of this host that no longer runs. With --remove-all it removes live locks too;\n" +
-			"their holders notice and stop before committing anything.",
+			"process of this host that no longer runs, and damaged lock files stored more than 30\n" +
+			"minutes ago. With --remove-all it removes live locks too; their holders notice and stop\n" +
+			"before committing anything.",
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ctx := c.Context()
@@ -59,6 +62,16 @@ func newUnlockCmd(g *globalOptions) *cobra.Command {
 				what := "live"
 				if rw.Stale {
 					what = "stale"
+				}
+				if rw.Error != "" {
+					if rw.Removed {
+						g.msgf(c, "removed damaged lock %s (%s)\n", rw.ID[:8], rw.Error)
+					} else {
+						kept++
+						g.msgf(c, "kept damaged lock %s: younger than %v, it may belong to a running process; use --remove-all to remove it (%s)\n",
+							rw.ID[:8], repository.LockStale, rw.Error)
+					}
+					continue
 				}
 				if rw.Removed {
 					g.msgf(c, "removed %s lock %s of PID %d on %s (%s)\n", what, rw.ID[:8], rw.PID, rw.Host, rw.Time.Local().Format(time.DateTime))

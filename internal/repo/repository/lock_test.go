@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"bunker/internal/backend"
 	"bunker/internal/backend/fault"
+	"bunker/internal/backend/local"
 	"bunker/internal/backend/mem"
 	"bunker/internal/repo"
 	"bunker/internal/repo/crypto"
@@ -491,4 +494,43 @@ func ownPIDNamespace(t *testing.T) string {
 		t.Skip("no /proc/self/ns/pid")
 	}
 	return ns
+}
+
+// TestDamagedLock: a lock file that does not decode cannot be judged by its
+// holder, so it goes by its age in the storage: younger than LockStale it
+// keeps others out (ErrLocked, naming it), older it is stale (ignored, and
+// listed as stale for `bunker unlock`).
+func TestDamagedLock(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	be, err := local.Create(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	r, err := repository.Create(ctx, be, []byte("pw"), repository.Options{KDF: crypto.TestKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	bad, err := r.SaveUnpacked(ctx, backend.LockFile, []byte("not json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Lock(ctx, false); !errors.Is(err, repository.ErrLocked) || !strings.Contains(err.Error(), bad.Short()) {
+		t.Fatalf("Lock with a young damaged lock = %v, want ErrLocked naming %s", err, bad.Short())
+	}
+	locks, err := r.Locks(ctx)
+	if err != nil || len(locks) != 1 || locks[0].Err == nil || locks[0].Stale {
+		t.Fatalf("Locks with a young damaged lock: %+v, %v", locks, err)
+	}
+	old := time.Now().Add(-repository.LockStale - time.Minute)
+	if err := os.Chtimes(filepath.Join(dir, "locks", bad.String()), old, old); err != nil {
+		t.Fatal(err)
+	}
+	locks, err = r.Locks(ctx)
+	if err != nil || len(locks) != 1 || locks[0].Err == nil || !locks[0].Stale {
+		t.Fatalf("Locks with an old damaged lock: %+v, %v", locks, err)
+	}
+	takeLock(t, r, true)
 }
