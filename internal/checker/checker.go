@@ -352,6 +352,11 @@ func (c *checker) locateDamage(ctx context.Context, snaps []*snapshot.Snapshot) 
 	defer func() { c.quiet = false }()
 	for _, sn := range snaps {
 		hit := map[*Damage]bool{}
+		if d := byBlob[sn.Tree]; d != nil {
+			// The root tree itself: nothing below it can be walked.
+			d.Files = appendOnce(d.Files, "/")
+			hit[d] = true
+		}
 		c.walkTree(ctx, sn.Tree, "/", map[repo.ID]bool{}, func(p string, n *snapshot.Node) {
 			for _, b := range n.Content {
 				if d := byBlob[b]; d != nil {

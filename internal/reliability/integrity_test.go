@@ -133,6 +133,96 @@ func TestB1FlippedBitInDataPack(t *testing.T) {
 	verifyRestore(t, tr, src, s3, m3)
 }
 
+// TestB1FlippedBitInTreePack: a flipped bit in a tree blob, the root's or a
+// subdirectory's, is named by check --read-data with its pack, the
+// snapshots that use it and the directory ("/" for the root), and a flipped
+// bit in a tree pack's header names the pack.
+func TestB1FlippedBitInTreePack(t *testing.T) {
+	rng := rand.New(rand.NewPCG(0xb1, 2))
+	base := newTestRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	makeSource(t, src, 12, 1<<20)
+	if err := os.MkdirAll(filepath.Join(src, "a", "b"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(src, "a", "b", "f"), randomBytes(rng, 10<<10))
+	s1 := base.backup(t, src)
+	writeFile(t, filepath.Join(src, "top"), randomBytes(rng, 10<<10))
+	s2 := base.backup(t, src) // a new root; the same tree for a
+	r := base.open(t, repository.Options{})
+	load := func(id string) *snapshot.Snapshot {
+		sn, err := r.LoadSnapshot(context.Background(), mustParseID(t, id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sn
+	}
+	root1 := load(s1).Tree
+	dirA := findNode(t, r, root1, filepath.Join(src, "a"))
+	if other := findNode(t, r, load(s2).Tree, filepath.Join(src, "a")); other.Subtree != dirA.Subtree {
+		t.Fatal("the two snapshots do not share the tree of a")
+	}
+	both := []string{s1, s2}
+	sort.Strings(both)
+	cases := []struct {
+		name      string
+		tree      repo.ID
+		files     []string
+		snapshots []string
+	}{
+		{"root", root1, []string{"/"}, []string{s1}},
+		{"subdirectory", dirA.Subtree, []string{filepath.Join(src, "a") + "/"}, both},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := copyRepo(t, base)
+			loc, ok := r.LookupBlob(repo.BlobHandle{ID: tc.tree, Type: repo.TreeBlob})
+			if !ok {
+				t.Fatal("tree not indexed")
+			}
+			bit := rng.Int64N(int64(loc.Length) * 8)
+			flipBit(t, tr.packPath(loc.Pack.String()), int64(loc.Offset)+bit/8, uint(bit%8))
+			code, res := tr.check(t, true)
+			if code != 4 {
+				t.Fatalf("check --read-data: exit %d, want 4", code)
+			}
+			if len(res.Damaged) != 1 {
+				t.Fatalf("check names %d damaged blobs, want 1: %+v", len(res.Damaged), res.Damaged)
+			}
+			d := res.Damaged[0]
+			if d.Pack != loc.Pack.String() || d.Blob != tc.tree.String() {
+				t.Errorf("damage names pack %s blob %s, want pack %s blob %s", d.Pack, d.Blob, loc.Pack, tc.tree)
+			}
+			if !slices.Equal(d.Files, tc.files) || !slices.Equal(d.Snapshots, tc.snapshots) {
+				t.Errorf("damage names files %q of snapshots %q, want %q of %q", d.Files, d.Snapshots, tc.files, tc.snapshots)
+			}
+		})
+	}
+	t.Run("pack header", func(t *testing.T) {
+		tr := copyRepo(t, base)
+		loc, _ := r.LookupBlob(repo.BlobHandle{ID: root1, Type: repo.TreeBlob})
+		path := tr.packPath(loc.Pack.String())
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Inside the sealed header, which sits between the last blob and
+		// the 4-byte length at the end.
+		flipBit(t, path, fi.Size()-4-int64(1+rng.IntN(16)), uint(rng.IntN(8)))
+		code, res := tr.check(t, true)
+		if code != 4 {
+			t.Fatalf("check --read-data: exit %d, want 4", code)
+		}
+		named := false
+		for _, p := range res.Problems {
+			named = named || p.Object == loc.Pack.String()
+		}
+		if !named {
+			t.Errorf("check does not name the tree pack %s: %+v", loc.Pack.Short(), res.Problems)
+		}
+	})
+}
+
 // copyRepo copies a test repository (for one damage scenario each).
 func copyRepo(t testing.TB, tr *testRepo) *testRepo {
 	t.Helper()
