@@ -704,7 +704,13 @@ func (r *Repository) ReadPack(ctx context.Context, packID repo.ID, size int64, b
 		cr := &countingReader{r: io.TeeReader(bufio.NewReaderSize(rd, 1<<20), hasher)}
 		for _, b := range blobs {
 			if gap := int64(b.Offset) - cr.n; gap > 0 {
-				if _, err := io.CopyN(io.Discard, cr, gap); err != nil {
+				if _, err := io.CopyN(io.Discard, cr, gap); err == io.EOF {
+					// The pack ends before the blob begins.
+					if err := fn(b, nil, fmt.Errorf("%w: past the end of the pack", ErrCorrupt)); err != nil {
+						return callbackError{err}
+					}
+					continue
+				} else if err != nil {
 					return err
 				}
 			} else if gap < 0 {
