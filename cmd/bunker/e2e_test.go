@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -30,6 +31,17 @@ import (
 	"bunker/internal/repo/repository"
 )
 
+// isFuzzing reports whether this process runs a fuzz target (as the
+// coordinator or a worker).
+func isFuzzing() bool {
+	for _, name := range []string{"test.fuzz", "test.fuzzworker"} {
+		if f := flag.Lookup(name); f != nil && f.Value.String() != "" && f.Value.String() != "false" {
+			return true
+		}
+	}
+	return false
+}
+
 // bunkerBin is the binary built by TestMain.
 var bunkerBin string
 
@@ -38,6 +50,10 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
+	flag.Parse()
+	if isFuzzing() {
+		return m.Run() // the fuzz targets call functions, not the binary
+	}
 	dir, err := os.MkdirTemp("", "bunker-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

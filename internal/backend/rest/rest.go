@@ -63,7 +63,7 @@ func ParseURL(s string) (Config, error) {
 		u.User = nil
 	}
 	name := strings.Trim(u.Path, "/")
-	if name == "" || strings.Contains(name, "/") {
+	if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
 		return Config{}, fmt.Errorf("rest URL %q: want https://host:port/<repository>", s)
 	}
 	u.Path = "/" + name + "/"
@@ -382,6 +382,9 @@ func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.
 		}
 		if e.Error != "" {
 			return fmt.Errorf("list %v: the server failed: %s", t, e.Error)
+		}
+		if err := backend.CheckHandle(backend.Handle{Type: t, Name: e.Name}); err != nil {
+			return fmt.Errorf("list %v: bad answer from the server: %w", t, err)
 		}
 		if err := fn(backend.FileInfo{Name: e.Name, Size: e.Size, ModTime: time.Unix(0, e.MTime)}); err != nil {
 			return err

@@ -1,6 +1,7 @@
 package s3_test
 
 import (
+	"strings"
 	"testing"
 
 	"bunker/internal/backend"
@@ -39,4 +40,24 @@ func TestParseURL(t *testing.T) {
 			t.Errorf("ParseURL(%q) = %+v, want %+v", tc.in, got, tc.want)
 		}
 	}
+}
+
+// FuzzParseURL: an s3: URL is accepted only with a host and a bucket, no
+// credentials, and a prefix without leading or trailing slashes.
+func FuzzParseURL(f *testing.F) {
+	for _, s := range []string{"s3:https://s3.example.com/bucket/some/prefix", "s3:http://127.0.0.1:9000/b", "s3:host/b/p/", "s3:https://host/",
+		"s3:https://k:s@host/b", "s3:ftp://host/b", "s3:https:///b", "s3://b", "s3:host//b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		cfg, err := s3.ParseURL(s)
+		if err != nil {
+			return
+		}
+		if cfg.Endpoint == "" || cfg.Bucket == "" || strings.Contains(cfg.Bucket, "/") ||
+			strings.HasPrefix(cfg.Prefix, "/") || strings.HasSuffix(cfg.Prefix, "/") ||
+			strings.Contains(cfg.Endpoint, "@") {
+			t.Fatalf("ParseURL(%q) = %+v", s, cfg)
+		}
+	})
 }

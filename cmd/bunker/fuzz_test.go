@@ -1,0 +1,102 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"bunker/internal/archiver"
+	"bunker/internal/repo"
+	"bunker/internal/repo/repository"
+	"bunker/internal/snapshot"
+)
+
+// FuzzParseSubset: --read-data-subset accepts only 1 <= n <= m; anything
+// else is a usage error.
+func FuzzParseSubset(f *testing.F) {
+	for _, s := range []string{"1/5", "5/5", "0/5", "6/5", "10%", "100%", "0.001%", "101%", "NaN%", "1/", "/", "4294967296/1", "-1/2"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, m, err := parseSubset(s)
+		var ue usageError
+		switch {
+		case err != nil && !errors.As(err, &ue):
+			t.Fatalf("parseSubset(%q) = %v, not a usage error", s, err)
+		case err == nil && (n < 1 || n > m):
+			t.Fatalf("parseSubset(%q) = %d/%d", s, n, m)
+		}
+	})
+}
+
+// FuzzByIDPrefix: a snapshot argument names at most one snapshot, readable
+// or damaged, and only one whose ID starts with it.
+func FuzzByIDPrefix(f *testing.F) {
+	ids := []string{
+		"aaaa0000000000000000000000000000000000000000000000000000000000aa",
+		"aaaa1111111111111111111111111111111111111111111111111111111111bb",
+		"bbbb0000000000000000000000000000000000000000000000000000000000cc",
+	}
+	var snaps []*snapshot.Snapshot
+	for _, s := range ids[:2] {
+		id, _ := repo.ParseID(s)
+		snaps = append(snaps, &snapshot.Snapshot{ID: id})
+	}
+	bad, _ := repo.ParseID(ids[2])
+	damaged := []repository.DamagedSnapshot{{ID: bad, Err: repository.ErrCorrupt}}
+	for _, s := range []string{"aaaa", "aaaa0", "bbbb", "abc", "", ids[0], ids[2] + "0", "AAAA"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, prefix string) {
+		sn, err := byIDPrefix(snaps, damaged, prefix)
+		n := 0
+		for _, s := range ids {
+			if strings.HasPrefix(s, prefix) {
+				n++
+			}
+		}
+		switch {
+		case err == nil && (sn == nil || !strings.HasPrefix(sn.ID.String(), prefix) || n != 1 || len(prefix) < 4):
+			t.Fatalf("byIDPrefix(%q) picked %v (%d IDs match)", prefix, sn, n)
+		case err != nil && len(prefix) >= 4 && n == 1 && !strings.HasPrefix(ids[2], prefix):
+			t.Fatalf("byIDPrefix(%q) = %v, but exactly one readable snapshot matches", prefix, err)
+		case err != nil && len(prefix) >= 4 && n == 1 && !errors.Is(err, repository.ErrCorrupt):
+			t.Fatalf("byIDPrefix(%q) = %v, want the damaged snapshot's error", prefix, err)
+		}
+	})
+}
+
+// FuzzExcludeFile: an exclude file yields trimmed, non-empty, non-comment
+// patterns, one per line, and matching any of them against any path ends.
+func FuzzExcludeFile(f *testing.F) {
+	f.Add([]byte("# comment\n*.tmp\n\n  /home/*/Downloads/ \n.cache\n"), "/home/u/Downloads/x")
+	f.Add([]byte("[\n\\\n/\n//\n"), "/")
+	f.Add([]byte("*\r\n"), "relative/path")
+	f.Add([]byte(strings.Repeat("a", 70000)), "/a")
+	f.Fuzz(func(t *testing.T, data []byte, path string) {
+		name := filepath.Join(t.TempDir(), "excludes")
+		if err := os.WriteFile(name, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		pats, err := readExcludeFiles([]string{name})
+		if err != nil {
+			return // a line too long for the scanner: refused as a whole
+		}
+		for _, p := range pats {
+			if p == "" || p != strings.TrimSpace(p) || strings.HasPrefix(p, "#") || strings.ContainsAny(p, "\n") {
+				t.Fatalf("pattern %q from %q", p, data)
+			}
+		}
+		got := archiver.Excluded(pats, path)
+		// A plain name (no slash, no pattern syntax) excludes entries of
+		// that name.
+		base := filepath.Base(path)
+		for _, p := range pats {
+			if p == base && !strings.ContainsAny(p, `/*?[\`) && !got {
+				t.Fatalf("pattern %q does not exclude %q", p, path)
+			}
+		}
+	})
+}
