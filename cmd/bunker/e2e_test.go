@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -1018,6 +1019,82 @@ func TestOnlySnapshotDamaged(t *testing.T) {
 
 // TestUnreadableFile: a file that cannot be read is reported, the backup
 // goes on, exits 3 and saves a snapshot of everything else. Root can read
+// treeManifest maps every entry below dir to its mode and content.
+func treeManifest(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		v := fi.Mode().String()
+		if d.Type().IsRegular() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			v += " " + string(b)
+		}
+		out[p] = v
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestUnreadableRepository: a repository this user may not read is one
+// line and exit 13 (the storage refused), for reading and writing commands
+// alike, and nothing in it changes.
+func TestUnreadableRepository(t *testing.T) {
+	t.Parallel()
+	const uid, gid = 65534, 65534
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run bunker as another user")
+	}
+	base, err := os.MkdirTemp("", "bunker-e2e-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	e := &repoEnv{t: t, dir: base, repo: filepath.Join(base, "repo"), pwFile: filepath.Join(base, "password"),
+		cred: &syscall.Credential{Uid: uid, Gid: gid, NoSetGroups: true}}
+	writeFile(t, e.pwFile, "root's password\n")
+	createFastRepo(t, e.repo, e.pwFile)
+	src := filepath.Join(base, "src")
+	writeFile(t, filepath.Join(src, "f"), "f\n")
+	// Everything but the repository is nobody's; the repository stays root's, 0700.
+	for _, p := range []string{base, e.pwFile, src, filepath.Join(src, "f")} {
+		if err := os.Lchown(p, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(e.repo, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.run("exit-codes"); r.code != 0 {
+		t.Skipf("cannot run bunker as uid %d: %v", uid, r)
+	}
+	before := treeManifest(t, e.repo)
+	for _, args := range [][]string{{"snapshots"}, {"backup", src}, {"check"}} {
+		r := e.fails(13, args...)
+		if !strings.Contains(r.stderr, "permission denied") {
+			t.Errorf("bunker %v: %q does not say why", args, r.stderr)
+		}
+	}
+	if after := treeManifest(t, e.repo); !maps.Equal(before, after) {
+		t.Error("the repository changed")
+	}
+}
+
 // everything, so bunker runs as nobody here.
 func TestUnreadableFile(t *testing.T) {
 	t.Parallel()

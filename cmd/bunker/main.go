@@ -43,14 +43,14 @@ const (
 
 const exitCodesHelp = `Exit codes:
   0    success
-  1    failure (storage unreachable, disk full, unexpected error)
+  1    failure (a path to back up does not exist, storage unreachable, disk full, unexpected error)
   2    usage error (unknown flag or command, bad argument)
   3    done, but incomplete: some files could not be read (backup) or restored (restore)
   4    the repository is damaged: check found problems, or data failed verification
   10   the repository does not exist
   11   the repository is locked by another process, or this process lost its lock
   12   wrong password (no key slot matches)
-  13   the storage refused: this credential may not do that (append-only, read-only, wrong role)
+  13   the storage refused: permission denied, or this credential may not do that (append-only, read-only, wrong role)
   130  interrupted (SIGINT/SIGTERM)`
 
 // version is set at build time with -ldflags "-X main.version=...".

@@ -13,7 +13,6 @@ import (
 	"bunker/internal/backend"
 	"bunker/internal/backend/mem"
 	"bunker/internal/repo"
-	"bunker/internal/repo/chunker"
 	"bunker/internal/repo/crypto"
 	"bunker/internal/repo/pack"
 )
@@ -147,7 +146,7 @@ func FuzzConfig(f *testing.F) {
 		if c.Version != FormatVersion || c.Chunker.Validate() != nil || len(c.ChunkerKey) != 32 {
 			t.Fatalf("invalid config accepted: %+v", c)
 		}
-		if p := c.Chunker; p.Max > chunker.MaxMax || p.Min < 1 {
+		if p := c.Chunker; p.Max > MaxChunk || p.Min < 1 {
 			t.Fatalf("chunker params %+v", p)
 		}
 		_ = r2.NewChunker(bytes.NewReader(nil)) // panics on invalid parameters

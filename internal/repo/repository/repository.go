@@ -119,6 +119,12 @@ type Options struct {
 // small, small enough that a restore of a few files reads little extra.
 const DefaultPackSize = 16 << 20
 
+// MaxChunk is the largest chunk a repository's chunker may cut: what every
+// reader sizes its buffers for (pack.MaxChunkSealed, from the 8 MiB chunks of
+// repositories made before the 2 MiB bound). A config asking for more is
+// refused as damaged.
+const MaxChunk = pack.MaxChunkSealed - crypto.Overhead
+
 // Repository composes a backend with encryption, packing and the index.
 // Readers and writers share it; all methods are safe for concurrent use.
 type Repository struct {
@@ -311,7 +317,7 @@ func Open(ctx context.Context, be backend.Backend, password []byte, opts Options
 	if r.cfg.Version != FormatVersion {
 		return nil, fmt.Errorf("repository format version %d is not supported (this bunker reads version %d)", r.cfg.Version, FormatVersion)
 	}
-	if err := r.cfg.Chunker.Validate(); err != nil || len(r.cfg.ChunkerKey) != 32 {
+	if err := r.cfg.Chunker.Validate(); err != nil || r.cfg.Chunker.Max > MaxChunk || len(r.cfg.ChunkerKey) != 32 {
 		return nil, fmt.Errorf("config: %w: bad chunker parameters", ErrCorrupt)
 	}
 	r.table = chunker.NewTable([32]byte(r.cfg.ChunkerKey))
