@@ -6,8 +6,10 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -118,9 +120,11 @@ func newLsCmd(g *globalOptions) *cobra.Command {
 	return c
 }
 
-// quote escapes control characters so a hostile name cannot rewrite the terminal.
+// quote escapes what is not printable (C0 and C1 controls, bidirectional
+// and other format characters, invalid UTF-8) so a hostile name cannot
+// rewrite the terminal or disguise itself.
 func quote(s string) string {
-	if !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || r == 0xfffd }) {
+	if !strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) || r == utf8.RuneError }) {
 		return s
 	}
 	q := fmt.Sprintf("%q", s)

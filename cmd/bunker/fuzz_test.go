@@ -4,8 +4,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"bunker/internal/archiver"
 	"bunker/internal/repo"
@@ -97,6 +99,45 @@ func FuzzExcludeFile(f *testing.F) {
 			if p == base && !strings.ContainsAny(p, `/*?[\`) && !got {
 				t.Fatalf("pattern %q does not exclude %q", p, path)
 			}
+		}
+	})
+}
+
+// TestQuote: names print as they are unless something in them is not
+// printable; then every such rune is escaped.
+func TestQuote(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"plain name.txt", "plain name.txt"},
+		{"héllo wörld", "héllo wörld"},
+		{"a\nb", `a\nb`},
+		{"esc\x1b[2J", `esc\x1b[2J`},
+		{"csi\u009b2J", `csi\u009b2J`},
+		{"abc\u202etxt.exe", `abc\u202etxt.exe`},
+		{"bad\xffutf8", `bad\xffutf8`},
+		{"del\x7f", `del\x7f`},
+	} {
+		if got := quote(tc.in); got != tc.want {
+			t.Errorf("quote(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// FuzzQuote: quote's output is printable and, unless the name was, a Go
+// string literal that reads back as the name.
+func FuzzQuote(f *testing.F) {
+	for _, s := range []string{"a", "a\nb", "\u009b", "\u202e", "\xff", `"`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		q := quote(s)
+		if strings.ContainsFunc(q, func(r rune) bool { return !strconv.IsPrint(r) || r == utf8.RuneError }) {
+			t.Fatalf("quote(%q) = %q holds unprintable runes", s, q)
+		}
+		if q == s {
+			return
+		}
+		if back, err := strconv.Unquote(`"` + q + `"`); err != nil || back != s {
+			t.Fatalf("quote(%q) = %q reads back as %q, %v", s, q, back, err)
 		}
 	})
 }
