@@ -247,7 +247,7 @@ func (g *globalOptions) repoOptions() (repository.Options, error) {
 	if err != nil {
 		return repository.Options{}, usageError{err}
 	}
-	return repository.Options{Compression: comp}, nil
+	return repository.Options{Compression: comp, PackSize: testPackSize}, nil
 }
 
 // limits wraps be with the bandwidth and connection limits of the flags.

@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"runtime/trace"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -102,7 +103,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	stopProfile := startProfile()
 	setMemoryLimit(0)
-	if err := errors.Join(testLockTiming(), testLockDay()); err != nil {
+	if err := errors.Join(testLockTiming(), testLockDay(), testBackupTiming()); err != nil {
 		fmt.Fprintf(os.Stderr, "bunker: %v\n", err)
 		os.Exit(exitUsage)
 	}
@@ -271,6 +272,31 @@ func testLockTiming() error {
 		return fmt.Errorf("BUNKER_TEST_LOCK_TIMING %q: want refresh/stale durations, refresh < stale", v)
 	}
 	repository.LockRefresh, repository.LockStale = refresh, stale
+	return nil
+}
+
+// testPackSize is the pack size BUNKER_TEST_PACK_SIZE sets (0: the default).
+var testPackSize int
+
+// testBackupTiming applies BUNKER_TEST_PACK_SIZE (bytes) and
+// BUNKER_TEST_INDEX_INTERVAL (a duration): crash tests make backups upload
+// many small packs and write partial index files while they run, so that a
+// kill lands among them. Not for production use.
+func testBackupTiming() error {
+	if v := os.Getenv("BUNKER_TEST_PACK_SIZE"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1<<10 {
+			return fmt.Errorf("BUNKER_TEST_PACK_SIZE %q: want a size in bytes, at least 1024", v)
+		}
+		testPackSize = n
+	}
+	if v := os.Getenv("BUNKER_TEST_INDEX_INTERVAL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("BUNKER_TEST_INDEX_INTERVAL %q: want a positive duration", v)
+		}
+		repository.PartialIndexInterval = d
+	}
 	return nil
 }
 

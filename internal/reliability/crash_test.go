@@ -127,23 +127,34 @@ func TestA1KillAtRandomMoments(t *testing.T) {
 	h := history{}
 	id, m := seedRepo(t, tr, src, 42, size)
 	h[id] = m
+	// The killed backups store their new data in 512 KiB packs and write a
+	// partial index every 100 ms, so that kills land among pack uploads
+	// and index writes in the background, not only in the final flush.
+	env := []string{"BUNKER_TEST_PACK_SIZE=524288", "BUNKER_TEST_INDEX_INTERVAL=100ms"}
 	// A complete run of what each iteration kills (read everything, store
 	// new data) sets the range of the kill delays.
 	mutate(t, src, rng, 0, grow)
 	m = manifest(t, src)
+	before := tr.snapshotIDs(t)
 	start := time.Now()
-	h[tr.backup(t, src, "--force")] = m
+	res := tr.run(t, env, "backup", "--force", "--json", "--host", "reliability", src)
 	full := time.Since(start)
+	created := newIDs(before, tr.snapshotIDs(t))
+	if res.code != 0 || len(created) != 1 {
+		t.Fatalf("backup --force: %v, %d new snapshots", res, len(created))
+	}
+	h[created[0]] = m
 	t.Logf("backup --force of %d MiB with %d MiB new: %v", size>>20, grow>>20, full)
 
 	var restored []string
+	killed := 0
 	for i := 1; i <= iterations; i++ {
 		mutate(t, src, rng, i, grow)
 		m := manifest(t, src)
 		before := tr.snapshotIDs(t)
 		// --force reads every file again, so the kill may land anywhere:
 		// opening, reading and chunking, uploading packs, index, snapshot.
-		cmd := tr.command(nil, "backup", "--force", "--json", "--host", "reliability", src)
+		cmd := tr.command(env, "backup", "--force", "--json", "--host", "reliability", src)
 		// Stratified: iteration i kills within the i-th slice of the run (and
 		// a little past its end), so the kills spread over all phases.
 		slice := int64(full) * 12 / 10 / int64(iterations)
@@ -161,6 +172,9 @@ func TestA1KillAtRandomMoments(t *testing.T) {
 		t.Logf("iteration %d: kill after %v: exit %d signal %v, %d new snapshots", i, delay, res.code, res.signal, len(created))
 		if res.signal == 0 && res.code != 0 {
 			t.Fatalf("backup failed by itself: %v", res)
+		}
+		if res.signal == syscall.SIGKILL {
+			killed++
 		}
 		for _, id := range created {
 			h[id] = m
@@ -182,6 +196,10 @@ func TestA1KillAtRandomMoments(t *testing.T) {
 		if t.Failed() {
 			return
 		}
+	}
+	// The kills are spread over 1.2 times a full run: most must land in it.
+	if killed < iterations/2 {
+		t.Errorf("only %d of %d kills interrupted a backup", killed, iterations)
 	}
 	// Finally every snapshot, oldest data included.
 	if soak() {
@@ -221,6 +239,7 @@ func TestA5KillDuringRestore(t *testing.T) {
 	compareManifests(t, "restore", want, manifest(t, restoredAt(target, src)))
 	t.Logf("full restore of %d MiB: %v", size>>20, full)
 
+	killed := 0
 	for i := 0; i < iterations; i++ {
 		target := t.TempDir()
 		cmd := tr.command(nil, "restore", "--json", id, "--target", target)
@@ -235,6 +254,11 @@ func TestA5KillDuringRestore(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("iteration %d: kill after %v: exit %d signal %v", i, delay, res.code, res.signal)
+		if res.signal == syscall.SIGKILL {
+			killed++
+		} else if res.code != 0 {
+			t.Fatalf("restore failed by itself: %v", res)
+		}
 		code, failed := tr.restore(t, id, target)
 		if code != 0 || len(failed) > 0 {
 			t.Fatalf("restore after kill: exit %d, not restored %q", code, failed)
@@ -249,5 +273,9 @@ func TestA5KillDuringRestore(t *testing.T) {
 		if t.Failed() {
 			return
 		}
+	}
+	// The kills fall between a tenth and nine tenths of a full restore.
+	if killed < (iterations+1)/2 {
+		t.Errorf("only %d of %d kills interrupted a restore", killed, iterations)
 	}
 }

@@ -173,8 +173,7 @@ func (tr *testRepo) backup(t testing.TB, src string, extra ...string) string {
 	args := append([]string{"backup", "--json", "--host", "reliability"}, append(extra, src)...)
 	res := tr.run(t, nil, args...)
 	if res.code == 130 && res.signal == 0 {
-		// Product bug, see TestC2PackUploadOutlivesArchiverRun. The tests
-		// keep the new data of each CLI backup below one pack to avoid it.
+		// The failure TestC2PackUploadOutlivesArchiverRun guards against.
 		t.Fatalf("bunker %s: failed as interrupted without any signal (a pack upload outlived archiver.Run): %v", strings.Join(args, " "), res)
 	}
 	if res.code != 0 {
@@ -285,8 +284,7 @@ func makeSource(t testing.TB, dir string, seed uint64, total int64) {
 }
 
 // seedRepo makes a source of total bytes in src and backs it up in steps of
-// at most 12 MiB, so that no single backup uploads more than one pack's worth
-// of new data (see TestC2PackUploadOutlivesArchiverRun). It
+// at most 12 MiB, a history of snapshots as a repository in use has. It
 // returns the final snapshot and the source manifest it was taken from.
 func seedRepo(t testing.TB, tr *testRepo, src string, seed uint64, total int64) (string, map[string]fstest.Entry) {
 	t.Helper()

@@ -96,8 +96,6 @@ func afterFailedBackup(t testing.TB, tr *testRepo, fb *fault.Backend, src string
 	}
 	tr.mustCheckClean(t, true)
 	m := manifest(t, src)
-	// Default pack size: no pack fills while archiver.Run is running (see
-	// TestC2PackUploadOutlivesArchiverRun).
 	r := tr.open(t, repository.Options{})
 	sn, err := backupInProcess(ctx, t, r, src)
 	if err != nil {
@@ -320,9 +318,10 @@ func TestC4NoSpaceAtNthPack(t *testing.T) {
 
 // RELIABILITY C2 (slow storage: jobs finish): a pack upload still running
 // when archiver.Run returns must complete. The archiver cancels the context
-// it passed to SaveBlob when Run returns, and the repository's background
-// upload uses that context, so the backup fails as "interrupted" (the CLI
-// exits 130 without any signal) whenever a full pack is still uploading.
+// it passed to SaveBlob when Run returns; the repository's background
+// upload once used that context, so the backup failed as "interrupted" (the
+// CLI exited 130 without any signal) whenever a full pack was still
+// uploading. Uploads now run without the caller's cancellation.
 func TestC2PackUploadOutlivesArchiverRun(t *testing.T) {
 	ctx := context.Background()
 	tr := newTestRepo(t)

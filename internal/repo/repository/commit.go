@@ -20,8 +20,8 @@ const CommitWindow = 10 * time.Second
 
 // PartialIndexInterval is how often a backup writes an index file for the
 // packs it has stored so far; it must stay well below prune's grace period
-// for unindexed packs (one hour).
-const PartialIndexInterval = 5 * time.Minute
+// for unindexed packs (one hour). A variable for crash tests only.
+var PartialIndexInterval = 5 * time.Minute
 
 // ErrPrunedMeanwhile: a prune that ran during this backup removed data the
 // new snapshot would refer to. Nothing was committed; running the backup
