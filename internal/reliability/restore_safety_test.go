@@ -120,6 +120,61 @@ func TestF1HostileNames(t *testing.T) {
 	a.unchanged(t)
 }
 
+// RELIABILITY F1: duplicate and colliding names. A hostile tree may list a
+// name twice (a symlink to an outside directory, then a directory of that
+// name whose entries would be written through it): such a tree does not
+// decode (names must be sorted and unique), so that directory is reported
+// and nothing of it is written. Names that a case- or normalization-
+// insensitive file system would take for one are distinct here, and are
+// restored apart. Nothing is written outside the target.
+func TestF1DuplicateAndCollidingNames(t *testing.T) {
+	ctx := context.Background()
+	tr := newTestRepo(t)
+	r := tr.open(t, repository.Options{})
+	a := newArena(t)
+	evil := []byte("written through a duplicate name\n")
+	inner := saveTree(t, r, fileNode(t, r, "sentinel", evil), fileNode(t, r, "new", evil))
+	dups := saveTree(t, r,
+		symlinkNode("dup", a.outside),
+		dirNode("dup", inner),
+		fileNode(t, r, "twice", []byte("first\n")),
+		fileNode(t, r, "twice", evil),
+	)
+	root := saveTree(t, r,
+		dirNode("dups", dups),
+		fileNode(t, r, "Case", []byte("upper\n")),
+		fileNode(t, r, "case", []byte("lower\n")),
+		fileNode(t, r, "\u00e9", []byte("precomposed\n")),
+		fileNode(t, r, "e\u0301", []byte("decomposed\n")),
+	)
+	id := saveSnapshot(t, r, root)
+	target := a.target("in-process")
+	reported, err := restoreInProcess(ctx, r, root, target)
+	if !errors.Is(err, restorer.ErrIncomplete) {
+		t.Errorf("restore of a tree with duplicate names: %v, want ErrIncomplete", err)
+	}
+	if len(reported) != 1 || reported[0].path != "/dups" || !errors.Is(reported[0].err, snapshot.ErrInvalidTree) {
+		t.Errorf("reported %v, want /dups as an invalid tree", reported)
+	}
+	a.unchanged(t)
+	got := manifest(t, target)
+	for name, want := range map[string]string{"Case": "upper\n", "case": "lower\n", "\u00e9": "precomposed\n", "e\u0301": "decomposed\n"} {
+		if got[name].Type != snapshot.TypeFile || readString(t, filepath.Join(target, name)) != want {
+			t.Errorf("%q: %+v, want a file holding %q", name, got[name], want)
+		}
+	}
+	for p := range got {
+		if strings.HasPrefix(p, "dups/") {
+			t.Errorf("%s restored from a tree that does not decode", p)
+		}
+	}
+	code, failed := tr.restore(t, id.String(), a.target("cli"))
+	if code != 3 || len(failed) != 1 {
+		t.Errorf("CLI restore: exit %d, reported %q; want 3 and the one directory", code, failed)
+	}
+	a.unchanged(t)
+}
+
 // RELIABILITY F2: symlink tricks. A snapshot with symlinks evil -> an
 // outside directory, then a snapshot with a directory evil holding passwd
 // restored into the same target; symlinks and a hard link to an outside file
@@ -259,6 +314,65 @@ func TestF3RestoreTwiceIntoTheSamePlace(t *testing.T) {
 			if err := os.Symlink(outside, filepath.Join(at, "4k")); err != nil {
 				t.Fatal(err)
 			}
+		}
+	}
+}
+
+// RELIABILITY F2: a directory swapped for a symlink to an outside
+// directory while the restore runs, over and over, at every level the
+// restore is writing into. Whatever the restore then reports, nothing is
+// written outside the target.
+func TestF2DirectorySwappedDuringRestore(t *testing.T) {
+	ctx := context.Background()
+	tr := newTestRepo(t)
+	r := tr.open(t, repository.Options{})
+	a := newArena(t)
+	evil := make([]byte, 32<<10)
+	for i := range evil {
+		evil[i] = byte(i)
+	}
+	var files []*snapshot.Node
+	for i := range 300 {
+		files = append(files, fileNode(t, r, fmt.Sprintf("f%03d", i), evil))
+	}
+	leaf := saveTree(t, r, files...)
+	mid := saveTree(t, r, dirNode("d", leaf), fileNode(t, r, "sentinel", evil))
+	root := saveTree(t, r, dirNode("a", mid), dirNode("b", leaf))
+	saveSnapshot(t, r, root)
+
+	for round := range 5 {
+		target := a.target(fmt.Sprintf("swap-%d", round))
+		done := make(chan struct{})
+		swapped := make(chan int)
+		go func() {
+			n := 0
+			defer func() { swapped <- n }()
+			dirs := []string{"a", "b", filepath.Join("a", "d")}
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				d := filepath.Join(target, dirs[i%len(dirs)])
+				if err := os.Rename(d, fmt.Sprintf("%s.moved%d", d, i)); err != nil {
+					continue
+				}
+				if err := os.Symlink(a.outside, d); err == nil {
+					n++
+				}
+			}
+		}()
+		rep, err := restoreInProcess(ctx, r, root, target)
+		close(done)
+		n := <-swapped
+		t.Logf("round %d: %d swaps, restore: %v, %d reported", round, n, err, len(rep))
+		if err != nil && !errors.Is(err, restorer.ErrIncomplete) {
+			t.Errorf("restore: %v", err)
+		}
+		a.unchanged(t)
+		if t.Failed() {
+			return
 		}
 	}
 }
