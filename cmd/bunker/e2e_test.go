@@ -453,8 +453,10 @@ func TestRoundTrip(t *testing.T) {
 		if w := want[tree.Owned]; w.UID != 1234 || w.GID != 5678 {
 			t.Errorf("manifest of %s: owner %d:%d", tree.Owned, w.UID, w.GID)
 		}
-		if _, ok := want[tree.CharDev]; !ok {
-			t.Errorf("manifest lacks %q", tree.CharDev)
+		for _, p := range []string{tree.CharDev, tree.BlockDev} {
+			if _, ok := want[p]; !ok {
+				t.Errorf("manifest lacks %q", p)
+			}
 		}
 	}
 }

@@ -33,7 +33,8 @@ const XattrName = "user.bunker.test"
 type Tree struct {
 	// Xattrs is true if user xattrs could be set (on XattrFile and XattrDir).
 	Xattrs bool
-	// Root is true if root-only entries (CharDev, Owned, OwnedLink) were made.
+	// Root is true if root-only entries (CharDev, BlockDev, Owned, OwnedLink)
+	// were made.
 	Root bool
 	// Sparse is true if the file system stored SparseFile with holes.
 	Sparse bool
@@ -45,6 +46,7 @@ type Tree struct {
 	XattrDir   string
 	Fifo       string
 	CharDev    string // empty if !Root
+	BlockDev   string // empty if !Root
 	Owned      string // file chowned to 1234:5678, empty if !Root
 	OwnedLink  string // symlink lchowned to 1234:5678, empty if !Root
 	BadUTF8    string
@@ -178,11 +180,12 @@ func MakeTree(t testing.TB, dir string) *Tree {
 		t.Fatalf("MakeTree: setxattr: %v / %v", errF, errD)
 	}
 
-	// Root only: a device and foreign owners.
+	// Root only: devices and foreign owners.
 	if os.Geteuid() == 0 {
 		tr.Root = true
-		tr.CharDev, tr.Owned, tr.OwnedLink = "chardev", "owned", "links/owned"
+		tr.CharDev, tr.BlockDev, tr.Owned, tr.OwnedLink = "chardev", "blockdev", "owned", "links/owned"
 		must(unix.Mknod(p(tr.CharDev), unix.S_IFCHR|0o644, int(unix.Mkdev(1, 3))))
+		must(unix.Mknod(p(tr.BlockDev), unix.S_IFBLK|0o640, int(unix.Mkdev(7, 250))))
 		write(tr.Owned, []byte("owned by 1234:5678\n"), 0o644)
 		must(os.Lchown(p(tr.Owned), 1234, 5678))
 		must(os.Chmod(p(tr.Owned), 0o750|os.ModeSetuid)) // after chown, which clears it

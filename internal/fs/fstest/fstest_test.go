@@ -30,6 +30,7 @@ func TestMakeTreeContents(t *testing.T) {
 	}
 	if tr.Root {
 		want[tr.CharDev] = snapshot.TypeCharDev
+		want[tr.BlockDev] = snapshot.TypeDev
 		want[tr.Owned] = snapshot.TypeFile
 		want[tr.OwnedLink] = snapshot.TypeSymlink
 	}
@@ -88,6 +89,9 @@ func TestMakeTreeContents(t *testing.T) {
 	if tr.Root {
 		if e := m[tr.CharDev]; unix.Major(e.Rdev) != 1 || unix.Minor(e.Rdev) != 3 {
 			t.Errorf("chardev rdev %d:%d", unix.Major(e.Rdev), unix.Minor(e.Rdev))
+		}
+		if e := m[tr.BlockDev]; unix.Major(e.Rdev) != 7 || unix.Minor(e.Rdev) != 250 {
+			t.Errorf("block device rdev %d:%d", unix.Major(e.Rdev), unix.Minor(e.Rdev))
 		}
 		for _, p := range []string{tr.Owned, tr.OwnedLink} {
 			if e := m[p]; e.UID != 1234 || e.GID != 5678 {
