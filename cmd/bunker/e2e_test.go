@@ -1003,6 +1003,49 @@ func TestCorruptSnapshot(t *testing.T) {
 	e.ok("forget", "--keep-last", "1")
 }
 
+// TestDamagedIndexFile: a flipped byte in an index file is damage (exit 4,
+// one line pointing to repair index) for the commands that need the index;
+// repair index rebuilds it from the packs, after which check --read-data
+// passes and every snapshot restores.
+func TestDamagedIndexFile(t *testing.T) {
+	t.Parallel()
+	e := newFastRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "f"), "first\n")
+	e.ok("backup", src)
+	writeFile(t, filepath.Join(src, "g"), string(randomData(3, 200<<10)))
+	e.ok("backup", src)
+	idx, _ := filepath.Glob(filepath.Join(e.repo, "index", "*"))
+	if len(idx) != 2 {
+		t.Fatalf("want 2 index files, got %v", idx)
+	}
+	b, err := os.ReadFile(idx[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x01
+	if err := os.Chmod(idx[0], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(idx[0], b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.fails(4, "ls", "latest"); !strings.Contains(r.stderr, "repair index") {
+		t.Errorf("ls with a damaged index file does not point to repair index: %q", r.stderr)
+	}
+	e.fails(4, "backup", src)
+	if r := e.run("check"); r.code != 4 {
+		t.Errorf("check with a damaged index file: %v", r)
+	}
+	e.ok("repair", "index")
+	e.ok("check", "--read-data")
+	target := filepath.Join(t.TempDir(), "t")
+	e.ok("restore", "latest", "--target", target)
+	if got, err := os.ReadFile(filepath.Join(target, src, "f")); err != nil || string(got) != "first\n" {
+		t.Errorf("restored f: %q, %v", got, err)
+	}
+}
+
 // TestOnlySnapshotDamaged: with its only snapshot damaged, "latest" names
 // the damage in one line (exit 4), not "no snapshot found".
 func TestOnlySnapshotDamaged(t *testing.T) {

@@ -456,6 +456,9 @@ func (r *Repository) LoadIndexFiles(ctx context.Context) ([]repo.ID, []*index.Fi
 
 func (r *Repository) loadIndex(ctx context.Context) error {
 	ids, files, err := r.LoadIndexFiles(ctx)
+	if errors.Is(err, ErrCorrupt) {
+		return fmt.Errorf("%w (`bunker repair index` rebuilds the index from the packs)", err)
+	}
 	if err != nil {
 		return err
 	}
