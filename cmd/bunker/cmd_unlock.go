@@ -5,8 +5,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-
-	"bunker/internal/repo/repository"
 )
 
 func newUnlockCmd(g *globalOptions) *cobra.Command {
@@ -15,9 +13,8 @@ func newUnlockCmd(g *globalOptions) *cobra.Command {
 		Use:   "unlock",
 		Short: "Remove stale locks (with --remove-all, every lock)",
 		Long: "unlock removes locks whose holder is gone: not refreshed for 30 minutes, or held by a\n" +
-			"process of this host that no longer runs, and damaged lock files stored more than 30\n" +
-			"minutes ago. With --remove-all it removes live locks too; their holders notice and stop\n" +
-			"before committing anything.",
+			"process of this host that no longer runs. With --remove-all it removes live locks and\n" +
+			"damaged ones too; their holders notice and stop before committing anything.",
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ctx := c.Context()
@@ -65,11 +62,10 @@ func newUnlockCmd(g *globalOptions) *cobra.Command {
 				}
 				if rw.Error != "" {
 					if rw.Removed {
-						g.msgf(c, "removed damaged lock %s (%s)\n", rw.ID[:8], rw.Error)
+						g.msgf(c, "removed unreadable lock %s (%s)\n", rw.ID[:8], rw.Error)
 					} else {
 						kept++
-						g.msgf(c, "kept damaged lock %s: younger than %v, it may belong to a running process; use --remove-all to remove it (%s)\n",
-							rw.ID[:8], repository.LockStale, rw.Error)
+						g.msgf(c, "kept unreadable lock %s: it may belong to a running process; use --remove-all to remove it (%s)\n", rw.ID[:8], rw.Error)
 					}
 					continue
 				}

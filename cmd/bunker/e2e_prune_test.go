@@ -375,27 +375,22 @@ func TestUnlock(t *testing.T) {
 		t.Errorf("unlock with no locks: %q", out)
 	}
 
-	// A damaged lock file: it keeps others out while young, unlock keeps
-	// it (naming it), and removes it once the storage has held it for
-	// LockStale.
+	// A damaged lock file keeps others out (exit 11, naming it); plain
+	// unlock keeps it, --remove-all removes it.
 	bad, err := r.SaveUnpacked(ctx, 5 /* backend.LockFile */, []byte("not json"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res := e.fails(11, "backup", src); !strings.Contains(res.stderr, "damaged") || !strings.Contains(res.stderr, bad.Short()) {
-		t.Errorf("backup with a young damaged lock: %v", res)
+		t.Errorf("backup with a damaged lock: %v", res)
 	}
-	if out := e.ok("unlock"); !strings.Contains(out, "kept damaged lock "+bad.Short()) || len(e.files("locks")) != 1 {
-		t.Errorf("unlock with a young damaged lock: %q", out)
+	if out := e.ok("unlock"); !strings.Contains(out, "kept unreadable lock "+bad.Short()) || len(e.files("locks")) != 1 {
+		t.Errorf("unlock with a damaged lock: %q", out)
 	}
-	past := time.Now().Add(-time.Hour)
-	if err := os.Chtimes(filepath.Join(e.repo, "locks", bad.String()), past, past); err != nil {
-		t.Fatal(err)
+	if out := e.ok("unlock", "--remove-all"); !strings.Contains(out, "removed unreadable lock "+bad.Short()) || len(e.files("locks")) != 0 {
+		t.Errorf("unlock --remove-all with a damaged lock: %q", out)
 	}
 	e.ok("backup", src)
-	if out := e.ok("unlock"); !strings.Contains(out, "removed damaged lock "+bad.Short()) || len(e.files("locks")) != 0 {
-		t.Errorf("unlock with an old damaged lock: %q", out)
-	}
 }
 
 // TestRepair (RELIABILITY B2): a lost pack makes check fail and prune

@@ -273,13 +273,9 @@ func (r *Repository) Locks(ctx context.Context) ([]LockEntry, error) {
 		if errors.Is(err, backend.ErrNotExist) {
 			continue
 		}
-		switch {
-		case errors.Is(err, ErrCorrupt):
+		if err != nil {
 			e.Err = err
-			e.Stale, _ = r.damagedLockStale(ctx, id, now)
-		case err != nil:
-			e.Err = err
-		default:
+		} else {
 			e.Stale = e.Info.Stale(now)
 		}
 		out = append(out, e)
@@ -325,12 +321,10 @@ func (r *Repository) checkLocksOnce(ctx context.Context, exclusive bool, own rep
 			return errLockVanished
 		}
 		if errors.Is(err, ErrCorrupt) {
-			// Nobody can tell whose it is: judged by its age alone.
-			if stale, serr := r.damagedLockStale(ctx, id, now); serr != nil || !stale {
-				return fmt.Errorf("%w: lock %s is damaged (it does not decode) and younger than %v: once no bunker process uses the repository, remove it with `bunker unlock --remove-all`",
-					ErrLocked, id.Short(), LockStale)
-			}
-			continue
+			// Nobody can tell whose it is, nor (without trusting the
+			// storage's clock) how old: it holds until removed by hand.
+			return fmt.Errorf("%w: lock %s is damaged (it does not decode): once no bunker process uses the repository, remove it with `bunker unlock --remove-all`",
+				ErrLocked, id.Short())
 		}
 		if err != nil {
 			return err
@@ -374,17 +368,6 @@ func (r *Repository) CheckCanDelete(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", ErrAppendOnly, err)
 	}
 	return fmt.Errorf("check delete permission: %w", err)
-}
-
-// damagedLockStale reports whether a lock file that does not decode was
-// stored more than LockStale ago, by the storage's time: its holder, if
-// any, would have replaced it by a refresh since.
-func (r *Repository) damagedLockStale(ctx context.Context, id repo.ID, now time.Time) (bool, error) {
-	fi, err := r.be.Stat(ctx, backend.Handle{Type: backend.LockFile, Name: id.String()})
-	if err != nil {
-		return false, err
-	}
-	return now.Sub(fi.ModTime) > LockStale, nil
 }
 
 // readLock loads and decodes one lock file.

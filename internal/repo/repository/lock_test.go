@@ -7,14 +7,12 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"bunker/internal/backend"
 	"bunker/internal/backend/fault"
-	"bunker/internal/backend/local"
 	"bunker/internal/backend/mem"
 	"bunker/internal/repo"
 	"bunker/internal/repo/crypto"
@@ -496,41 +494,27 @@ func ownPIDNamespace(t *testing.T) string {
 	return ns
 }
 
-// TestDamagedLock: a lock file that does not decode cannot be judged by its
-// holder, so it goes by its age in the storage: younger than LockStale it
-// keeps others out (ErrLocked, naming it), older it is stale (ignored, and
-// listed as stale for `bunker unlock`).
+// TestDamagedLock: a lock file that does not decode names no holder and, its
+// storage time being another clock, no age: it keeps others out (ErrLocked,
+// naming it) until removed, and is listed with its error, never as stale.
 func TestDamagedLock(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	be, err := local.Create(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	r, err := repository.Create(ctx, be, []byte("pw"), repository.Options{KDF: crypto.TestKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	_, r := newLockRepo(t)
 	bad, err := r.SaveUnpacked(ctx, backend.LockFile, []byte("not json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Lock(ctx, false); !errors.Is(err, repository.ErrLocked) || !strings.Contains(err.Error(), bad.Short()) {
-		t.Fatalf("Lock with a young damaged lock = %v, want ErrLocked naming %s", err, bad.Short())
+	for _, exclusive := range []bool{false, true} {
+		if _, err := r.Lock(ctx, exclusive); !errors.Is(err, repository.ErrLocked) || !strings.Contains(err.Error(), bad.Short()) {
+			t.Fatalf("Lock(exclusive=%v) with a damaged lock = %v, want ErrLocked naming %s", exclusive, err, bad.Short())
+		}
 	}
 	locks, err := r.Locks(ctx)
-	if err != nil || len(locks) != 1 || locks[0].Err == nil || locks[0].Stale {
-		t.Fatalf("Locks with a young damaged lock: %+v, %v", locks, err)
+	if err != nil || len(locks) != 1 || !errors.Is(locks[0].Err, repository.ErrCorrupt) || locks[0].Stale {
+		t.Fatalf("Locks with a damaged lock: %+v, %v", locks, err)
 	}
-	old := time.Now().Add(-repository.LockStale - time.Minute)
-	if err := os.Chtimes(filepath.Join(dir, "locks", bad.String()), old, old); err != nil {
+	if err := r.RemoveLock(ctx, bad); err != nil {
 		t.Fatal(err)
-	}
-	locks, err = r.Locks(ctx)
-	if err != nil || len(locks) != 1 || locks[0].Err == nil || !locks[0].Stale {
-		t.Fatalf("Locks with an old damaged lock: %+v, %v", locks, err)
 	}
 	takeLock(t, r, true)
 }
