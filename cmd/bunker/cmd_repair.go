@@ -99,7 +99,10 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 				if s.Removed {
 					fmt.Fprintf(w, "  removed the original snapshot %s\n", s.ID[:8])
 				}
-				if s.KeptByFloor {
+				if s.KeptByFloor && s.Unreadable {
+					fmt.Fprintf(w, "  kept the damaged snapshot file %s: the storage has held it for less than the repository's min-retention;\n"+
+						"  forget, prune and copy refuse to run until it is gone (see the runbook: docs/operations.md)\n", s.ID[:8])
+				} else if s.KeptByFloor {
 					fmt.Fprintf(w, "  kept the original snapshot %s: it is younger than the repository's min-retention\n", s.ID[:8])
 				}
 			}
