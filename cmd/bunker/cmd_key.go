@@ -70,7 +70,7 @@ func newKeyCmd(g *globalOptions) *cobra.Command {
 				if k.Damaged {
 					created = "damaged: does not decode"
 				}
-				rows = append(rows, []string{cur + k.ID[:8], k.Username, k.Hostname, created})
+				rows = append(rows, []string{cur + shortName(k.ID), k.Username, k.Hostname, created})
 			}
 			ui.Table(c.OutOrStdout(), []string{"ID", "User", "Host", "Created"}, rows)
 			return nil
@@ -91,7 +91,7 @@ func newKeyCmd(g *globalOptions) *cobra.Command {
 			if g.json {
 				return printJSON(c.OutOrStdout(), map[string]string{"removed": id})
 			}
-			g.msgf(c, "removed key %s\n", id[:8])
+			g.msgf(c, "removed key %s\n", shortName(id))
 			return nil
 		},
 	}
@@ -128,4 +128,13 @@ func newKeyCmd(g *globalOptions) *cobra.Command {
 	}
 	c.AddCommand(add, list, remove, passwd)
 	return c
+}
+
+// shortName is the first 8 characters of a stored object's name, as IDs are
+// shown; a stray file in keys/ may have a shorter one.
+func shortName(name string) string {
+	if len(name) > 8 {
+		return name[:8]
+	}
+	return quote(name)
 }

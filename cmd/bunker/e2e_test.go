@@ -32,15 +32,17 @@ import (
 	"bunker/internal/repo/repository"
 )
 
-// isFuzzing reports whether this process runs a fuzz target (as the
-// coordinator or a worker).
-func isFuzzing() bool {
-	for _, name := range []string{"test.fuzz", "test.fuzzworker"} {
-		if f := flag.Lookup(name); f != nil && f.Value.String() != "" && f.Value.String() != "false" {
-			return true
+// onlyFuzzing reports whether this process runs fuzz targets and no test: a
+// fuzz worker, or a fuzzing run with -run '^$' (make fuzz). The fuzz
+// targets call functions, not the binary.
+func onlyFuzzing() bool {
+	value := func(name string) string {
+		if f := flag.Lookup(name); f != nil {
+			return f.Value.String()
 		}
+		return ""
 	}
-	return false
+	return value("test.fuzzworker") == "true" || (value("test.fuzz") != "" && value("test.run") == "^$")
 }
 
 // bunkerBin is the binary built by TestMain.
@@ -52,8 +54,8 @@ func TestMain(m *testing.M) {
 
 func testMain(m *testing.M) int {
 	flag.Parse()
-	if isFuzzing() {
-		return m.Run() // the fuzz targets call functions, not the binary
+	if onlyFuzzing() {
+		return m.Run()
 	}
 	dir, err := os.MkdirTemp("", "bunker-e2e-bin-")
 	if err != nil {
@@ -1062,8 +1064,6 @@ func TestOnlySnapshotDamaged(t *testing.T) {
 	e.fails(4, "snapshots")
 }
 
-// TestUnreadableFile: a file that cannot be read is reported, the backup
-// goes on, exits 3 and saves a snapshot of everything else. Root can read
 // treeManifest maps every entry below dir to its mode and content.
 func treeManifest(t *testing.T, dir string) map[string]string {
 	t.Helper()
@@ -1140,6 +1140,8 @@ func TestUnreadableRepository(t *testing.T) {
 	}
 }
 
+// TestUnreadableFile: a file that cannot be read is reported, the backup
+// goes on, exits 3 and saves a snapshot of everything else. Root can read
 // everything, so bunker runs as nobody here.
 func TestUnreadableFile(t *testing.T) {
 	t.Parallel()
@@ -1215,7 +1217,6 @@ func TestUnreadableFile(t *testing.T) {
 	}
 }
 
-// TestKeys (RELIABILITY G7): key add, list, remove, passwd.
 // TestDamagedKeySlot: a key slot that does not decode neither locks out the
 // holder of another slot nor stops `key list` (it is marked damaged), and
 // `key remove` removes it (format §4).
@@ -1252,6 +1253,12 @@ func TestDamagedKeySlot(t *testing.T) {
 	if out := e.ok("key", "list"); !strings.Contains(out, "damaged") {
 		t.Errorf("key list does not mark the damaged slot:\n%s", out)
 	}
+	// A stray file in keys/ is listed as damaged too, and removable.
+	writeFile(t, filepath.Join(e.repo, "keys", "notes"), "not a key slot\n")
+	if out := e.ok("key", "list"); !strings.Contains(out, "notes") {
+		t.Errorf("key list with a stray file:\n%s", out)
+	}
+	e.ok("key", "remove", "notes")
 	e.ok("key", "remove", added.ID[:8])
 	keys = nil
 	e.okJSON(&keys, "key", "list", "--json")
@@ -1260,6 +1267,7 @@ func TestDamagedKeySlot(t *testing.T) {
 	}
 }
 
+// TestKeys (RELIABILITY G7): key add, list, remove, passwd.
 func TestKeys(t *testing.T) {
 	t.Parallel()
 	e := newFastRepo(t)

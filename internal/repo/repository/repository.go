@@ -445,8 +445,9 @@ func (r *Repository) ListKeys(ctx context.Context) ([]KeyInfo, error) {
 		if err != nil {
 			return err
 		}
-		var ks keySlot
-		if err := json.Unmarshal(data, &ks); err != nil {
+		// Damaged is what Open skips: a slot that does not parse as one.
+		ks, err := parseKeySlot(data)
+		if err != nil {
 			out = append(out, KeyInfo{ID: fi.Name, Damaged: true})
 			return nil
 		}
@@ -594,7 +595,7 @@ func (r *Repository) LoadSnapshot(ctx context.Context, id repo.ID) (*snapshot.Sn
 
 // Snapshots loads every snapshot, oldest first. A damaged snapshot file is
 // an error (ErrCorrupt): commands that decide from all the snapshots what to
-// keep or delete (forget, prune, copy, repair) must not go on without one.
+// keep, delete or copy (forget, prune, copy) must not go on without one.
 func (r *Repository) Snapshots(ctx context.Context) ([]*snapshot.Snapshot, error) {
 	snaps, damaged, err := r.ReadableSnapshots(ctx)
 	if err != nil {
