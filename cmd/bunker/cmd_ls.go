@@ -122,9 +122,10 @@ func newLsCmd(g *globalOptions) *cobra.Command {
 
 // quote escapes what is not printable (C0 and C1 controls, bidirectional
 // and other format characters, invalid UTF-8) so a hostile name cannot
-// rewrite the terminal or disguise itself.
+// rewrite the terminal or disguise itself; a name with a backslash is
+// escaped too, so that it cannot pass for another name's escaped form.
 func quote(s string) string {
-	if !strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) || r == utf8.RuneError }) {
+	if !strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) || r == utf8.RuneError || r == '\\' }) {
 		return s
 	}
 	q := fmt.Sprintf("%q", s)

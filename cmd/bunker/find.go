@@ -55,9 +55,9 @@ func (g *globalOptions) openSnapshot(ctx context.Context, arg string, f snapshot
 // readableSnapshots loads the snapshots that can be read, oldest first, and
 // returns the damaged ones apart: a command that reads one snapshot
 // (restore, ls, diff, dump, a backup's parent) must not be stopped by
-// another one's damage. It warns about them (warnDamaged) once it has
-// done its work; a command that lists or counts them all ends with
-// errDamagedLeftOut.
+// another one's damage. Such a command warns about them (warnDamaged) once
+// it has resolved its snapshot; one that lists or counts them all ends
+// with errDamagedLeftOut.
 func readableSnapshots(ctx context.Context, r *repository.Repository) ([]*snapshot.Snapshot, []repository.DamagedSnapshot, error) {
 	return r.ReadableSnapshots(ctx)
 }

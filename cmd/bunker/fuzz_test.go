@@ -115,6 +115,7 @@ func TestQuote(t *testing.T) {
 		{"abc\u202etxt.exe", `abc\u202etxt.exe`},
 		{"bad\xffutf8", `bad\xffutf8`},
 		{"del\x7f", `del\x7f`},
+		{`a\u202e`, `a\\u202e`},
 	} {
 		if got := quote(tc.in); got != tc.want {
 			t.Errorf("quote(%q) = %q, want %q", tc.in, got, tc.want)

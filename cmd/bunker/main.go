@@ -292,8 +292,8 @@ func testBackupTiming() error {
 	}
 	if v := os.Getenv("BUNKER_TEST_INDEX_INTERVAL"); v != "" {
 		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return fmt.Errorf("BUNKER_TEST_INDEX_INTERVAL %q: want a positive duration", v)
+		if err != nil || d <= 0 || d > repository.PartialIndexInterval {
+			return fmt.Errorf("BUNKER_TEST_INDEX_INTERVAL %q: want a positive duration up to %v", v, repository.PartialIndexInterval)
 		}
 		repository.PartialIndexInterval = d
 	}
