@@ -515,6 +515,9 @@ func (r *Repository) DecodeBlob(b pack.Blob, sealed []byte, dst []byte) ([]byte,
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
+	if b.RawLength > pack.MaxBlobSize {
+		return nil, fmt.Errorf("%w: raw length %d over the %d-byte limit", ErrCorrupt, b.RawLength, pack.MaxBlobSize)
+	}
 	plain := opened
 	if b.Compressed {
 		// With the decoder's cap limit, DecodeAll never grows dst: giving it
@@ -623,6 +626,13 @@ func (r *Repository) loadRun(ctx context.Context, packID repo.ID, blobs []pack.B
 					return err
 				}
 			}
+			if b.Length > pack.MaxBlobSize {
+				// Skipped with the next gap, whose start stays at pos.
+				if err := fn(b, nil, nil, fmt.Errorf("%w: length %d over the %d-byte limit", ErrCorrupt, b.Length, pack.MaxBlobSize)); err != nil {
+					return callbackError{err}
+				}
+				continue
+			}
 			if cap(*sp) < int(b.Length) {
 				*sp = make([]byte, b.Length)
 			}
@@ -718,6 +728,12 @@ func (r *Repository) ReadPack(ctx context.Context, packID repo.ID, size int64, b
 				}
 			} else if gap < 0 {
 				if err := fn(b, nil, fmt.Errorf("%w: blob overlaps the previous one", ErrCorrupt)); err != nil {
+					return callbackError{err}
+				}
+				continue
+			}
+			if b.Length > pack.MaxBlobSize {
+				if err := fn(b, nil, fmt.Errorf("%w: length %d over the %d-byte limit", ErrCorrupt, b.Length, pack.MaxBlobSize)); err != nil {
 					return callbackError{err}
 				}
 				continue
