@@ -218,7 +218,7 @@ func findParent(ctx context.Context, r *repository.Repository, host string, args
 	if err != nil {
 		return nil, err
 	}
-	snaps, damaged, err := readableSnapshots(ctx, r)
+	snaps, damaged, err := r.ReadableSnapshots(ctx)
 	if err != nil {
 		return nil, err
 	}

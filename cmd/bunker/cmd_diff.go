@@ -31,7 +31,7 @@ func newDiffCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			defer release()
-			snaps, damaged, err := readableSnapshots(ctx, r)
+			snaps, damaged, err := r.ReadableSnapshots(ctx)
 			if err != nil {
 				return err
 			}

@@ -35,7 +35,7 @@ func newSnapshotsCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			defer closeRepo(r)
-			snaps, damaged, err := readableSnapshots(ctx, r)
+			snaps, damaged, err := r.ReadableSnapshots(ctx)
 			if err != nil {
 				return err
 			}

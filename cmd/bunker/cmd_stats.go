@@ -38,7 +38,7 @@ func newStatsCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			defer release()
-			snaps, damaged, err := readableSnapshots(ctx, r)
+			snaps, damaged, err := r.ReadableSnapshots(ctx)
 			if err != nil {
 				return err
 			}

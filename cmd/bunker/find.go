@@ -52,15 +52,12 @@ func (g *globalOptions) openSnapshot(ctx context.Context, arg string, f snapshot
 	return r, sn, release, nil
 }
 
-// readableSnapshots loads the snapshots that can be read, oldest first, and
-// returns the damaged ones apart: a command that reads one snapshot
-// (restore, ls, diff, dump, a backup's parent) must not be stopped by
-// another one's damage. Such a command warns about them (warnDamaged) once
-// it has resolved its snapshot; one that lists or counts them all ends
-// with errDamagedLeftOut.
-func readableSnapshots(ctx context.Context, r *repository.Repository) ([]*snapshot.Snapshot, []repository.DamagedSnapshot, error) {
-	return r.ReadableSnapshots(ctx)
-}
+// Commands load snapshots with Repository.ReadableSnapshots, which returns
+// the damaged ones apart: a command that reads one snapshot (restore, ls,
+// diff, dump, a backup's parent) must not be stopped by another one's
+// damage. Such a command warns about them (warnDamaged) once it has
+// resolved its snapshot; one that lists or counts them all ends with
+// errDamagedLeftOut.
 
 // warnDamaged writes one line on w if snapshots were left out as damaged.
 func warnDamaged(w io.Writer, damaged []repository.DamagedSnapshot) {
@@ -95,7 +92,7 @@ func damagedText(damaged []repository.DamagedSnapshot) string {
 // snapshots, then warns on w about damaged ones. An ID that names a damaged
 // snapshot is its damage (exit code 4).
 func findSnapshot(ctx context.Context, r *repository.Repository, arg string, f snapshotFilter, w io.Writer) (*snapshot.Snapshot, error) {
-	snaps, damaged, err := readableSnapshots(ctx, r)
+	snaps, damaged, err := r.ReadableSnapshots(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -427,14 +427,14 @@ type KeyInfo struct {
 	Created  time.Time `json:"created"`
 	Hostname string    `json:"hostname"`
 	Username string    `json:"username"`
-	// Damaged: the slot does not decode; it opens nothing and can only
-	// be removed.
+	// Damaged: the slot does not parse as one (Open skips it); it opens
+	// nothing and can only be removed.
 	Damaged bool `json:"damaged,omitempty"`
 }
 
-// ListKeys lists the key slots, a damaged one (it does not decode) marked
-// as such rather than failing the listing: it must stay possible to see
-// and remove it (format §4).
+// ListKeys lists the key slots, a damaged one (it does not parse as a slot)
+// marked as such rather than failing the listing: it must stay possible to
+// see and remove it (format §4).
 func (r *Repository) ListKeys(ctx context.Context) ([]KeyInfo, error) {
 	var out []KeyInfo
 	err := r.be.List(ctx, backend.KeyFile, func(fi backend.FileInfo) error {
