@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -1064,35 +1063,6 @@ func TestOnlySnapshotDamaged(t *testing.T) {
 	e.fails(4, "snapshots")
 }
 
-// treeManifest maps every entry below dir to its mode and content.
-func treeManifest(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		v := fi.Mode().String()
-		if d.Type().IsRegular() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			v += " " + string(b)
-		}
-		out[p] = v
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 // TestUnreadableRepository: a repository this user may not read is one
 // line and exit 13 (the storage refused), for reading and writing commands
 // alike, and nothing in it changes.
@@ -1128,14 +1098,14 @@ func TestUnreadableRepository(t *testing.T) {
 	if r := e.run("exit-codes"); r.code != 0 {
 		t.Skipf("cannot run bunker as uid %d: %v", uid, r)
 	}
-	before := treeManifest(t, e.repo)
+	before := listRepo(t, e.repo)
 	for _, args := range [][]string{{"snapshots"}, {"backup", src}, {"check"}} {
 		r := e.fails(13, args...)
 		if !strings.Contains(r.stderr, "permission denied") {
 			t.Errorf("bunker %v: %q does not say why", args, r.stderr)
 		}
 	}
-	if after := treeManifest(t, e.repo); !maps.Equal(before, after) {
+	if after := listRepo(t, e.repo); !slices.Equal(before, after) {
 		t.Error("the repository changed")
 	}
 }

@@ -222,6 +222,24 @@ func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget boo
 	if err != nil {
 		return nil, err
 	}
+	// forgetOriginal removes a repaired or unreadable original (with
+	// forget, unless the min-retention floor keeps it).
+	forgetOriginal := func(res *SnapshotResult, sn *snapshot.Snapshot) error {
+		switch {
+		case dryRun || !forget:
+		case o.keep != nil && o.keep(sn):
+			res.KeptByFloor = true
+		default:
+			if err := o.check(ctx); err != nil {
+				return err
+			}
+			if err := r.Backend().Remove(ctx, backend.Handle{Type: backend.SnapshotFile, Name: sn.ID.String()}); err != nil {
+				return fmt.Errorf("remove snapshot %s: %w", sn.ID.Short(), err)
+			}
+			res.Removed = true
+		}
+		return nil
+	}
 	rw := &rewriter{r: r, dryRun: dryRun, done: map[repo.ID]treeResult{}}
 	var out []SnapshotResult
 	for _, sn := range snaps {
@@ -259,16 +277,8 @@ func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget boo
 			}
 			res.New = id.String()
 		}
-		if !dryRun && forget && o.keep != nil && o.keep(sn) {
-			res.KeptByFloor = true
-		} else if !dryRun && forget {
-			if err := o.check(ctx); err != nil {
-				return out, err
-			}
-			if err := r.Backend().Remove(ctx, backend.Handle{Type: backend.SnapshotFile, Name: sn.ID.String()}); err != nil {
-				return out, fmt.Errorf("remove snapshot %s: %w", sn.ID.Short(), err)
-			}
-			res.Removed = true
+		if err := forgetOriginal(&res, sn); err != nil {
+			return out, err
 		}
 		out = append(out, res)
 	}
@@ -277,16 +287,8 @@ func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget boo
 	// read, so the floor goes by the time the storage stored it.
 	for _, d := range damaged {
 		res := SnapshotResult{ID: d.ID.String(), Lost: []string{"/"}, RootLost: true, Unreadable: true}
-		if !dryRun && forget && o.keep != nil && o.keep(&snapshot.Snapshot{ID: d.ID}) {
-			res.KeptByFloor = true
-		} else if !dryRun && forget {
-			if err := o.check(ctx); err != nil {
-				return out, err
-			}
-			if err := r.Backend().Remove(ctx, backend.Handle{Type: backend.SnapshotFile, Name: d.ID.String()}); err != nil {
-				return out, fmt.Errorf("remove snapshot %s: %w", d.ID.Short(), err)
-			}
-			res.Removed = true
+		if err := forgetOriginal(&res, &snapshot.Snapshot{ID: d.ID}); err != nil {
+			return out, err
 		}
 		out = append(out, res)
 	}
