@@ -1063,12 +1063,15 @@ func TestOnlySnapshotDamaged(t *testing.T) {
 	e.fails(4, "snapshots")
 }
 
-// TestUnreadableRepository: a repository this user may not read is one
-// line and exit 13 (the storage refused), for reading and writing commands
-// alike, and nothing in it changes.
-func TestUnreadableRepository(t *testing.T) {
-	t.Parallel()
-	const uid, gid = 65534, 65534
+// nobodyUID and nobodyGID run bunker as nobody: root can read everything.
+const nobodyUID, nobodyGID = 65534, 65534
+
+// newNobodyEnv returns a repository in a directory of its own that bunker
+// runs in as nobody, everything below it nobody's; it skips the test unless
+// it runs as root and bunker can run as nobody. Files made later for nobody
+// go through chownNobody.
+func newNobodyEnv(t *testing.T) *repoEnv {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run bunker as another user")
 	}
@@ -1078,25 +1081,48 @@ func TestUnreadableRepository(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(base) })
 	e := &repoEnv{t: t, dir: base, repo: filepath.Join(base, "repo"), pwFile: filepath.Join(base, "password"),
-		cred: &syscall.Credential{Uid: uid, Gid: gid, NoSetGroups: true}}
-	writeFile(t, e.pwFile, "root's password\n")
+		cred: &syscall.Credential{Uid: nobodyUID, Gid: nobodyGID, NoSetGroups: true}}
+	writeFile(t, e.pwFile, "nobody's password\n")
 	createFastRepo(t, e.repo, e.pwFile)
-	src := filepath.Join(base, "src")
-	writeFile(t, filepath.Join(src, "f"), "f\n")
-	// Everything but the repository is nobody's; the repository stays root's, 0700.
-	for _, p := range []string{base, e.pwFile, src, filepath.Join(src, "f")} {
-		if err := os.Lchown(p, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
 	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	chownNobody(t, base)
+	if r := e.run("exit-codes"); r.code != 0 {
+		t.Skipf("cannot run bunker as uid %d: %v", nobodyUID, r)
+	}
+	return e
+}
+
+// chownNobody gives dir and everything below it to nobody.
+func chownNobody(t *testing.T, dir string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, nobodyUID, nobodyGID)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUnreadableRepository: a repository this user may not read is one
+// line and exit 13 (the storage refused), for reading and writing commands
+// alike, and nothing in it changes.
+func TestUnreadableRepository(t *testing.T) {
+	t.Parallel()
+	e := newNobodyEnv(t)
+	src := filepath.Join(e.dir, "src")
+	writeFile(t, filepath.Join(src, "f"), "f\n")
+	chownNobody(t, src)
+	// The repository directory is root's and closed to others.
+	if err := os.Lchown(e.repo, 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(e.repo, 0o700); err != nil {
 		t.Fatal(err)
-	}
-	if r := e.run("exit-codes"); r.code != 0 {
-		t.Skipf("cannot run bunker as uid %d: %v", uid, r)
 	}
 	before := listRepo(t, e.repo)
 	for _, args := range [][]string{{"snapshots"}, {"backup", src}, {"check"}} {
@@ -1115,40 +1141,14 @@ func TestUnreadableRepository(t *testing.T) {
 // everything, so bunker runs as nobody here.
 func TestUnreadableFile(t *testing.T) {
 	t.Parallel()
-	const uid, gid = 65534, 65534
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run bunker as another user")
-	}
-	base, err := os.MkdirTemp("", "bunker-e2e-nobody-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	src := filepath.Join(base, "src")
+	e := newNobodyEnv(t)
+	src := filepath.Join(e.dir, "src")
 	writeFile(t, filepath.Join(src, "ok.txt"), "readable\n")
 	writeFile(t, filepath.Join(src, "secret"), "unreadable\n")
 	writeFile(t, filepath.Join(src, "sub", "b.txt"), "also readable\n")
+	chownNobody(t, src)
 	if err := os.Chmod(filepath.Join(src, "secret"), 0); err != nil {
 		t.Fatal(err)
-	}
-	e := &repoEnv{t: t, dir: base, repo: filepath.Join(base, "repo"), pwFile: filepath.Join(base, "password"),
-		cred: &syscall.Credential{Uid: uid, Gid: gid, NoSetGroups: true}}
-	writeFile(t, e.pwFile, "nobody's password\n")
-	createFastRepo(t, e.repo, e.pwFile)
-	if err := os.Chmod(base, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	err = filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, uid, gid)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r := e.run("exit-codes"); r.code != 0 {
-		t.Skipf("cannot run bunker as uid %d: %v", uid, r)
 	}
 
 	r := e.run("backup", "--json", src)
