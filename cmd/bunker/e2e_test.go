@@ -901,16 +901,13 @@ func TestWrongPasswordWritesNothing(t *testing.T) {
 // corruptSnapshotFile flips a byte in the middle of a snapshot's file.
 func corruptSnapshotFile(t *testing.T, repoDir, id string) {
 	t.Helper()
-	var file string
-	err := filepath.WalkDir(filepath.Join(repoDir, "snapshots"), func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.Name() == id {
-			file = p
-		}
-		return err
-	})
-	if err != nil || file == "" {
-		t.Fatalf("no file for snapshot %s (%v)", id, err)
-	}
+	flipMiddleByte(t, filepath.Join(repoDir, "snapshots", id))
+}
+
+// flipMiddleByte flips a bit of the byte in the middle of a stored file
+// (stored files are read-only).
+func flipMiddleByte(t *testing.T, file string) {
+	t.Helper()
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
@@ -1020,17 +1017,7 @@ func TestDamagedIndexFile(t *testing.T) {
 	if len(idx) != 2 {
 		t.Fatalf("want 2 index files, got %v", idx)
 	}
-	b, err := os.ReadFile(idx[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 0x01
-	if err := os.Chmod(idx[0], 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(idx[0], b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	flipMiddleByte(t, idx[0])
 	if r := e.fails(4, "ls", "latest"); !strings.Contains(r.stderr, "repair index") {
 		t.Errorf("ls with a damaged index file does not point to repair index: %q", r.stderr)
 	}

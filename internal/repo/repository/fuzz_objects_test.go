@@ -34,6 +34,19 @@ func fixedKeyRepo(tb testing.TB) (*mem.Backend, *Repository) {
 	return be, r
 }
 
+// saveForOneInput stores plain sealed as a file of type t, removed again
+// when the fuzz input's run ends.
+func saveForOneInput(t *testing.T, be *mem.Backend, r *Repository, typ backend.FileType, plain []byte) repo.ID {
+	t.Helper()
+	ctx := context.Background()
+	id, err := r.SaveUnpacked(ctx, typ, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = be.Remove(ctx, backend.Handle{Type: typ, Name: id.String()}) })
+	return id
+}
+
 // FuzzLockFile: a lock file's plaintext is whatever its writer sealed. Any of
 // it is either a lock (listed with its holder) or damage (listed with an
 // ErrCorrupt error, and judged by its age: a fresh one keeps others out); a
@@ -55,11 +68,7 @@ func FuzzLockFile(f *testing.F) {
 	f.Add([]byte(`null`))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, plain []byte) {
-		id, err := r.SaveUnpacked(ctx, backend.LockFile, plain)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: id.String()})
+		id := saveForOneInput(t, be, r, backend.LockFile, plain)
 		var li LockInfo
 		decodes := json.Unmarshal(plain, &li) == nil
 		locks, err := r.Locks(ctx)
@@ -92,11 +101,7 @@ func FuzzSettingsFile(f *testing.F) {
 	f.Add([]byte(`{"settings":{"min_retention":7}}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, plain []byte) {
-		id, err := r.SaveUnpacked(ctx, backend.SettingsFile, plain)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer be.Remove(ctx, backend.Handle{Type: backend.SettingsFile, Name: id.String()})
+		id := saveForOneInput(t, be, r, backend.SettingsFile, plain)
 		var sf settingsFile
 		decodes := json.Unmarshal(plain, &sf) == nil
 		s, files, err := r.LoadSettings(ctx)
