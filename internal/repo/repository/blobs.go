@@ -66,21 +66,9 @@ func (r *Repository) SaveBlob(ctx context.Context, t repo.BlobType, data []byte,
 		id = r.key.BlobID(data)
 	}
 	h := repo.BlobHandle{ID: id, Type: t}
-	if r.idx.Has(h) {
-		return id, false, 0, nil
-	}
-	r.mu.Lock()
-	if err := r.uploadErr; err != nil {
-		r.mu.Unlock()
+	if ok, err := r.claim(h); !ok {
 		return id, false, 0, err
 	}
-	if _, ok := r.pending[h]; ok {
-		r.mu.Unlock()
-		return id, false, 0, nil
-	}
-	r.pending[h] = struct{}{}
-	r.mu.Unlock()
-
 	sealed, compressed, err := r.encodeBlob(data)
 	if err != nil {
 		r.mu.Lock()
@@ -97,6 +85,29 @@ func (r *Repository) SaveBlob(ctx context.Context, t repo.BlobType, data []byte,
 		return id, false, 0, err
 	}
 	return id, true, n, nil
+}
+
+// claim reports whether the caller is to store the blob h: false when the
+// index has it or another caller is storing it (or an upload has failed,
+// with that error). The index is asked again under r.mu: an upload adds its
+// pack's blobs to the index and only then drops them from pending, so a
+// caller that found the index without h just before that upload finished
+// would otherwise find pending without it too, and store h a second time
+// (harmless, as prune drops duplicates, but stored for nothing).
+func (r *Repository) claim(h repo.BlobHandle) (bool, error) {
+	if r.idx.Has(h) {
+		return false, nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.uploadErr; err != nil {
+		return false, err
+	}
+	if _, ok := r.pending[h]; ok || r.idx.Has(h) {
+		return false, nil
+	}
+	r.pending[h] = struct{}{}
+	return true, nil
 }
 
 // encodeBlob compresses (when it pays) and seals data, then opens and

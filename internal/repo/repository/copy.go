@@ -128,21 +128,9 @@ func (r *Repository) CopySealed(ctx context.Context, src *Repository, packID rep
 			bad(b, err)
 			return nil
 		}
-		h := b.Handle()
-		if r.idx.Has(h) {
-			return nil
-		}
-		r.mu.Lock()
-		if err := r.uploadErr; err != nil {
-			r.mu.Unlock()
+		if ok, err := r.claim(b.Handle()); !ok {
 			return err
 		}
-		if _, ok := r.pending[h]; ok {
-			r.mu.Unlock()
-			return nil
-		}
-		r.pending[h] = struct{}{}
-		r.mu.Unlock()
 		// The pack takes its own copy: sealed is reused for the next blob.
 		sp := r.seals.get(len(sealed))
 		*sp = append(*sp, sealed...)
