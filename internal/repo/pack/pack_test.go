@@ -337,7 +337,7 @@ func ExampleParseHeader() {
 // is written (or gathered into a write), in order.
 func TestFileWriterMatchesMemory(t *testing.T) {
 	k := testKey(t)
-	for _, n := range []int{0, 1, queueLen, 3*queueLen + 1, 200} {
+	for _, n := range []int{0, 1, 2, 9, 200} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
 			f, err := os.CreateTemp(t.TempDir(), "pack")
 			if err != nil {
@@ -369,6 +369,10 @@ func TestFileWriterMatchesMemory(t *testing.T) {
 					released = append(released, i)
 					mu.Unlock()
 				})
+				// Some blobs are written as they come, the rest by FinishFile.
+				if i%3 == 1 {
+					fw.WriteQueued()
+				}
 			}
 			blobsEnd := mw.Size()
 			if fw.Size() != blobsEnd {
@@ -409,6 +413,52 @@ func TestFileWriterMatchesMemory(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFileWriterConcurrentAdders: blobs added under the caller's lock by
+// several goroutines, each writing the queue after its add (as the
+// repository does), land in the file in the order they were added.
+func TestFileWriterConcurrentAdders(t *testing.T) {
+	k := testKey(t)
+	f, err := os.CreateTemp(t.TempDir(), "pack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fw := NewFileWriter(f)
+	mw := NewWriter(0)
+	var mu sync.Mutex // the repository's lock
+	var released atomic.Int32
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				size := 1 + (g*50+i)*131%(2*stageMax)
+				plain := bytes.Repeat([]byte{byte(g), byte(i)}, size/2+1)
+				sealed := k.Seal(nil, plain)
+				mu.Lock()
+				mw.Add(repo.DataBlob, k.BlobID(plain), sealed, len(plain), false, nil)
+				fw.Add(repo.DataBlob, k.BlobID(plain), append([]byte(nil), sealed...), len(plain), false, func() { released.Add(1) })
+				mu.Unlock()
+				fw.WriteQueued()
+			}
+		})
+	}
+	wg.Wait()
+	blobsEnd := mw.Size()
+	if _, _, err := fw.FinishFile(k); err != nil {
+		t.Fatal(err)
+	}
+	if released.Load() != 200 {
+		t.Fatalf("%d of 200 blobs released", released.Load())
+	}
+	got, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := mw.Finish(k); len(got) != len(want) || !bytes.Equal(got[:blobsEnd], want[:blobsEnd]) {
+		t.Fatal("the file's blobs differ from the blobs in the order they were added")
 	}
 }
 

@@ -149,6 +149,9 @@ type Repository struct {
 	uploadErr error
 	uploads   sync.WaitGroup
 	uploadSem chan struct{}
+	// packQueue bounds the sealed blobs added to pack files and not yet
+	// written (see addToPack).
+	packQueue chan struct{}
 	freePacks [][]byte // storage of stored packs, for reuse
 	seals     bufCache // buffers of sealed blobs on their way to a pack
 	// indexFiles are the index files LoadIndex read or SaveIndex wrote.
@@ -195,6 +198,7 @@ func newRepository(be backend.Backend, opts Options) (*Repository, error) {
 		packers:    make(map[repo.BlobType]*pack.Writer),
 		pending:    make(map[repo.BlobHandle]struct{}),
 		uploadSem:  make(chan struct{}, opts.Uploads),
+		packQueue:  make(chan struct{}, packQueueLen),
 		indexFiles: make(map[repo.ID]bool),
 		ownIndex:   make(map[repo.ID][]index.PackEntry),
 		superseded: make(map[repo.ID]bool),
