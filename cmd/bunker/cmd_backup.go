@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -95,6 +96,18 @@ func readExcludeFiles(files []string) ([]string, error) {
 	return out, nil
 }
 
+// spareProcs is how many more Ps than cores a backup runs with (unless
+// GOMAXPROCS is set), its worker pools still sized by the cores. Most of a
+// backup's time is spent in cgo calls (zstd) and system calls (reads,
+// fsyncs), and a goroutine in one keeps its P until the runtime takes it
+// back, ten microseconds to ten milliseconds later, waking another thread
+// to run the goroutines that wait meanwhile. With spare Ps those run at
+// once. Measured on the bench data, ten interleaved first backups each:
+// median 4.77 s with GOMAXPROCS at the 2 cores, 4.58 s with 4; context
+// switches 17,400 involuntary and 23,600 voluntary, against 14,900 and
+// 18,900.
+const spareProcs = 2
+
 func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []string) error {
 	ctx := c.Context()
 	start := time.Now()
@@ -122,9 +135,16 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 	// that no index names until it is an hour old (docs/format.md 11b).
 	r.SetIndexInterval(repository.PartialIndexInterval)
 
+	cpus := runtime.GOMAXPROCS(0)
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(cpus + spareProcs)
+		defer runtime.GOMAXPROCS(cpus)
+	}
+
 	var errMu sync.Mutex
 	var readErrors []string
 	arch := archiver.New(r, archiver.Options{
+		CPUs:          cpus,
 		Excludes:      excludes,
 		OneFileSystem: o.oneFileSystem,
 		Error: func(path string, err error) {

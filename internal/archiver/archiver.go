@@ -39,6 +39,9 @@ type Options struct {
 	OneFileSystem bool
 	// ParentTree is the root tree of the snapshot to compare against; zero for none.
 	ParentTree repo.ID
+	// CPUs is the number of cores the worker pools are sized by; zero
+	// means GOMAXPROCS.
+	CPUs int
 	// FileWorkers read files; zero means 2 per CPU.
 	FileWorkers int
 	// BlobWorkers hash, compress, seal and pack chunks; zero means one per CPU.
@@ -93,11 +96,14 @@ type Archiver struct {
 
 // New returns an archiver.
 func New(r Repository, opts Options) *Archiver {
+	if opts.CPUs <= 0 {
+		opts.CPUs = runtime.GOMAXPROCS(0)
+	}
 	if opts.FileWorkers <= 0 {
-		opts.FileWorkers = 2 * runtime.GOMAXPROCS(0)
+		opts.FileWorkers = 2 * opts.CPUs
 	}
 	if opts.BlobWorkers <= 0 {
-		opts.BlobWorkers = runtime.GOMAXPROCS(0)
+		opts.BlobWorkers = opts.CPUs
 	}
 	return &Archiver{repo: r, opts: opts, meta: fs.NewMetaReader(fs.MetaOptions{})}
 }
@@ -165,7 +171,7 @@ func (a *Archiver) Run(ctx context.Context, paths []string) (repo.ID, []string, 
 	}
 	a.files = make(chan *fileJob, 256)
 	a.blobs = make(chan *blobJob, a.opts.BlobWorkers)
-	a.walkSem = make(chan struct{}, runtime.GOMAXPROCS(0))
+	a.walkSem = make(chan struct{}, a.opts.CPUs)
 	a.chunkers = make(chan repo.Chunker, 1)
 	a.chunkers <- nil // created on first use
 	// A file smaller than a chunk is read whole into one buffer, skipping
