@@ -97,7 +97,7 @@ func readExcludeFiles(files []string) ([]string, error) {
 }
 
 // spareProcs is how many more Ps than cores a backup runs with (unless
-// GOMAXPROCS is set), its worker pools still sized by the cores. Most of a
+// GOMAXPROCS is set), its file and blob workers still sized by the cores. Most of a
 // backup's time is spent in cgo calls (zstd) and system calls (reads,
 // fsyncs), and a goroutine in one keeps its P until the runtime takes it
 // back, ten microseconds to ten milliseconds later, waking another thread

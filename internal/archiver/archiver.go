@@ -39,8 +39,8 @@ type Options struct {
 	OneFileSystem bool
 	// ParentTree is the root tree of the snapshot to compare against; zero for none.
 	ParentTree repo.ID
-	// CPUs is the number of cores the worker pools are sized by; zero
-	// means GOMAXPROCS.
+	// CPUs is the number of cores the file and blob workers are sized by;
+	// zero means GOMAXPROCS.
 	CPUs int
 	// FileWorkers read files; zero means 2 per CPU.
 	FileWorkers int
@@ -171,7 +171,10 @@ func (a *Archiver) Run(ctx context.Context, paths []string) (repo.ID, []string, 
 	}
 	a.files = make(chan *fileJob, 256)
 	a.blobs = make(chan *blobJob, a.opts.BlobWorkers)
-	a.walkSem = make(chan struct{}, a.opts.CPUs)
+	// One walker per P, spare Ps included (a walker is mostly in system
+	// calls): an unchanged re-backup of the bench data with two spare Ps,
+	// ten runs each, median 0.34 s against 0.355 s with one per core.
+	a.walkSem = make(chan struct{}, runtime.GOMAXPROCS(0))
 	a.chunkers = make(chan repo.Chunker, 1)
 	a.chunkers <- nil // created on first use
 	// A file smaller than a chunk is read whole into one buffer, skipping
