@@ -236,8 +236,12 @@ func (w *Writer) Add(t repo.BlobType, id repo.ID, sealed []byte, rawLen int, com
 	}
 	w.size += len(sealed)
 	w.qmu.Lock()
+	defer w.qmu.Unlock()
+	if w.done {
+		// Nothing would write it, and the header would list it.
+		panic("pack: Add after FinishFile or Discard")
+	}
 	w.queue = append(w.queue, queued{b: sealed, release: release})
-	w.qmu.Unlock()
 }
 
 // Size is the current size of the blobs.

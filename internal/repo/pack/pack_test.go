@@ -462,6 +462,25 @@ func TestFileWriterConcurrentAdders(t *testing.T) {
 	}
 }
 
+// TestFileWriterAddAfterDiscard: adding to a writer that has ended is a
+// programming error that must not pass silently (the blob would be listed
+// in the header and missing from the file).
+func TestFileWriterAddAfterDiscard(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "pack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w := NewFileWriter(f)
+	w.Discard()
+	defer func() {
+		if recover() == nil {
+			t.Fatal("Add after Discard did not panic")
+		}
+	}()
+	w.Add(repo.DataBlob, repo.ID{1}, []byte("x"), 1, false, nil)
+}
+
 // TestFileWriterDiscard: Discard waits for queued blobs, releases them, and
 // ends the writing goroutine.
 func TestFileWriterDiscard(t *testing.T) {
