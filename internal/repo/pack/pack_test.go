@@ -331,6 +331,18 @@ func ExampleParseHeader() {
 	// <nil>
 }
 
+// newTempFileWriter returns a file writer on a new temporary file, and the
+// file (closed when the test ends).
+func newTempFileWriter(t *testing.T) (*Writer, *os.File) {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "pack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return NewFileWriter(f), f
+}
+
 // TestFileWriterMatchesMemory: a file pack written in the background holds
 // the same bytes as the same pack assembled in memory, its ID is the
 // FileID of those bytes, and each blob's storage is released only after it
@@ -339,12 +351,7 @@ func TestFileWriterMatchesMemory(t *testing.T) {
 	k := testKey(t)
 	for _, n := range []int{0, 1, 2, 9, 200} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			f, err := os.CreateTemp(t.TempDir(), "pack")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			fw := NewFileWriter(f)
+			fw, f := newTempFileWriter(t)
 			mw := NewWriter(0)
 			var released []int
 			var mu sync.Mutex
@@ -421,12 +428,7 @@ func TestFileWriterMatchesMemory(t *testing.T) {
 // repository does), land in the file in the order they were added.
 func TestFileWriterConcurrentAdders(t *testing.T) {
 	k := testKey(t)
-	f, err := os.CreateTemp(t.TempDir(), "pack")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fw := NewFileWriter(f)
+	fw, f := newTempFileWriter(t)
 	mw := NewWriter(0)
 	var mu sync.Mutex // the repository's lock
 	var released atomic.Int32
@@ -466,12 +468,7 @@ func TestFileWriterConcurrentAdders(t *testing.T) {
 // programming error that must not pass silently (the blob would be listed
 // in the header and missing from the file).
 func TestFileWriterAddAfterDiscard(t *testing.T) {
-	f, err := os.CreateTemp(t.TempDir(), "pack")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	w := NewFileWriter(f)
+	w, _ := newTempFileWriter(t)
 	w.Discard()
 	defer func() {
 		if recover() == nil {
@@ -485,12 +482,7 @@ func TestFileWriterAddAfterDiscard(t *testing.T) {
 // ends the writing goroutine.
 func TestFileWriterDiscard(t *testing.T) {
 	k := testKey(t)
-	f, err := os.CreateTemp(t.TempDir(), "pack")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	w := NewFileWriter(f)
+	w, _ := newTempFileWriter(t)
 	var released atomic.Int32
 	for i := range 10 {
 		w.Add(repo.DataBlob, repo.ID{byte(i)}, k.Seal(nil, []byte{byte(i)}), 1, false, func() { released.Add(1) })
