@@ -97,12 +97,12 @@ func readExcludeFiles(files []string) ([]string, error) {
 }
 
 // spareProcs is how many more Ps than cores a backup runs with (unless
-// GOMAXPROCS is set), its file and blob workers still sized by the cores. Most of a
-// backup's time is spent in cgo calls (zstd) and system calls (reads,
-// fsyncs), and a goroutine in one keeps its P until the runtime takes it
-// back, ten microseconds to ten milliseconds later, waking another thread
-// to run the goroutines that wait meanwhile. With spare Ps those run at
-// once. Measured on the bench data, ten interleaved first backups each:
+// GOMAXPROCS is set), its file and blob workers still sized by the cores.
+// Most of a backup's time is spent in cgo calls (zstd) and system calls
+// (reads, fsyncs), and a goroutine in one keeps its P until the runtime
+// takes it back, ten microseconds to ten milliseconds later, waking another
+// thread to run the goroutines that wait meanwhile. With spare Ps those run
+// at once. Measured on the bench data, ten interleaved first backups each:
 // median 4.77 s with GOMAXPROCS at the 2 cores, 4.58 s with 4; context
 // switches 17,400 involuntary and 23,600 voluntary, against 14,900 and
 // 18,900.
