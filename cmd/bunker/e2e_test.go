@@ -135,6 +135,17 @@ func newFastRepo(t *testing.T) *repoEnv {
 	return e
 }
 
+// newFastRepoWithSnapshot is newFastRepo after one backup of src, a new
+// directory holding the file "f".
+func newFastRepoWithSnapshot(t *testing.T) (*repoEnv, string) {
+	t.Helper()
+	e := newFastRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "f"), "f\n")
+	e.ok("backup", src)
+	return e, src
+}
+
 func createFastRepo(t *testing.T, dir, pwFile string) {
 	t.Helper()
 	ctx := context.Background()
@@ -815,10 +826,7 @@ func TestStreams(t *testing.T) {
 // TestBadInput: every mistake gives one clear line and the documented code.
 func TestBadInput(t *testing.T) {
 	t.Parallel()
-	e := newFastRepo(t)
-	src := filepath.Join(t.TempDir(), "src")
-	writeFile(t, filepath.Join(src, "f"), "f\n")
-	e.ok("backup", src)
+	e, src := newFastRepoWithSnapshot(t)
 	wrongPw := filepath.Join(e.dir, "wrong")
 	writeFile(t, wrongPw, "not the password\n")
 	emptyPw := filepath.Join(e.dir, "empty")
@@ -868,10 +876,7 @@ func TestBadInput(t *testing.T) {
 // clear error, and nothing in the repository changes.
 func TestWrongPasswordWritesNothing(t *testing.T) {
 	t.Parallel()
-	e := newFastRepo(t)
-	src := filepath.Join(t.TempDir(), "src")
-	writeFile(t, filepath.Join(src, "f"), "f\n")
-	e.ok("backup", src)
+	e, src := newFastRepoWithSnapshot(t)
 	wrongPw := filepath.Join(e.dir, "wrong")
 	writeFile(t, wrongPw, "not the password\n")
 	writeFile(t, filepath.Join(src, "g"), "new data that a backup would store\n")
@@ -1038,10 +1043,7 @@ func TestDamagedIndexFile(t *testing.T) {
 // the damage in one line (exit 4), not "no snapshot found".
 func TestOnlySnapshotDamaged(t *testing.T) {
 	t.Parallel()
-	e := newFastRepo(t)
-	src := filepath.Join(t.TempDir(), "src")
-	writeFile(t, filepath.Join(src, "f"), "f\n")
-	e.ok("backup", src)
+	e, _ := newFastRepoWithSnapshot(t)
 	corruptSnapshotFile(t, e.repo, e.snapshots()[0].ID)
 	r := e.fails(4, "ls", "latest")
 	if !strings.Contains(r.stderr, "no readable snapshot") {
