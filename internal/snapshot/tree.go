@@ -25,6 +25,7 @@ const treeVersion = 1
 // Limits on what a decoder accepts from an untrusted tree.
 const (
 	maxTreeNodes   = 1 << 24
+	minNodeBytes   = 20 // a node takes at least 25: 20 fields, a name of one byte, times of two
 	maxString      = 1 << 16
 	maxXattrs      = 1 << 12
 	maxXattrValue  = 1 << 20
@@ -167,6 +168,15 @@ func (r *reader) str(what string) string {
 	return string(r.take(r.uvarint(maxString, what), what))
 }
 
+// strLike reads a string, returning prev itself if they are equal.
+func (r *reader) strLike(prev, what string) string {
+	b := r.take(r.uvarint(maxString, what), what)
+	if string(b) == prev {
+		return prev
+	}
+	return string(b)
+}
+
 func (r *reader) time(what string) time.Time {
 	s := r.varint(what)
 	ns := r.uvarint(999999999, what)
@@ -192,15 +202,21 @@ func DecodeTree(b []byte) (*Tree, error) {
 	}
 	r := &reader{b: b[1:]}
 	count := r.uvarint(maxTreeNodes, "node count")
-	if count > uint64(len(r.b)) { // every node takes at least one byte
+	// A count the data cannot hold is refused before the nodes are allocated.
+	if count > uint64(len(r.b))/minNodeBytes {
 		return nil, fmt.Errorf("%w: node count", ErrInvalidTree)
 	}
 	t := &Tree{Nodes: make([]*Node, 0, count)}
+	// The nodes share one allocation, and the user and group names, the
+	// same in most nodes of a directory, are kept once: an unchanged
+	// re-backup decodes every tree of the previous snapshot.
+	slab := make([]Node, count)
+	var user, group string
 	for i := uint64(0); i < count && r.err == nil; i++ {
 		if f := r.uvarint(255, "field count"); f != nodeFields && r.err == nil {
 			return nil, fmt.Errorf("%w: node has %d fields", ErrInvalidTree, f)
 		}
-		n := &Node{}
+		n := &slab[i]
 		n.Name = r.str("name")
 		if tb := r.take(1, "type"); r.err == nil {
 			n.Type = NodeType(tb[0])
@@ -211,8 +227,9 @@ func DecodeTree(b []byte) (*Tree, error) {
 		n.Mode = uint32(r.uvarint(07777, "mode"))
 		n.UID = uint32(r.uvarint(math.MaxUint32, "uid"))
 		n.GID = uint32(r.uvarint(math.MaxUint32, "gid"))
-		n.User = r.str("user")
-		n.Group = r.str("group")
+		n.User = r.strLike(user, "user")
+		n.Group = r.strLike(group, "group")
+		user, group = n.User, n.Group
 		n.ModTime = r.time("mtime")
 		n.AccessTime = r.time("atime")
 		n.ChangeTime = r.time("ctime")
