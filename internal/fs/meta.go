@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,6 +37,15 @@ type MetaReader struct {
 	mu     sync.Mutex
 	users  map[uint32]string
 	groups map[uint32]string
+	// lastUser and lastGroup hold the latest lookups: nearly every entry of
+	// a tree has the same owner, and the walkers of a backup would otherwise
+	// contend for mu twice per entry.
+	lastUser, lastGroup atomic.Pointer[idName]
+}
+
+type idName struct {
+	id   uint32
+	name string
 }
 
 // NewMetaReader returns a MetaReader.
@@ -178,34 +188,41 @@ func nodeType(mode uint32) (snapshot.NodeType, error) {
 }
 
 func (r *MetaReader) userName(uid uint32) string {
-	r.mu.Lock()
-	name, ok := r.users[uid]
-	r.mu.Unlock()
-	if ok {
-		return name
-	}
-	if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
-		name = u.Username
-	}
-	r.mu.Lock()
-	r.users[uid] = name
-	r.mu.Unlock()
-	return name
+	return r.lookup(&r.lastUser, r.users, uid, func(id string) (string, error) {
+		u, err := user.LookupId(id)
+		if err != nil {
+			return "", err
+		}
+		return u.Username, nil
+	})
 }
 
 func (r *MetaReader) groupName(gid uint32) string {
-	r.mu.Lock()
-	name, ok := r.groups[gid]
-	r.mu.Unlock()
-	if ok {
-		return name
+	return r.lookup(&r.lastGroup, r.groups, gid, func(id string) (string, error) {
+		g, err := user.LookupGroupId(id)
+		if err != nil {
+			return "", err
+		}
+		return g.Name, nil
+	})
+}
+
+// lookup returns the name of id from last, then from cache (guarded by
+// r.mu), then from find; an id without a name gets "".
+func (r *MetaReader) lookup(last *atomic.Pointer[idName], cache map[uint32]string, id uint32, find func(string) (string, error)) string {
+	if e := last.Load(); e != nil && e.id == id {
+		return e.name
 	}
-	if g, err := user.LookupGroupId(strconv.FormatUint(uint64(gid), 10)); err == nil {
-		name = g.Name
-	}
 	r.mu.Lock()
-	r.groups[gid] = name
+	name, ok := cache[id]
 	r.mu.Unlock()
+	if !ok {
+		name, _ = find(strconv.FormatUint(uint64(id), 10))
+		r.mu.Lock()
+		cache[id] = name
+		r.mu.Unlock()
+	}
+	last.Store(&idName{id: id, name: name})
 	return name
 }
 

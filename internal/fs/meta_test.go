@@ -152,6 +152,46 @@ func TestMetaReaderNames(t *testing.T) {
 	}
 }
 
+// TestMetaReaderNamesAlternate asks for owners in turn, so that each lookup
+// misses the reader's latest entry and must not return its name.
+func TestMetaReaderNamesAlternate(t *testing.T) {
+	want := func(id uint32, lookup func(string) (string, error)) string {
+		name, err := lookup(strconv.FormatUint(uint64(id), 10))
+		if err != nil {
+			return ""
+		}
+		return name
+	}
+	userOf := func(id string) (string, error) {
+		u, err := user.LookupId(id)
+		if err != nil {
+			return "", err
+		}
+		return u.Username, nil
+	}
+	groupOf := func(id string) (string, error) {
+		g, err := user.LookupGroupId(id)
+		if err != nil {
+			return "", err
+		}
+		return g.Name, nil
+	}
+	r := NewMetaReader(MetaOptions{})
+	own, ownGroup := uint32(os.Getuid()), uint32(os.Getgid())
+	for i, id := range []uint32{own, 987654, own, own, 987654, 0, own} {
+		if got, w := r.userName(id), want(id, userOf); got != w {
+			t.Errorf("lookup %d: user %d is %q, want %q", i, id, got, w)
+		}
+		gid := id
+		if id == own {
+			gid = ownGroup
+		}
+		if got, w := r.groupName(gid), want(gid, groupOf); got != w {
+			t.Errorf("lookup %d: group %d is %q, want %q", i, gid, got, w)
+		}
+	}
+}
+
 func TestMetaReaderConcurrent(t *testing.T) {
 	dir := t.TempDir()
 	for i := range 20 {
