@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
@@ -125,6 +126,14 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 	host := o.host
 	if host == "" {
 		host, _ = os.Hostname()
+	}
+	// The memory limit alone paces the collector: the key derivation has
+	// made the process that large already, and with GOGC's doubling from
+	// the small heap after it, the index load and walk of an unchanged re-backup
+	// ran eleven collections instead of one (the first backup's heap stays at the
+	// limit either way). Only if bunker set the limit itself.
+	if os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "" {
+		defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	}
 	r, lock, release, err := g.openRepoLocked(ctx, true, false)
 	if err != nil {

@@ -345,6 +345,7 @@ func (g *globalOptions) openRepo(ctx context.Context, withIndex bool) (*reposito
 		be.Close()
 		return nil, err
 	}
+	setMemoryLimit(0) // the key is derived
 	if withIndex {
 		if err := r.LoadIndex(ctx); err != nil {
 			r.Close()
