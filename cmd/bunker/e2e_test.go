@@ -1383,6 +1383,68 @@ func TestExitCodes(t *testing.T) {
 
 // TestOneFileSystem: with --one-file-system the mount point itself is kept (an
 // empty directory), what is mounted on it is not; without it, both are.
+// TestFullDisk backs up into a repository on a file system that fills up:
+// the backup fails with exit 1 and one line naming the cause, nothing stored
+// before is changed, no temporary file is left, check finds no problem, and
+// once there is room again the same backup succeeds and restores.
+func TestFullDisk(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	if err := os.MkdirAll(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=6m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v): needs root and mount rights", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(mnt, 0) })
+	e.repo = filepath.Join(mnt, "repo")
+	createFastRepo(t, e.repo, e.pwFile)
+
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "small"), "fits\n")
+	e.ok("backup", src)
+	before := listRepo(t, e.repo)
+
+	big := randomData(7, 16<<20)
+	writeFile(t, filepath.Join(src, "big"), string(big))
+	r := e.fails(exitFailure, "backup", src)
+	if !strings.Contains(r.stderr, "no space left") {
+		t.Errorf("full disk: the error does not say so: %q", r.stderr)
+	}
+	after := listRepo(t, e.repo)
+	for _, f := range before {
+		if strings.Fields(f)[2][0] == 'd' {
+			continue // directories' times change with the lock files
+		}
+		if !slices.Contains(after, f) {
+			t.Errorf("full disk: %s was changed or removed", f)
+		}
+	}
+	for _, f := range after {
+		if strings.Contains(filepath.Base(strings.Fields(f)[0]), ".tmp") {
+			t.Errorf("full disk: temporary file left: %s", f)
+		}
+	}
+	if out := e.ok("check"); !strings.Contains(out, "no problems found") {
+		t.Errorf("check after a full disk:\n%s", out)
+	}
+	if n := len(e.snapshots()); n != 1 {
+		t.Errorf("full disk: %d snapshots, want the one from before", n)
+	}
+
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", syscall.MS_REMOUNT, "size=64m"); err != nil {
+		t.Fatal(err)
+	}
+	e.ok("backup", src)
+	e.ok("check", "--read-data")
+	target := t.TempDir()
+	e.ok("restore", "latest", "--target", target)
+	if got, err := os.ReadFile(inTarget(target, filepath.Join(src, "big"))); err != nil || !bytes.Equal(got, big) {
+		t.Errorf("restore after the disk had room again: big file differs (%v)", err)
+	}
+}
+
 func TestOneFileSystem(t *testing.T) {
 	t.Parallel()
 	e := newFastRepo(t)
