@@ -581,8 +581,11 @@ type rawFile int
 
 // openNoatime opens path read-only without following a final symlink and,
 // where allowed, without updating its atime; extra adds flags (O_DIRECTORY).
+// O_NONBLOCK (no effect on regular files and directories) keeps the open
+// from waiting when the entry has been replaced by a FIFO since it was
+// found: the caller's fstat then sees that it is not what was found.
 func openNoatime(path string, extra int) (rawFile, error) {
-	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | extra
+	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK | extra
 	for {
 		fd, err := unix.Open(path, flags|unix.O_NOATIME, 0)
 		if err == unix.EPERM { // O_NOATIME needs ownership (or root)
