@@ -129,9 +129,9 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 	}
 	// The memory limit alone paces the collector: the key derivation has
 	// made the process that large already, and with GOGC's doubling from
-	// the small heap after it, the index load and walk of an unchanged re-backup
-	// ran eleven collections instead of one (the first backup's heap stays at the
-	// limit either way). Only if bunker set the limit itself.
+	// the small heap after it, the index load and walk of an unchanged
+	// re-backup ran eleven collections instead of one (the first backup's
+	// heap stays at the limit either way). Only if bunker set the limit.
 	if os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "" {
 		defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	}

@@ -1381,8 +1381,6 @@ func TestExitCodes(t *testing.T) {
 	}
 }
 
-// TestOneFileSystem: with --one-file-system the mount point itself is kept (an
-// empty directory), what is mounted on it is not; without it, both are.
 // TestFullDisk backs up into a repository on a file system that fills up:
 // the backup fails with exit 1 and one line naming the cause, nothing stored
 // before is changed, no temporary file is left, check finds no problem, and
@@ -1445,6 +1443,8 @@ func TestFullDisk(t *testing.T) {
 	}
 }
 
+// TestOneFileSystem: with --one-file-system the mount point itself is kept (an
+// empty directory), what is mounted on it is not; without it, both are.
 func TestOneFileSystem(t *testing.T) {
 	t.Parallel()
 	e := newFastRepo(t)

@@ -188,23 +188,28 @@ func nodeType(mode uint32) (snapshot.NodeType, error) {
 }
 
 func (r *MetaReader) userName(uid uint32) string {
-	return r.lookup(&r.lastUser, r.users, uid, func(id string) (string, error) {
-		u, err := user.LookupId(id)
-		if err != nil {
-			return "", err
-		}
-		return u.Username, nil
-	})
+	return r.lookup(&r.lastUser, r.users, uid, lookupUser)
 }
 
 func (r *MetaReader) groupName(gid uint32) string {
-	return r.lookup(&r.lastGroup, r.groups, gid, func(id string) (string, error) {
-		g, err := user.LookupGroupId(id)
-		if err != nil {
-			return "", err
-		}
-		return g.Name, nil
-	})
+	return r.lookup(&r.lastGroup, r.groups, gid, lookupGroup)
+}
+
+// lookupUser and lookupGroup return the name of a decimal user or group ID.
+func lookupUser(id string) (string, error) {
+	u, err := user.LookupId(id)
+	if err != nil {
+		return "", err
+	}
+	return u.Username, nil
+}
+
+func lookupGroup(id string) (string, error) {
+	g, err := user.LookupGroupId(id)
+	if err != nil {
+		return "", err
+	}
+	return g.Name, nil
 }
 
 // lookup returns the name of id from last, then from cache (guarded by

@@ -162,31 +162,17 @@ func TestMetaReaderNamesAlternate(t *testing.T) {
 		}
 		return name
 	}
-	userOf := func(id string) (string, error) {
-		u, err := user.LookupId(id)
-		if err != nil {
-			return "", err
-		}
-		return u.Username, nil
-	}
-	groupOf := func(id string) (string, error) {
-		g, err := user.LookupGroupId(id)
-		if err != nil {
-			return "", err
-		}
-		return g.Name, nil
-	}
 	r := NewMetaReader(MetaOptions{})
 	own, ownGroup := uint32(os.Getuid()), uint32(os.Getgid())
 	for i, id := range []uint32{own, 987654, own, own, 987654, 0, own} {
-		if got, w := r.userName(id), want(id, userOf); got != w {
+		if got, w := r.userName(id), want(id, lookupUser); got != w {
 			t.Errorf("lookup %d: user %d is %q, want %q", i, id, got, w)
 		}
 		gid := id
 		if id == own {
 			gid = ownGroup
 		}
-		if got, w := r.groupName(gid), want(gid, groupOf); got != w {
+		if got, w := r.groupName(gid), want(gid, lookupGroup); got != w {
 			t.Errorf("lookup %d: group %d is %q, want %q", i, gid, got, w)
 		}
 	}
