@@ -340,12 +340,13 @@ func (g *globalOptions) openRepo(ctx context.Context, withIndex bool) (*reposito
 		be.Close()
 		return nil, err
 	}
+	setMemoryLimitForKDF()
 	r, err := repository.Open(ctx, be, pw, opts)
+	setMemoryLimit(0) // the key is derived
 	if err != nil {
 		be.Close()
 		return nil, err
 	}
-	setMemoryLimit(0) // the key is derived
 	if withIndex {
 		if err := r.LoadIndex(ctx); err != nil {
 			r.Close()

@@ -102,7 +102,7 @@ func exitCode(err error) int {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	stopProfile := startProfile()
-	setMemoryLimitForKDF()
+	setMemoryLimit(0)
 	if err := errors.Join(testLockTiming(), testLockDay(), testBackupTiming()); err != nil {
 		fmt.Fprintf(os.Stderr, "bunker: %v\n", err)
 		os.Exit(exitUsage)
@@ -145,12 +145,11 @@ func setMemoryLimit(indexBlobs int) {
 	debug.SetMemoryLimit(baseMemoryLimit + int64(indexBlobs)*200)
 }
 
-// setMemoryLimitForKDF sets the soft memory limit for the start of a
-// command: the base limit plus the default key derivation's memory. argon2
-// holds its 64 MiB for the whole derivation; under the base limit alone the
-// collector ran cycle after cycle meanwhile (six in an unchanged re-backup,
-// against two), each freeing nothing. openRepo lowers the limit once the key
-// is derived.
+// setMemoryLimitForKDF raises the soft memory limit by the default key
+// derivation's memory, for openRepo to call before opening a repository and
+// to lower again after. argon2 holds its 64 MiB for the whole derivation;
+// under the base limit alone the collector ran cycle after cycle meanwhile
+// (six in an unchanged re-backup, against two), each freeing nothing.
 func setMemoryLimitForKDF() {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return
