@@ -95,11 +95,32 @@ func (r *MetaReader) NodeAt(dirfd int, name, path string, prev *snapshot.Node) (
 		if err != nil {
 			return nil, &os.PathError{Op: "lstat", Path: path, Err: err}
 		}
-		return r.node(dirfd, name, path, &st, prev)
+		return r.node(entrySource{dirfd: dirfd, name: name, fd: -1}, path, &st, prev)
 	}
 }
 
-func (r *MetaReader) node(dirfd int, name, path string, st *unix.Stat_t, prev *snapshot.Node) (*snapshot.Node, error) {
+// NodeOfFile builds the node of the file open as fd, whose fstat is st and
+// whose full path is path (for messages and the node's name), reading its
+// extended attributes through fd. Like NodeAt, it may return the node
+// together with a *XattrError.
+func (r *MetaReader) NodeOfFile(fd int, path string, st *unix.Stat_t) (*snapshot.Node, error) {
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK { // its target is not read through fd
+		return nil, fmt.Errorf("%s: a symlink is not an open file", path)
+	}
+	return r.node(entrySource{fd: fd}, path, st, nil)
+}
+
+// entrySource is where node reads what a stat does not give (symlink
+// target, extended attributes): the open file fd if it is not negative, or
+// else the entry name of the directory dirfd.
+type entrySource struct {
+	dirfd int
+	name  string
+	fd    int
+}
+
+func (r *MetaReader) node(src entrySource, path string, st *unix.Stat_t, prev *snapshot.Node) (*snapshot.Node, error) {
+	dirfd, name := src.dirfd, src.name
 	typ, err := nodeType(st.Mode)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -140,7 +161,12 @@ func (r *MetaReader) node(dirfd int, name, path string, st *unix.Stat_t, prev *s
 	if same && !r.opts.NoXattrs {
 		n.Xattrs = prev.Xattrs
 	} else if !r.opts.NoXattrs {
-		xattrs, err := readXattrsAt(dirfd, name, path)
+		var xattrs []snapshot.Xattr
+		if src.fd >= 0 {
+			xattrs, err = readXattrsFd(src.fd)
+		} else {
+			xattrs, err = readXattrsAt(dirfd, name, path)
+		}
 		if err != nil {
 			return n, &XattrError{Path: path, Err: err}
 		}
@@ -247,7 +273,7 @@ func ReadXattrs(path string) ([]snapshot.Xattr, error) {
 // The list is read relative to it where the kernel can (listxattrat, Linux
 // 6.13); the values, which few files have, by path.
 func readXattrsAt(dirfd int, name, path string) ([]snapshot.Xattr, error) {
-	list, err := readXattrBuf(maxXattrList, func(buf []byte) (int, error) {
+	return readXattrs(func(buf []byte) (int, error) {
 		if dirfd != unix.AT_FDCWD {
 			n, err := listxattrAt(dirfd, name, buf)
 			if err != errNoXattrAt {
@@ -255,38 +281,55 @@ func readXattrsAt(dirfd int, name, path string) ([]snapshot.Xattr, error) {
 			}
 		}
 		return unix.Llistxattr(path, buf)
+	}, func(attr string, buf []byte) (int, error) {
+		return unix.Lgetxattr(path, attr, buf)
 	})
+}
+
+// readXattrsFd is ReadXattrs for the open file fd.
+func readXattrsFd(fd int) ([]snapshot.Xattr, error) {
+	return readXattrs(func(buf []byte) (int, error) {
+		return unix.Flistxattr(fd, buf)
+	}, func(attr string, buf []byte) (int, error) {
+		return unix.Fgetxattr(fd, attr, buf)
+	})
+}
+
+// readXattrs reads the names of the attributes with names and each value
+// with get, and returns them sorted by name.
+func readXattrs(names func(buf []byte) (int, error), get func(attr string, buf []byte) (int, error)) ([]snapshot.Xattr, error) {
+	list, err := readXattrBuf(maxXattrList, names)
 	if err != nil {
 		if isNotSupported(err) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("llistxattr: %w", err)
+		return nil, fmt.Errorf("list: %w", err)
 	}
-	var names []string
+	var sorted []string
 	for len(list) > 0 {
 		i := 0
 		for i < len(list) && list[i] != 0 {
 			i++
 		}
 		if i > 0 {
-			names = append(names, string(list[:i]))
+			sorted = append(sorted, string(list[:i]))
 		}
 		if i == len(list) {
 			break
 		}
 		list = list[i+1:]
 	}
-	sort.Strings(names)
+	sort.Strings(sorted)
 	var xattrs []snapshot.Xattr
-	for _, name := range names {
+	for _, name := range sorted {
 		val, err := readXattrBuf(maxXattrValue, func(buf []byte) (int, error) {
-			return unix.Lgetxattr(path, name, buf)
+			return get(name, buf)
 		})
 		if errors.Is(err, unix.ENODATA) {
 			continue // removed since the list was read
 		}
 		if err != nil {
-			return nil, fmt.Errorf("lgetxattr %q: %w", name, err)
+			return nil, fmt.Errorf("get %q: %w", name, err)
 		}
 		if val == nil {
 			val = []byte{}
