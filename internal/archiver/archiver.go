@@ -1,7 +1,9 @@
 package archiver
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -128,7 +130,9 @@ func resolved(n *snapshot.Node) *future {
 func (f *future) wait() *snapshot.Node { <-f.done; return f.node }
 
 type fileJob struct {
-	path   string
+	path string
+	// node is the file's node from the walk's lstat, or nil for a file the
+	// walk did not stat (saveNewFile): the worker then makes it.
 	node   *snapshot.Node
 	fut    *future
 	parent *snapshot.Node
@@ -422,25 +426,48 @@ func (a *Archiver) haveContent(ids []repo.ID) bool {
 }
 
 func (a *Archiver) walkDir(ctx context.Context, path string, node *snapshot.Node, parent *snapshot.Tree, dev uint64) *future {
-	dirfd, names, err := readDir(path)
+	dirfd, ents, err := readDir(path)
 	if err != nil {
 		a.report(path, err)
 		// Keep the directory itself, empty: its metadata was readable.
 		return a.finishTree(ctx, path, node, nil, parent)
 	}
 	defer unix.Close(dirfd)
-	futs := make([]*future, 0, len(names))
-	for _, name := range names {
+	futs := make([]*future, 0, len(ents))
+	for _, ent := range ents {
 		if ctx.Err() != nil || a.failed() != nil {
 			break
 		}
 		var pnode *snapshot.Node
 		if parent != nil {
-			pnode = parent.Find(name)
+			pnode = parent.Find(ent.name)
 		}
-		futs = append(futs, a.saveEntry(ctx, dirfd, name, filepath.Join(path, name), pnode, dev))
+		epath := filepath.Join(path, ent.name)
+		if ent.typ == unix.DT_REG && pnode == nil {
+			futs = append(futs, a.saveNewFile(ctx, epath))
+			continue
+		}
+		futs = append(futs, a.saveEntry(ctx, dirfd, ent.name, epath, pnode, dev))
 	}
 	return a.finishTree(ctx, path, node, futs, parent)
+}
+
+// saveNewFile saves a regular file that has no node in the parent snapshot
+// to compare with. The walk does not stat it: the file worker that reads it
+// takes the metadata from the descriptor it reads (fstat, flistxattr). That
+// is one system call per file fewer than an lstat here and an fstat there.
+func (a *Archiver) saveNewFile(ctx context.Context, path string) *future {
+	if a.excluded(path) {
+		return resolved(nil)
+	}
+	a.Stats.FilesProcessed.Add(1)
+	f := &future{done: make(chan struct{})}
+	select {
+	case a.files <- &fileJob{path: path, fut: f}:
+	case <-ctx.Done():
+		return resolved(nil)
+	}
+	return f
 }
 
 // direntBufs hold readDir's buffer, in use only during the call: a new one
@@ -448,16 +475,24 @@ func (a *Archiver) walkDir(ctx context.Context, path string, node *snapshot.Node
 // (small, like os.File's own directory buffers, so a sync.Pool is enough).
 var direntBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// readDir opens the directory at path and returns it with its entries'
-// names, sorted. The entries are then read relative to it.
-func readDir(path string) (int, []string, error) {
+// dirEntry is an entry of a directory: its name and its type from the
+// directory itself (unix.DT_REG, ...; DT_UNKNOWN where the file system does
+// not say).
+type dirEntry struct {
+	name string
+	typ  uint8
+}
+
+// readDir opens the directory at path and returns it with its entries,
+// sorted by name. The entries are then read relative to it.
+func readDir(path string) (int, []dirEntry, error) {
 	// Like files, directories are read without changing their atime.
 	f, err := openNoatime(path, unix.O_DIRECTORY)
 	if err != nil {
 		return -1, nil, err
 	}
 	fd := int(f)
-	var names []string
+	var ents []dirEntry
 	bp := direntBufs.Get().(*[]byte)
 	defer direntBufs.Put(bp)
 	buf := *bp
@@ -473,10 +508,40 @@ func readDir(path string) (int, []string, error) {
 		if n <= 0 {
 			break
 		}
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+		if ents, err = parseDirents(buf[:n], ents); err != nil {
+			unix.Close(fd)
+			return -1, nil, &os.PathError{Op: "readdir", Path: path, Err: err}
+		}
 	}
-	sort.Strings(names)
-	return fd, names, nil
+	sort.Slice(ents, func(i, j int) bool { return ents[i].name < ents[j].name })
+	return fd, ents, nil
+}
+
+// parseDirents appends the entries of getdents64's records in buf to ents,
+// leaving out "." and ".." and records without an inode (removed entries,
+// on some file systems). A record is the inode (8 bytes), the offset (8),
+// the record's length (2), the type (1) and the name, NUL-terminated.
+func parseDirents(buf []byte, ents []dirEntry) ([]dirEntry, error) {
+	const nameOff = 19
+	for len(buf) > 0 {
+		if len(buf) < nameOff {
+			return ents, errors.New("truncated directory entry")
+		}
+		reclen := int(binary.NativeEndian.Uint16(buf[16:18]))
+		if reclen <= nameOff || reclen > len(buf) {
+			return ents, errors.New("bad directory entry length")
+		}
+		name := buf[nameOff:reclen]
+		if i := bytes.IndexByte(name, 0); i >= 0 {
+			name = name[:i]
+		}
+		ino := binary.NativeEndian.Uint64(buf[0:8])
+		if ino != 0 && len(name) > 0 && string(name) != "." && string(name) != ".." {
+			ents = append(ents, dirEntry{name: string(name), typ: buf[18]})
+		}
+		buf = buf[reclen:]
+	}
+	return ents, nil
 }
 
 // finishTree waits for the children in the background, then saves the tree
@@ -629,10 +694,21 @@ func (a *Archiver) saveFile(job *fileJob) (*snapshot.Node, error) {
 	if err := unix.Fstat(int(f), &st); err != nil {
 		return nil, err
 	}
-	if st.Ino != job.node.Inode || st.Mode&unix.S_IFMT != unix.S_IFREG {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || job.node != nil && st.Ino != job.node.Inode {
 		return nil, errors.New("file was replaced while being read")
 	}
 	node := job.node
+	if node == nil { // found by the walk without a stat (saveNewFile)
+		var err error
+		node, err = a.meta.NodeOfFile(int(f), job.path, &st)
+		var xe *fs.XattrError
+		if errors.As(err, &xe) && node != nil {
+			a.report(job.path, err) // metadata partly read: keep the file, report the rest
+		} else if err != nil {
+			return nil, err
+		}
+		a.Stats.BytesProcessed.Add(node.Size)
+	}
 	if st.Size < int64(a.repo.MinChunk()) {
 		// One chunk: read it whole.
 		bp := <-a.smallBufs

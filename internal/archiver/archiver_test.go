@@ -1,9 +1,13 @@
 package archiver
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,5 +48,97 @@ func TestSaveFileReplacedByFIFO(t *testing.T) {
 			w.Close()
 		}
 		t.Fatal("saving a file replaced by a FIFO waits in open")
+	}
+}
+
+// dirent encodes one getdents64 record, padded to 8 bytes as the kernel does.
+func dirent(ino uint64, typ uint8, name string) []byte {
+	n := (19 + len(name) + 1 + 7) &^ 7
+	b := make([]byte, n)
+	binary.NativeEndian.PutUint64(b, ino)
+	binary.NativeEndian.PutUint16(b[16:], uint16(n))
+	b[18] = typ
+	copy(b[19:], name)
+	return b
+}
+
+func TestParseDirents(t *testing.T) {
+	join := func(recs ...[]byte) []byte { return bytes.Join(recs, nil) }
+	for _, tc := range []struct {
+		name string
+		buf  []byte
+		want []dirEntry
+		bad  bool
+	}{
+		{name: "empty"},
+		{name: "dots left out", buf: join(dirent(1, unix.DT_DIR, "."), dirent(2, unix.DT_DIR, ".."), dirent(3, unix.DT_REG, "f")),
+			want: []dirEntry{{"f", unix.DT_REG}}},
+		{name: "types and lengths", buf: join(dirent(4, unix.DT_LNK, "link"), dirent(5, unix.DT_UNKNOWN, "exactly-5"), dirent(6, unix.DT_FIFO, "..x")),
+			want: []dirEntry{{"link", unix.DT_LNK}, {"exactly-5", unix.DT_UNKNOWN}, {"..x", unix.DT_FIFO}}},
+		{name: "no inode left out", buf: join(dirent(0, unix.DT_REG, "gone"), dirent(7, unix.DT_REG, "kept")),
+			want: []dirEntry{{"kept", unix.DT_REG}}},
+		{name: "truncated header", buf: dirent(1, unix.DT_REG, "f")[:10], bad: true},
+		{name: "length past the end", buf: dirent(1, unix.DT_REG, "f")[:20], bad: true},
+		{name: "length too small", buf: func() []byte {
+			b := dirent(1, unix.DT_REG, "f")
+			binary.NativeEndian.PutUint16(b[16:], 19)
+			return b
+		}(), bad: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseDirents(tc.buf, nil)
+			if tc.bad {
+				if err == nil {
+					t.Fatalf("no error, entries %v", got)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(got, tc.want) {
+				t.Fatalf("got %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzParseDirents(f *testing.F) {
+	f.Add(bytes.Join([][]byte{dirent(1, unix.DT_DIR, "."), dirent(2, unix.DT_REG, "file")}, nil))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, buf []byte) {
+		ents, err := parseDirents(buf, nil)
+		if err != nil {
+			return
+		}
+		for _, e := range ents {
+			if e.name == "" || e.name == "." || e.name == ".." || strings.IndexByte(e.name, 0) >= 0 {
+				t.Fatalf("bad entry %q", e.name)
+			}
+		}
+	})
+}
+
+// TestReadDir lists a directory with an entry of each kind and wants the
+// names sorted and the types the kernel gives (ext4 and tmpfs fill them in).
+func TestReadDir(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "b-file"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "a-dir"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("b-file", filepath.Join(dir, "c-link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(filepath.Join(dir, "d-fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fd, ents, err := readDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	want := []dirEntry{{"a-dir", unix.DT_DIR}, {"b-file", unix.DT_REG}, {"c-link", unix.DT_LNK}, {"d-fifo", unix.DT_FIFO}}
+	if !slices.Equal(ents, want) {
+		t.Fatalf("readDir: %v, want %v", ents, want)
 	}
 }
