@@ -6,13 +6,17 @@
 //
 //   - Walkers read directories and lstat their entries, relative to the
 //     open directory. The caller's goroutine walks, and up to one more walker
-//     per CPU takes whole subdirectories while a slot is free. Each entry
+//     per P takes whole subdirectories while a slot is free. Each entry
 //     becomes a future: a file whose size, mtime, ctime and inode match the
 //     parent snapshot's node is resolved at once with the old content list
 //     and never opened; any entry with the parent's inode and ctime keeps its
-//     xattrs and symlink target.
+//     xattrs and symlink target. A regular file (by the directory's own
+//     entry type) with no node in the parent snapshot is not lstat'ed: it
+//     goes to the file workers as a path.
 //   - File workers (two per CPU, to overlap system calls) open changed files
-//     with O_NOATIME and check that the inode is still the one walked. A file
+//     with O_NOATIME and O_NONBLOCK and check that the entry is still a
+//     regular file, with the inode walked; for a file sent as a path, the
+//     node is made from the open descriptor (fstat, flistxattr). A file
 //     smaller than the minimum chunk is read whole into one buffer; a larger
 //     one goes through the repository's chunker (one at a time: chunking runs
 //     several times faster than the stages after it), and each chunk is
