@@ -1381,6 +1381,20 @@ func TestExitCodes(t *testing.T) {
 	}
 }
 
+// mountTmpfs mounts a tmpfs of the given size at dir (made if missing) until
+// the test ends; the test is skipped where mounting is not allowed (not
+// root).
+func mountTmpfs(t *testing.T, dir, size string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v): needs root and mount rights", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, 0) })
+}
+
 // TestFullDisk backs up into a repository on a file system that fills up:
 // the backup fails with exit 1 and one line naming the cause, nothing stored
 // before is changed, no temporary file is left, check finds no problem, and
@@ -1389,13 +1403,7 @@ func TestFullDisk(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	mnt := filepath.Join(t.TempDir(), "mnt")
-	if err := os.MkdirAll(mnt, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=6m"); err != nil {
-		t.Skipf("cannot mount a tmpfs here (%v): needs root and mount rights", err)
-	}
-	t.Cleanup(func() { _ = syscall.Unmount(mnt, 0) })
+	mountTmpfs(t, mnt, "6m")
 	e.repo = filepath.Join(mnt, "repo")
 	createFastRepo(t, e.repo, e.pwFile)
 
@@ -1451,13 +1459,7 @@ func TestOneFileSystem(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "src")
 	writeFile(t, filepath.Join(src, "top.txt"), "on the root file system\n")
 	mnt := filepath.Join(src, "mnt")
-	if err := os.MkdirAll(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
-		t.Skipf("cannot mount a tmpfs here (%v): needs root and mount rights", err)
-	}
-	t.Cleanup(func() { _ = syscall.Unmount(mnt, 0) })
+	mountTmpfs(t, mnt, "1m")
 	writeFile(t, filepath.Join(mnt, "inner.txt"), "on another file system\n")
 
 	e.backupJSON("--one-file-system", src)
