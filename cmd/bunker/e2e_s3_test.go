@@ -142,6 +142,7 @@ func TestS3ObjectLock(t *testing.T) {
 	// Past half the lock period prune extends the locks of what is used.
 	time.Sleep(time.Until(start.Add(lockDay * 6 / 10)))
 	prune()
+	extended := time.Now() // the extended locks run out by extended+lockDay
 	if res.Result.LocksExtended == 0 {
 		t.Error("prune extended no lock past half the period")
 	}
@@ -157,8 +158,11 @@ func TestS3ObjectLock(t *testing.T) {
 		t.Errorf("prune of locked data: deleted %d, still locked %v", res.Result.DeletedPacks, res.Result.StillLocked)
 	}
 	e.ok("check", "--read-data")
-	// After that lock expires too, prune deletes the unused data.
-	time.Sleep(time.Until(start.Add(lockDay*6/10 + lockDay + 2*time.Second)))
+	// After that lock expires too, prune deletes the unused data. The wait
+	// counts from the end of the prune that extended it, not from the time
+	// that prune was due: on a loaded machine it took seconds, and the
+	// extension then outlasted a wait counted from start.
+	time.Sleep(time.Until(extended.Add(lockDay + 2*time.Second)))
 	prune("--max-unused", "0", "--unindexed-grace", "1s")
 	if res.Result.DeletedPacks == 0 {
 		t.Errorf("expired, unused packs were not deleted")
