@@ -355,12 +355,10 @@ func (a *Archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 	}
 	node, err := a.meta.NodeAt(dirfd, name, path, pnode)
 	if err != nil {
-		var xe *fs.XattrError
-		if !errors.As(err, &xe) || node == nil {
-			a.report(path, err)
+		a.report(path, err)
+		if !onlyXattrsUnread(node, err) {
 			return resolved(nil)
 		}
-		a.report(path, err) // metadata partly read: keep the entry, report the rest
 	}
 	if dev == 0 {
 		dev = node.DeviceID
@@ -399,13 +397,7 @@ func (a *Archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 			a.Stats.FilesUnchanged.Add(1)
 			return resolved(node)
 		}
-		f := &future{done: make(chan struct{})}
-		select {
-		case a.files <- &fileJob{path: path, node: node, fut: f, parent: pnode}:
-		case <-ctx.Done():
-			return resolved(nil)
-		}
-		return f
+		return a.queueFile(ctx, &fileJob{path: path, node: node, parent: pnode})
 	default:
 		return resolved(node)
 	}
@@ -461,13 +453,26 @@ func (a *Archiver) saveNewFile(ctx context.Context, path string) *future {
 		return resolved(nil)
 	}
 	a.Stats.FilesProcessed.Add(1)
-	f := &future{done: make(chan struct{})}
+	return a.queueFile(ctx, &fileJob{path: path})
+}
+
+// queueFile hands job to the file workers and returns its future.
+func (a *Archiver) queueFile(ctx context.Context, job *fileJob) *future {
+	job.fut = &future{done: make(chan struct{})}
 	select {
-	case a.files <- &fileJob{path: path, fut: f}:
+	case a.files <- job:
+		return job.fut
 	case <-ctx.Done():
 		return resolved(nil)
 	}
-	return f
+}
+
+// onlyXattrsUnread reports whether node, read with the error err (NodeAt,
+// NodeOfFile), is complete but for its extended attributes: the entry is
+// then kept and err reported.
+func onlyXattrsUnread(node *snapshot.Node, err error) bool {
+	var xe *fs.XattrError
+	return node != nil && errors.As(err, &xe)
 }
 
 // direntBufs hold readDir's buffer, in use only during the call: a new one
@@ -701,11 +706,11 @@ func (a *Archiver) saveFile(job *fileJob) (*snapshot.Node, error) {
 	if node == nil { // found by the walk without a stat (saveNewFile)
 		var err error
 		node, err = a.meta.NodeOfFile(int(f), job.path, &st)
-		var xe *fs.XattrError
-		if errors.As(err, &xe) && node != nil {
-			a.report(job.path, err) // metadata partly read: keep the file, report the rest
-		} else if err != nil {
-			return nil, err
+		if err != nil {
+			if !onlyXattrsUnread(node, err) {
+				return nil, err
+			}
+			a.report(job.path, err)
 		}
 		a.Stats.BytesProcessed.Add(node.Size)
 	}
