@@ -55,7 +55,11 @@ type Agent struct {
 	// for a command already taken (it lost the report, or restarted), the
 	// report is sent again instead of running the command twice.
 	reported map[string]sentReport
-	jobs     map[string]*jobState // by job ID
+	// open are the commands taken whose report the director has not
+	// acknowledged yet; each poll lists them, so that the director sends
+	// again at once a command whose answer was lost on the way.
+	open map[string]bool
+	jobs map[string]*jobState // by job ID
 	// done lists jobs this agent finished or aborted: later commands for
 	// them (a late prepare) are refused.
 	done map[string]bool
@@ -112,7 +116,7 @@ type jobState struct {
 func newAgent(cfg *Config, opts Options, client *http.Client, base string) *Agent {
 	return &Agent{cfg: cfg, opts: opts, log: opts.Log, client: client, base: base,
 		seen: map[string]bool{}, jobs: map[string]*jobState{}, done: map[string]bool{},
-		frozenBy: map[string]string{}, reported: map[string]sentReport{}}
+		frozenBy: map[string]string{}, reported: map[string]sentReport{}, open: map[string]bool{}}
 }
 
 func New(cfg *Config, opts Options) (*Agent, error) {
@@ -223,7 +227,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		var resp api.PollResponse
-		err := a.call(ctx, api.PathPoll, api.Poll{Version: api.Version, Plans: plans}, &resp)
+		a.mu.Lock()
+		// Never null: an empty list says the agent has nothing open.
+		taken := slices.AppendSeq(make([]string, 0, len(a.open)), maps.Keys(a.open))
+		a.mu.Unlock()
+		slices.Sort(taken)
+		err := a.call(ctx, api.PathPoll, api.Poll{Version: api.Version, Plans: plans, Taken: taken}, &resp)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -241,6 +250,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.mu.Lock()
 			taken := a.seen[c.ID]
 			a.seen[c.ID] = true
+			if !taken {
+				a.open[c.ID] = true
+			}
 			sent, done := a.reported[c.ID]
 			a.mu.Unlock()
 			switch {
@@ -309,6 +321,9 @@ func (a *Agent) report(ctx context.Context, r api.Report) {
 		var out struct{}
 		err := a.call(context.WithoutCancel(ctx), api.PathReport, r, &out)
 		if err == nil {
+			a.mu.Lock()
+			delete(a.open, r.Command)
+			a.mu.Unlock()
 			return
 		}
 		a.log.Warn("report not delivered; retrying", "job", r.Job, "kind", r.Kind, "err", err)

@@ -81,6 +81,12 @@ type Poll struct {
 	Version int `json:"version"`
 	// Plans are the plan names of the agent's configuration.
 	Plans []string `json:"plans"`
+	// Taken are the IDs of the commands the agent has taken and whose
+	// report the director has not acknowledged. A command delivered before
+	// this poll and not listed was lost with the answer that carried it;
+	// the director sends it again now. Absent (an agent that does not
+	// list them): the director sends it again after a minute.
+	Taken []string `json:"taken"`
 }
 
 // Command kinds, in the order of a run.

@@ -71,8 +71,10 @@ type agentConn struct {
 	plans    []string
 	lastSeen time.Time
 	// pending are the commands sent and not yet reported. A poll returns
-	// those never delivered, and again those delivered long ago (a lost
-	// answer, a restarted agent): the agent ignores those it already has.
+	// those never delivered, those delivered before it that the agent
+	// does not list as taken (a lost answer), and again those delivered
+	// long ago (a restarted agent, an agent that lists nothing): the agent
+	// ignores those it already has.
 	pending []*pendingCmd
 	wake    chan struct{}
 	// announced: its first poll was logged.
@@ -85,7 +87,7 @@ type pendingCmd struct {
 }
 
 // Redeliver is how long a delivered, unreported command waits before a
-// poll returns it again.
+// poll returns it again, when the poll does not show it lost.
 const Redeliver = time.Minute
 
 type run struct {
@@ -301,8 +303,8 @@ func (d *Director) handlePoll(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusForbidden, "node "+id.Name+" is not in this director's configuration")
 		return
 	}
-	if len(p.Plans) > 1000 {
-		writeErr(w, http.StatusBadRequest, "too many plans")
+	if len(p.Plans) > 1000 || len(p.Taken) > 10000 {
+		writeErr(w, http.StatusBadRequest, "too many plans or commands")
 		return
 	}
 	d.mu.Lock()
@@ -318,6 +320,19 @@ func (d *Director) handlePoll(w http.ResponseWriter, r *http.Request) {
 	a.plans, a.lastSeen = p.Plans, time.Now()
 	d.mu.Unlock()
 
+	// A command delivered before this poll came and not taken by the
+	// agent was lost on the way (the agent polls one at a time).
+	arrived := time.Now()
+	var taken map[string]bool
+	if p.Taken != nil {
+		taken = make(map[string]bool, len(p.Taken))
+		for _, id := range p.Taken {
+			taken[id] = true
+		}
+	}
+	lost := func(pc *pendingCmd) bool {
+		return taken != nil && !taken[pc.cmd.ID] && pc.delivered.Before(arrived)
+	}
 	timer := time.NewTimer(d.opts.PollTimeout)
 	defer timer.Stop()
 	for {
@@ -325,7 +340,7 @@ func (d *Director) handlePoll(w http.ResponseWriter, r *http.Request) {
 		var cmds []api.Command
 		now := time.Now()
 		for _, pc := range a.pending {
-			if pc.delivered.IsZero() || now.Sub(pc.delivered) > Redeliver {
+			if pc.delivered.IsZero() || now.Sub(pc.delivered) > Redeliver || lost(pc) {
 				pc.delivered = now
 				cmds = append(cmds, pc.cmd)
 			}
