@@ -131,11 +131,60 @@ func (f *future) wait() *snapshot.Node { <-f.done; return f.node }
 
 type fileJob struct {
 	path string
+	// dir is the directory the walk found the file in, open, and name the
+	// file's name in it: the worker opens the file relative to it, so that
+	// a directory of the path renamed and replaced by a symbolic link since
+	// the walk (to /etc, say) cannot make it read another file. A nil dir
+	// (a backup target) means path alone.
+	dir  *dirRef
+	name string
 	// node is the file's node from the walk's lstat, or nil for a file the
 	// walk did not stat (saveNewFile): the worker then makes it.
 	node   *snapshot.Node
 	fut    *future
 	parent *snapshot.Node
+}
+
+// dirRef is a directory the walk has open, shared with the file jobs it
+// queued: closed when the walk and every one of those jobs are done with it.
+type dirRef struct {
+	fd   int
+	refs atomic.Int32
+}
+
+func newDirRef(fd int) *dirRef {
+	d := &dirRef{fd: fd}
+	d.refs.Store(1)
+	return d
+}
+
+// fd returns the descriptor to open names relative to (AT_FDCWD for nil).
+func (d *dirRef) dirfd() int {
+	if d == nil {
+		return unix.AT_FDCWD
+	}
+	return d.fd
+}
+
+func (d *dirRef) hold() {
+	if d != nil {
+		d.refs.Add(1)
+	}
+}
+
+func (d *dirRef) release() {
+	if d != nil && d.refs.Add(-1) == 0 {
+		unix.Close(d.fd)
+	}
+}
+
+// at returns the name to open relative to dirfd(): the name in the
+// directory, or the whole path without one.
+func (j *fileJob) at() string {
+	if j.dir == nil {
+		return j.path
+	}
+	return j.name
 }
 
 type blobJob struct {
@@ -302,7 +351,7 @@ func (a *Archiver) saveVirtual(ctx context.Context, path string, t *trie, parent
 			pnode = parent.Find(name)
 		}
 		if child.target != "" {
-			futs = append(futs, a.saveEntry(ctx, unix.AT_FDCWD, cpath, cpath, pnode, 0))
+			futs = append(futs, a.saveEntry(ctx, nil, cpath, cpath, pnode, 0))
 			continue
 		}
 		node, err := a.meta.NodeAt(unix.AT_FDCWD, cpath, cpath, nil)
@@ -344,16 +393,14 @@ func (a *Archiver) saveDirAt(ctx context.Context, path string, parent *snapshot.
 	return a.walkDir(ctx, path, node, parent, node.DeviceID)
 }
 
-// saveEntry saves one entry of any kind. dev is the device of the backup root
-// for --one-file-system (0 means the entry itself is a root).
-// saveEntry saves the entry name of the directory open as dirfd, whose full
-// path is path (dirfd unix.AT_FDCWD: name is a path). dirfd is only used
-// before saveEntry returns.
-func (a *Archiver) saveEntry(ctx context.Context, dirfd int, name, path string, pnode *snapshot.Node, dev uint64) *future {
+// saveEntry saves the entry name, of any kind, of the directory dir, whose
+// full path is path (dir nil: name is a path). dev is the device of the
+// backup root for --one-file-system (0 means the entry itself is a root).
+func (a *Archiver) saveEntry(ctx context.Context, dir *dirRef, name, path string, pnode *snapshot.Node, dev uint64) *future {
 	if a.excluded(path) {
 		return resolved(nil)
 	}
-	node, err := a.meta.NodeAt(dirfd, name, path, pnode)
+	node, err := a.meta.NodeAt(dir.dirfd(), name, path, pnode)
 	if err != nil {
 		a.report(path, err)
 		if !onlyXattrsUnread(node, err) {
@@ -397,7 +444,7 @@ func (a *Archiver) saveEntry(ctx context.Context, dirfd int, name, path string, 
 			a.Stats.FilesUnchanged.Add(1)
 			return resolved(node)
 		}
-		return a.queueFile(ctx, &fileJob{path: path, node: node, parent: pnode})
+		return a.queueFile(ctx, &fileJob{path: path, dir: dir, name: name, node: node, parent: pnode})
 	default:
 		return resolved(node)
 	}
@@ -424,7 +471,8 @@ func (a *Archiver) walkDir(ctx context.Context, path string, node *snapshot.Node
 		// Keep the directory itself, empty: its metadata was readable.
 		return a.finishTree(ctx, path, node, nil, parent)
 	}
-	defer unix.Close(dirfd)
+	dir := newDirRef(dirfd)
+	defer dir.release()
 	futs := make([]*future, 0, len(ents))
 	for _, ent := range ents {
 		if ctx.Err() != nil || a.failed() != nil {
@@ -436,10 +484,10 @@ func (a *Archiver) walkDir(ctx context.Context, path string, node *snapshot.Node
 		}
 		epath := filepath.Join(path, ent.name)
 		if ent.typ == unix.DT_REG && pnode == nil {
-			futs = append(futs, a.saveNewFile(ctx, epath))
+			futs = append(futs, a.saveNewFile(ctx, dir, ent.name, epath))
 			continue
 		}
-		futs = append(futs, a.saveEntry(ctx, dirfd, ent.name, epath, pnode, dev))
+		futs = append(futs, a.saveEntry(ctx, dir, ent.name, epath, pnode, dev))
 	}
 	return a.finishTree(ctx, path, node, futs, parent)
 }
@@ -448,21 +496,24 @@ func (a *Archiver) walkDir(ctx context.Context, path string, node *snapshot.Node
 // to compare with. The walk does not stat it: the file worker that reads it
 // takes the metadata from the descriptor it reads (fstat, flistxattr). That
 // is one system call per file fewer than an lstat here and an fstat there.
-func (a *Archiver) saveNewFile(ctx context.Context, path string) *future {
+func (a *Archiver) saveNewFile(ctx context.Context, dir *dirRef, name, path string) *future {
 	if a.excluded(path) {
 		return resolved(nil)
 	}
 	a.Stats.FilesProcessed.Add(1)
-	return a.queueFile(ctx, &fileJob{path: path})
+	return a.queueFile(ctx, &fileJob{path: path, dir: dir, name: name})
 }
 
-// queueFile hands job to the file workers and returns its future.
+// queueFile hands job to the file workers and returns its future. The job
+// holds its directory until the worker has opened the file.
 func (a *Archiver) queueFile(ctx context.Context, job *fileJob) *future {
 	job.fut = &future{done: make(chan struct{})}
+	job.dir.hold()
 	select {
 	case a.files <- job:
 		return job.fut
 	case <-ctx.Done():
+		job.dir.release()
 		return resolved(nil)
 	}
 }
@@ -492,7 +543,7 @@ type dirEntry struct {
 // sorted by name. The entries are then read relative to it.
 func readDir(path string) (int, []dirEntry, error) {
 	// Like files, directories are read without changing their atime.
-	f, err := openNoatime(path, unix.O_DIRECTORY)
+	f, err := openNoatime(unix.AT_FDCWD, path, path, unix.O_DIRECTORY)
 	if err != nil {
 		return -1, nil, err
 	}
@@ -624,6 +675,7 @@ func Excluded(patterns []string, path string) bool {
 func (a *Archiver) fileWorker() {
 	for job := range a.files {
 		if a.failed() != nil || a.ctx.Err() != nil {
+			job.dir.release()
 			close(job.fut.done)
 			continue
 		}
@@ -632,7 +684,7 @@ func (a *Archiver) fileWorker() {
 			a.report(job.path, err)
 			n = nil
 		}
-		if n != nil {
+		if n != nil && n.Type == snapshot.TypeFile {
 			if job.parent == nil {
 				a.Stats.FilesNew.Add(1)
 			} else {
@@ -649,19 +701,27 @@ func (a *Archiver) fileWorker() {
 // epoll_ctl per file): a tenth of a small-file backup's system calls.
 type rawFile int
 
-// openNoatime opens path read-only without following a final symlink and,
-// where allowed, without updating its atime; extra adds flags (O_DIRECTORY).
+// openNoatime opens name, relative to dirfd, read-only without following a
+// final symlink and, where allowed, without updating its atime; extra adds
+// flags (O_DIRECTORY). path is the entry's full path, for errors.
 // O_NONBLOCK (no effect on regular files and directories) keeps the open
 // from waiting when the entry has been replaced by a FIFO since it was
-// found: the caller's fstat then sees that it is not what was found.
-func openNoatime(path string, extra int) (rawFile, error) {
+// found: the caller's fstat then sees that it is not what was found. It
+// also refuses, with EWOULDBLOCK, to wait for another holder's lease on the
+// file to be broken (an NFS server's write delegation, Samba's oplocks):
+// that open is made again without it, and waits as any reader would.
+func openNoatime(dirfd int, name, path string, extra int) (rawFile, error) {
 	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK | extra
 	for {
-		fd, err := unix.Open(path, flags|unix.O_NOATIME, 0)
+		fd, err := unix.Openat(dirfd, name, flags|unix.O_NOATIME, 0)
 		if err == unix.EPERM { // O_NOATIME needs ownership (or root)
-			fd, err = unix.Open(path, flags, 0)
+			fd, err = unix.Openat(dirfd, name, flags, 0)
 		}
 		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EWOULDBLOCK && flags&unix.O_NONBLOCK != 0 {
+			flags &^= unix.O_NONBLOCK
 			continue
 		}
 		if err != nil {
@@ -677,6 +737,15 @@ func (f rawFile) Read(p []byte) (int, error) {
 		if err == unix.EINTR {
 			continue
 		}
+		if err == unix.EAGAIN {
+			// A file system that applies O_NONBLOCK to regular files (some
+			// FUSE ones): read as if it had not been given.
+			if fl, ferr := unix.FcntlInt(uintptr(f), unix.F_GETFL, 0); ferr == nil && fl&unix.O_NONBLOCK != 0 {
+				if _, ferr := unix.FcntlInt(uintptr(f), unix.F_SETFL, fl&^unix.O_NONBLOCK); ferr == nil {
+					continue
+				}
+			}
+		}
 		if err != nil {
 			return 0, err
 		}
@@ -690,15 +759,26 @@ func (f rawFile) Read(p []byte) (int, error) {
 func (f rawFile) Close() error { return unix.Close(int(f)) }
 
 func (a *Archiver) saveFile(job *fileJob) (*snapshot.Node, error) {
-	f, err := openNoatime(job.path, 0)
+	f, err := openNoatime(job.dir.dirfd(), job.at(), job.path, 0)
 	if err != nil {
+		if job.node == nil && errors.Is(err, unix.ELOOP) {
+			// The directory said a regular file; it is a symbolic link
+			// (now, or wrongly: some file systems' directory types).
+			return a.notRegular(job)
+		}
+		job.dir.release()
 		return nil, err
 	}
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f), &st); err != nil {
+		job.dir.release()
 		return nil, err
 	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG && job.node == nil {
+		return a.notRegular(job)
+	}
+	job.dir.release()
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || job.node != nil && st.Ino != job.node.Inode {
 		return nil, errors.New("file was replaced while being read")
 	}
@@ -791,6 +871,26 @@ func (a *Archiver) saveFile(job *fileJob) (*snapshot.Node, error) {
 	node.Content = make([]repo.ID, len(ids))
 	for i, id := range ids {
 		node.Content[i] = *id
+	}
+	return node, nil
+}
+
+// notRegular saves the entry of a job the walk took for a regular file from
+// its directory's listing without a stat, and found otherwise when opened:
+// it is saved as what its lstat says it is, as the walk would have. It
+// releases the job's directory.
+func (a *Archiver) notRegular(job *fileJob) (*snapshot.Node, error) {
+	defer job.dir.release()
+	node, err := a.meta.NodeAt(job.dir.dirfd(), job.at(), job.path, nil)
+	if err != nil {
+		if !onlyXattrsUnread(node, err) {
+			return nil, err
+		}
+		a.report(job.path, err)
+	}
+	if node.Type == snapshot.TypeFile {
+		// A regular file again: replaced twice while being read.
+		return nil, errors.New("file was replaced while being read")
 	}
 	return node, nil
 }

@@ -13,6 +13,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"bunker/internal/backend/mem"
+	"bunker/internal/repo/repository"
+	"bunker/internal/repo/repotest"
 	"bunker/internal/snapshot"
 )
 
@@ -140,5 +143,113 @@ func TestReadDir(t *testing.T) {
 	want := []dirEntry{{"a-dir", unix.DT_DIR}, {"b-file", unix.DT_REG}, {"c-link", unix.DT_LNK}, {"d-fifo", unix.DT_FIFO}}
 	if !slices.Equal(ents, want) {
 		t.Fatalf("readDir: %v, want %v", ents, want)
+	}
+}
+
+// newTestArchiver returns an archiver on a new in-memory repository, ready
+// for saveFile outside Run.
+func newTestArchiver(t *testing.T) (*Archiver, *repository.Repository) {
+	t.Helper()
+	r, err := repository.Create(context.Background(), mem.New(), []byte(repotest.Password), repotest.Options)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	a := New(r, Options{})
+	a.ctx = context.Background()
+	a.smallBufs = make(chan *[]byte, 1)
+	b := make([]byte, 0, 64<<10)
+	a.smallBufs <- &b
+	return a, r
+}
+
+// A directory the walk has listed is renamed and replaced by a symbolic
+// link to another directory before a file worker opens a new file found in
+// it (as a user racing a backup run as root might, with a link to /etc):
+// the worker reads the file the walk listed, relative to the directory it
+// listed, never the one the link leads to.
+func TestNewFileOpenedInItsDirectory(t *testing.T) {
+	root := t.TempDir()
+	d, other := filepath.Join(root, "d"), filepath.Join(root, "other")
+	for _, dir := range []string{d, other} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(d, "f"), []byte("the file listed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(other, "f"), []byte("another file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fd, _, err := readDir(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := newDirRef(fd)
+	if err := os.Rename(d, filepath.Join(root, "d2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(other, d); err != nil {
+		t.Fatal(err)
+	}
+	a, r := newTestArchiver(t)
+	job := &fileJob{path: filepath.Join(d, "f"), dir: dir, name: "f"}
+	dir.hold() // as queueFile does
+	node, err := a.saveFile(job)
+	dir.release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := r.BlobID([]byte("the file listed")); len(node.Content) != 1 || node.Content[0] != want || node.Size != 15 || node.Mode&0o777 != 0o644 {
+		t.Errorf("saved %+v, want the file listed (content %s, 15 bytes, mode 644)", node, want.Short())
+	}
+	if n := dir.refs.Load(); n != 0 {
+		t.Errorf("directory references after the job: %d, want 0 (closed)", n)
+	}
+}
+
+// A file the directory listed as a regular file (so the walk did not stat
+// it) and the worker finds to be something else is saved as what it is, as
+// the walk's lstat would have saved it: a symbolic link (O_NOFOLLOW's
+// ELOOP) or a FIFO (opened without waiting). A file the walk did stat and
+// that has changed kind is refused as replaced.
+func TestNewFileNotRegular(t *testing.T) {
+	root := t.TempDir()
+	if err := os.Symlink("target", filepath.Join(root, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(filepath.Join(root, "fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := newTestArchiver(t)
+	for name, want := range map[string]snapshot.NodeType{"link": snapshot.TypeSymlink, "fifo": snapshot.TypeFifo} {
+		fd, _, err := readDir(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := newDirRef(fd)
+		dir.hold()
+		done := make(chan struct{})
+		var node *snapshot.Node
+		go func() {
+			defer close(done)
+			node, err = a.saveFile(&fileJob{path: filepath.Join(root, name), dir: dir, name: name})
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the worker waits", name)
+		}
+		dir.release()
+		if err != nil || node == nil || node.Type != want || node.Name != name || len(node.Content) != 0 {
+			t.Errorf("%s: saved %+v, %v; want a %v node", name, node, err, want)
+		}
+		if name == "link" && node != nil && node.LinkTarget != "target" {
+			t.Errorf("link target %q", node.LinkTarget)
+		}
+		if n := dir.refs.Load(); n != 0 {
+			t.Errorf("%s: directory references after the job: %d", name, n)
+		}
 	}
 }

@@ -12,11 +12,17 @@
 //     and never opened; any entry with the parent's inode and ctime keeps its
 //     xattrs and symlink target. A regular file (by the directory's own
 //     entry type) with no node in the parent snapshot is not lstat'ed: it
-//     goes to the file workers as a path.
+//     goes to the file workers by name, with its directory.
 //   - File workers (two per CPU, to overlap system calls) open changed files
-//     with O_NOATIME and O_NONBLOCK and check that the entry is still a
-//     regular file, with the inode walked; for a file sent as a path, the
-//     node is made from the open descriptor (fstat, flistxattr). A file
+//     relative to the directory the walk listed them in (kept open until
+//     then), so that a directory of the path renamed and replaced by a
+//     symbolic link meanwhile cannot make them read another file. They open
+//     with O_NOATIME and O_NONBLOCK (again without it if a lease holder
+//     refuses the open) and check that the entry is still a regular file,
+//     with the inode walked; for a file sent by name, the node is made from
+//     the open descriptor (fstat, flistxattr), and an entry that turns out
+//     not to be a regular file (a symbolic link, a FIFO: the directory's
+//     type was wrong, or it changed) is saved as its lstat says. A file
 //     smaller than the minimum chunk is read whole into one buffer; a larger
 //     one goes through the repository's chunker (one at a time: chunking runs
 //     several times faster than the stages after it), and each chunk is
