@@ -225,17 +225,29 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	})
 	backoff := time.Second
+	// listTaken: the director asked for the list of taken commands (one
+	// that does not know the field refuses a poll that has it).
+	listTaken := false
 	for ctx.Err() == nil {
 		var resp api.PollResponse
-		a.mu.Lock()
-		// Never null: an empty list says the agent has nothing open.
-		taken := slices.AppendSeq(make([]string, 0, len(a.open)), maps.Keys(a.open))
-		a.mu.Unlock()
-		slices.Sort(taken)
-		err := a.call(ctx, api.PathPoll, api.Poll{Version: api.Version, Plans: plans, Taken: taken}, &resp)
+		poll := api.Poll{Version: api.Version, Plans: plans}
+		if listTaken {
+			a.mu.Lock()
+			taken := slices.AppendSeq(make([]string, 0, len(a.open)), maps.Keys(a.open))
+			a.mu.Unlock()
+			slices.Sort(taken)
+			poll.Taken = &taken
+		}
+		err := a.call(ctx, api.PathPoll, poll, &resp)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
+			}
+			var refused *errDirector
+			if errors.As(err, &refused) {
+				// Perhaps another director now, which does not take the
+				// list: poll without it until asked for it again.
+				listTaken = false
 			}
 			a.log.Warn("director unreachable; retrying", "err", err, "in", backoff)
 			select {
@@ -246,20 +258,35 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		backoff = time.Second
+		listTaken = resp.ListsTaken
 		for _, c := range resp.Commands {
 			a.mu.Lock()
 			taken := a.seen[c.ID]
 			a.seen[c.ID] = true
+			running := a.open[c.ID]
 			if !taken {
 				a.open[c.ID] = true
 			}
 			sent, done := a.reported[c.ID]
+			forgotten := taken && !running && !done
+			if forgotten {
+				a.open[c.ID] = true
+			}
 			a.mu.Unlock()
 			switch {
 			case !taken:
 				a.wg.Go(func() { a.handle(ctx, c) })
 			case done:
 				a.wg.Go(func() { a.report(ctx, sent.rep) })
+			case forgotten:
+				// Handled and reported long ago, the report since dropped
+				// (StateTTL): say so rather than ignore it, which would
+				// leave the director asking forever.
+				a.log.Warn("refused: a command handled long ago, its report no longer kept", "job", c.Job, "kind", c.Kind)
+				a.wg.Go(func() {
+					a.report(ctx, api.Report{Command: c.ID, Job: c.Job, Kind: c.Kind,
+						Error: "refused: command " + c.ID + " was handled and reported over " + StateTTL.String() + " ago; its report is no longer kept"})
+				})
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -81,11 +82,11 @@ func TestCommandAskedAgainIsReportedAgain(t *testing.T) {
 	}
 }
 
-// Each poll lists the commands the agent has taken and whose report the
-// director has not acknowledged, so that the director can tell a lost
-// answer from a command being handled. Here the first report fails: the
-// command stays listed until the second one is delivered, and only then
-// leaves the list.
+// Once the director asks for it, each poll lists the commands the agent has
+// taken and whose report the director has not acknowledged, so that the
+// director can tell a lost answer from a command being handled. Here the
+// first report fails: the command stays listed until the second one is
+// delivered, and only then leaves the list.
 func TestPollListsOpenCommands(t *testing.T) {
 	cmd := api.Command{ID: "20261205T000000-000000c2", Job: "20261205T000000-0000000b", Kind: api.KindUpload, Plans: []string{"files"}}
 	var mu sync.Mutex
@@ -99,11 +100,15 @@ func TestPollListsOpenCommands(t *testing.T) {
 		case api.PathPoll:
 			var p api.Poll
 			_ = json.NewDecoder(r.Body).Decode(&p)
-			if p.Taken == nil {
-				t.Errorf("a poll without the list of taken commands")
+			if (p.Taken == nil) != (len(polls) == 0) {
+				t.Errorf("poll %d: list of taken commands %v (only the first poll, before the director asked, has none)", len(polls), p.Taken)
 			}
-			polls = append(polls, p.Taken)
-			resp := api.PollResponse{Commands: []api.Command{}}
+			var taken []string
+			if p.Taken != nil {
+				taken = *p.Taken
+			}
+			polls = append(polls, taken)
+			resp := api.PollResponse{Commands: []api.Command{}, ListsTaken: true}
 			if !sent {
 				sent = true
 				resp.Commands = append(resp.Commands, cmd)
@@ -163,5 +168,84 @@ func TestPollListsOpenCommands(t *testing.T) {
 		if len(polls[i]) != 0 {
 			t.Errorf("poll %d (after the report) lists %v", i, polls[i])
 		}
+	}
+}
+
+// A command the agent handled and reported so long ago that its report is
+// no longer kept (StateTTL), asked for again (a director restarted from an
+// old state), is refused with a report, not ignored: ignored, it was never
+// listed as taken nor reported, and the director would ask forever. A
+// director that refuses the list (one that does not know the field) is
+// polled without it.
+func TestForgottenCommandIsRefused(t *testing.T) {
+	defer func(d time.Duration) { StateTTL = d }(StateTTL)
+	StateTTL = time.Millisecond
+	mk := func(n int) api.Command {
+		return api.Command{ID: fmt.Sprintf("20261205T000000-000000d%d", n), Job: "20261205T000000-0000000c", Kind: api.KindUpload, Plans: []string{"files"}}
+	}
+	// The director sends c0, then c1 once c0 is reported (c1's report
+	// drops c0's, StateTTL being over), then c0 again once c1 is reported.
+	script := []api.Command{mk(0), mk(1), mk(0)}
+	var mu sync.Mutex
+	var reports []api.Report
+	sent, refusedList := 0, false
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch r.URL.Path {
+		case api.PathPoll:
+			var p api.Poll
+			_ = json.NewDecoder(r.Body).Decode(&p)
+			if p.Taken != nil && !refusedList {
+				// Once, as a director that does not know the field.
+				refusedList = true
+				http.Error(w, `{"error":"json: unknown field \"taken\""}`, http.StatusBadRequest)
+				return
+			}
+			resp := api.PollResponse{Commands: []api.Command{}, ListsTaken: true}
+			if sent < len(script) && len(reports) == sent {
+				resp.Commands = append(resp.Commands, script[sent])
+				sent++
+			} else {
+				time.Sleep(20 * time.Millisecond)
+			}
+			_ = json.NewEncoder(w).Encode(resp)
+		case api.PathReport:
+			var rep api.Report
+			_ = json.NewDecoder(r.Body).Decode(&rep)
+			reports = append(reports, rep)
+			_, _ = io.WriteString(w, "{}")
+		}
+	}))
+	defer srv.Close()
+	a := newAgent(&Config{Name: "node1", Plans: map[string]Plan{"files": {Paths: []string{"/srv"}}}},
+		Options{StateDir: t.TempDir(), Bunker: "/bin/false", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, srv.Client(), srv.URL)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = a.Run(ctx); close(done) }()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		mu.Lock()
+		n := len(reports)
+		mu.Unlock()
+		if n >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			<-done
+			t.Fatalf("%d reports; the command asked for again was not answered", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if r := reports[2]; r.Command != mk(0).ID || r.OK || !strings.Contains(r.Error, "no longer kept") {
+		t.Errorf("report for the command asked again: %+v", r)
+	}
+	if !refusedList {
+		t.Error("the agent never listed its taken commands")
 	}
 }

@@ -81,12 +81,13 @@ type Poll struct {
 	Version int `json:"version"`
 	// Plans are the plan names of the agent's configuration.
 	Plans []string `json:"plans"`
-	// Taken are the IDs of the commands the agent has taken and whose
-	// report the director has not acknowledged. A command delivered before
-	// this poll and not listed was lost with the answer that carried it;
-	// the director sends it again now. Absent (an agent that does not
-	// list them): the director sends it again after a minute.
-	Taken []string `json:"taken"`
+	// Taken lists the IDs of the commands the agent has taken and whose
+	// report the director has not acknowledged, once the director asked
+	// for it (PollResponse.ListsTaken). A command delivered before this
+	// poll and not listed was lost with the answer that carried it; the
+	// director sends it again now. Absent (not asked for, or an agent that
+	// does not list them): the director sends it again after a minute.
+	Taken *[]string `json:"taken,omitempty"`
 }
 
 // Command kinds, in the order of a run.
@@ -145,6 +146,10 @@ type Report struct {
 // timed out).
 type PollResponse struct {
 	Commands []Command `json:"commands"`
+	// ListsTaken asks the agent to list its taken commands in its polls
+	// (Poll.Taken): an agent does so only after this, so that it can poll
+	// a director that does not know the field.
+	ListsTaken bool `json:"lists_taken,omitempty"`
 }
 
 // Plan describes a director plan for the CLI.

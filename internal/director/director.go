@@ -90,6 +90,10 @@ type pendingCmd struct {
 // poll returns it again, when the poll does not show it lost.
 const Redeliver = time.Minute
 
+// lostAfter: a command delivered at least this long before a poll that
+// does not list it as taken was lost on the way.
+const lostAfter = time.Second
+
 type run struct {
 	job     *api.Job
 	plan    Plan
@@ -303,7 +307,7 @@ func (d *Director) handlePoll(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusForbidden, "node "+id.Name+" is not in this director's configuration")
 		return
 	}
-	if len(p.Plans) > 1000 || len(p.Taken) > 10000 {
+	if len(p.Plans) > 1000 || p.Taken != nil && len(*p.Taken) > 10000 {
 		writeErr(w, http.StatusBadRequest, "too many plans or commands")
 		return
 	}
@@ -323,15 +327,19 @@ func (d *Director) handlePoll(w http.ResponseWriter, r *http.Request) {
 	// A command delivered before this poll came and not taken by the
 	// agent was lost on the way (the agent polls one at a time).
 	arrived := time.Now()
+	// An agent polls again at once only after an answer that came, and
+	// after a failed poll a second later at the earliest: a command not
+	// listed a second after its delivery was lost. (The second bounds the
+	// polls to one a second should an agent not list a command it has.)
 	var taken map[string]bool
 	if p.Taken != nil {
-		taken = make(map[string]bool, len(p.Taken))
-		for _, id := range p.Taken {
+		taken = make(map[string]bool, len(*p.Taken))
+		for _, id := range *p.Taken {
 			taken[id] = true
 		}
 	}
 	lost := func(pc *pendingCmd) bool {
-		return taken != nil && !taken[pc.cmd.ID] && pc.delivered.Before(arrived)
+		return taken != nil && !taken[pc.cmd.ID] && arrived.Sub(pc.delivered) >= lostAfter
 	}
 	timer := time.NewTimer(d.opts.PollTimeout)
 	defer timer.Stop()
@@ -348,13 +356,13 @@ func (d *Director) handlePoll(w http.ResponseWriter, r *http.Request) {
 		a.lastSeen = now
 		d.mu.Unlock()
 		if len(cmds) > 0 {
-			writeJSON(w, api.PollResponse{Commands: cmds})
+			writeJSON(w, api.PollResponse{Commands: cmds, ListsTaken: true})
 			return
 		}
 		select {
 		case <-a.wake:
 		case <-timer.C:
-			writeJSON(w, api.PollResponse{Commands: []api.Command{}})
+			writeJSON(w, api.PollResponse{Commands: []api.Command{}, ListsTaken: true})
 			return
 		case <-r.Context().Done():
 			return

@@ -336,42 +336,59 @@ func TestRestartDoesNotResumeWhatItCannot(t *testing.T) {
 }
 
 // A poll's answer lost on the way (a network cut, a proxy that closed the
-// connection) loses the commands it carried. The agent's next poll lists
-// the commands it has taken; one delivered before that poll and not
-// listed is sent again at once, one listed is not. A poll that lists
-// nothing (an agent that does not) gets it again only after Redeliver.
+// connection) loses the commands it carried. The director asks agents to
+// list the commands they have taken; a command delivered at least a second
+// before a poll that does not list it is sent again at once, one listed is
+// not. A poll that lists nothing (an agent that does not) gets it again
+// only after Redeliver.
 func TestLostPollAnswerIsSentAgain(t *testing.T) {
 	cfg, pk := testConfig(t, "node1")
 	d, addr := serveDirector(t, cfg, Options{PollTimeout: 200 * time.Millisecond})
 	n1 := clientAs(t, pk, pki.RoleAgent, "node1")
-	poll := func(taken []string) []api.Command {
+	poll := func(taken ...string) api.PollResponse {
 		var pr api.PollResponse
-		reviewPost(t, n1, "https://"+addr+api.PathPoll, api.Poll{Version: api.Version, Plans: []string{"files"}, Taken: taken}, &pr)
-		return pr.Commands
+		p := api.Poll{Version: api.Version, Plans: []string{"files"}}
+		if taken != nil {
+			if taken[0] == "" {
+				taken = []string{}
+			}
+			p.Taken = &taken
+		}
+		reviewPost(t, n1, "https://"+addr+api.PathPoll, p, &pr)
+		return pr
 	}
-	poll([]string{})
+	if !poll().ListsTaken {
+		t.Error("the director does not ask for the list of taken commands")
+	}
 	if _, err := d.Start("p", "test"); err != nil {
 		t.Fatal(err)
 	}
 	var prep api.Command
 	waitUntil(t, "the prepare", func() bool {
-		for _, c := range poll([]string{}) {
+		for _, c := range poll("").Commands {
 			if c.Kind == api.KindPrepare {
 				prep = c
 			}
 		}
 		return prep.ID != ""
 	})
-	// That answer is lost: the agent lists nothing as taken.
-	if got := poll([]string{}); len(got) != 1 || got[0].ID != prep.ID {
+	// That answer is lost: the agent lists nothing as taken. Within a
+	// second of the delivery the command is not sent again (no agent polls
+	// that soon after losing an answer), after it at once.
+	if got := poll("").Commands; len(got) != 0 {
+		t.Fatalf("a poll just after the delivery got %+v", got)
+	}
+	time.Sleep(lostAfter)
+	if got := poll("").Commands; len(got) != 1 || got[0].ID != prep.ID {
 		t.Fatalf("after a lost answer the poll got %+v, want the prepare %s again", got, prep.ID)
 	}
+	time.Sleep(lostAfter)
 	// This one came: the agent lists the prepare, and is not sent it again.
-	if got := poll([]string{prep.ID}); len(got) != 0 {
+	if got := poll(prep.ID).Commands; len(got) != 0 {
 		t.Errorf("the poll listing the prepare as taken got %+v", got)
 	}
 	// An agent that lists nothing is not sent it again before Redeliver.
-	if got := poll(nil); len(got) != 0 {
+	if got := poll().Commands; len(got) != 0 {
 		t.Errorf("a poll without a list got %+v within %v of the delivery", got, Redeliver)
 	}
 }
