@@ -158,7 +158,7 @@ func newDirRef(fd int) *dirRef {
 	return d
 }
 
-// fd returns the descriptor to open names relative to (AT_FDCWD for nil).
+// dirfd returns the descriptor to open names relative to (AT_FDCWD for nil).
 func (d *dirRef) dirfd() int {
 	if d == nil {
 		return unix.AT_FDCWD
@@ -505,7 +505,7 @@ func (a *Archiver) saveNewFile(ctx context.Context, dir *dirRef, name, path stri
 }
 
 // queueFile hands job to the file workers and returns its future. The job
-// holds its directory until the worker has opened the file.
+// holds its directory until the worker is done with it.
 func (a *Archiver) queueFile(ctx context.Context, job *fileJob) *future {
 	job.fut = &future{done: make(chan struct{})}
 	job.dir.hold()
@@ -680,6 +680,7 @@ func (a *Archiver) fileWorker() {
 			continue
 		}
 		n, err := a.saveFile(job)
+		job.dir.release()
 		if err != nil {
 			a.report(job.path, err)
 			n = nil
@@ -766,19 +767,16 @@ func (a *Archiver) saveFile(job *fileJob) (*snapshot.Node, error) {
 			// (now, or wrongly: some file systems' directory types).
 			return a.notRegular(job)
 		}
-		job.dir.release()
 		return nil, err
 	}
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f), &st); err != nil {
-		job.dir.release()
 		return nil, err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG && job.node == nil {
 		return a.notRegular(job)
 	}
-	job.dir.release()
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || job.node != nil && st.Ino != job.node.Inode {
 		return nil, errors.New("file was replaced while being read")
 	}
@@ -877,10 +875,8 @@ func (a *Archiver) saveFile(job *fileJob) (*snapshot.Node, error) {
 
 // notRegular saves the entry of a job the walk took for a regular file from
 // its directory's listing without a stat, and found otherwise when opened:
-// it is saved as what its lstat says it is, as the walk would have. It
-// releases the job's directory.
+// it is saved as what its lstat says it is, as the walk would have.
 func (a *Archiver) notRegular(job *fileJob) (*snapshot.Node, error) {
-	defer job.dir.release()
 	node, err := a.meta.NodeAt(job.dir.dirfd(), job.at(), job.path, nil)
 	if err != nil {
 		if !onlyXattrsUnread(node, err) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -194,18 +195,13 @@ func TestNewFileOpenedInItsDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, r := newTestArchiver(t)
-	job := &fileJob{path: filepath.Join(d, "f"), dir: dir, name: "f"}
-	dir.hold() // as queueFile does
-	node, err := a.saveFile(job)
+	node, err := a.saveFile(&fileJob{path: filepath.Join(d, "f"), dir: dir, name: "f"})
 	dir.release()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := r.BlobID([]byte("the file listed")); len(node.Content) != 1 || node.Content[0] != want || node.Size != 15 || node.Mode&0o777 != 0o644 {
 		t.Errorf("saved %+v, want the file listed (content %s, 15 bytes, mode 644)", node, want.Short())
-	}
-	if n := dir.refs.Load(); n != 0 {
-		t.Errorf("directory references after the job: %d, want 0 (closed)", n)
 	}
 }
 
@@ -229,7 +225,6 @@ func TestNewFileNotRegular(t *testing.T) {
 			t.Fatal(err)
 		}
 		dir := newDirRef(fd)
-		dir.hold()
 		done := make(chan struct{})
 		var node *snapshot.Node
 		go func() {
@@ -248,8 +243,51 @@ func TestNewFileNotRegular(t *testing.T) {
 		if name == "link" && node != nil && node.LinkTarget != "target" {
 			t.Errorf("link target %q", node.LinkTarget)
 		}
-		if n := dir.refs.Load(); n != 0 {
-			t.Errorf("%s: directory references after the job: %d", name, n)
+	}
+}
+
+// openFDs counts the process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// Every directory the walk opens is closed once the walk and the file jobs
+// queued from it are done, whether the run succeeds or is cancelled.
+func TestRunClosesDirectories(t *testing.T) {
+	root := t.TempDir()
+	for i := range 40 {
+		d := filepath.Join(root, fmt.Sprintf("d%02d", i))
+		if err := os.MkdirAll(filepath.Join(d, "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for j := range 5 {
+			if err := os.WriteFile(filepath.Join(d, fmt.Sprintf("f%d", j)), []byte(fmt.Sprint(i, j)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Symlink("f0", filepath.Join(d, "sub", "link")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, cancelled := range []bool{false, true} {
+		_, r := newTestArchiver(t)
+		before := openFDs(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		if cancelled {
+			cancel()
+		}
+		_, _, err := New(r, Options{}).Run(ctx, []string{root})
+		cancel()
+		if !cancelled && err != nil {
+			t.Fatal(err)
+		}
+		if after := openFDs(t); after != before {
+			t.Errorf("cancelled %v: %d descriptors open after the run, %d before", cancelled, after, before)
 		}
 	}
 }
