@@ -324,13 +324,12 @@ func (d *Director) handlePoll(w http.ResponseWriter, r *http.Request) {
 	a.plans, a.lastSeen = p.Plans, time.Now()
 	d.mu.Unlock()
 
-	// A command delivered before this poll came and not taken by the
-	// agent was lost on the way (the agent polls one at a time).
+	// A command delivered before this poll came and not listed as taken
+	// was lost on the way: an agent polls one at a time, again at once
+	// only after an answer that came, and a second later at the earliest
+	// after a failed poll. (Waiting that second also bounds the polls to
+	// one a second should an agent not list a command it has.)
 	arrived := time.Now()
-	// An agent polls again at once only after an answer that came, and
-	// after a failed poll a second later at the earliest: a command not
-	// listed a second after its delivery was lost. (The second bounds the
-	// polls to one a second should an agent not list a command it has.)
 	var taken map[string]bool
 	if p.Taken != nil {
 		taken = make(map[string]bool, len(*p.Taken))
