@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -289,5 +290,60 @@ func TestRunClosesDirectories(t *testing.T) {
 		if after := openFDs(t); after != before {
 			t.Errorf("cancelled %v: %d descriptors open after the run, %d before", cancelled, after, before)
 		}
+	}
+}
+
+// A file another process holds a write lease on (as an NFS server does for
+// a write delegation) is read once the holder gives the lease up: O_NONBLOCK
+// makes the first open fail with EWOULDBLOCK instead of waiting for the
+// lease break, and the worker opens it again without the flag. The lease
+// holder here is the test itself, which gives the lease up when the kernel
+// signals it that a reader is waiting (SIGIO).
+func TestSaveFileWaitsForLeaseBreak(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "leased")
+	if err := os.WriteFile(path, []byte("leased content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	sigio := make(chan os.Signal, 1)
+	signal.Notify(sigio, unix.SIGIO)
+	defer signal.Stop(sigio)
+	if _, err := unix.FcntlInt(holder.Fd(), unix.F_SETLEASE, unix.F_WRLCK); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("no write lease in CI: %v", err)
+		}
+		t.Skipf("no write lease here: %v", err)
+	}
+	a, r := newTestArchiver(t)
+	type result struct {
+		node *snapshot.Node
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := a.saveFile(&fileJob{path: path})
+		done <- result{n, err}
+	}()
+	select {
+	case <-sigio:
+	case res := <-done:
+		t.Fatalf("the read did not wait for the lease: %+v, %v", res.node, res.err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lease holder was never asked to give the lease up")
+	}
+	if _, err := unix.FcntlInt(holder.Fd(), unix.F_SETLEASE, unix.F_UNLCK); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case res := <-done:
+		if res.err != nil || len(res.node.Content) != 1 || res.node.Content[0] != r.BlobID([]byte("leased content")) {
+			t.Errorf("saved %+v, %v; want the leased file's content", res.node, res.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the read did not end after the lease was given up")
 	}
 }
