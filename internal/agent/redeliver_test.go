@@ -17,6 +17,47 @@ import (
 	"bunker/internal/api"
 )
 
+// runAgent runs an agent with one plan ("files"; its bunker is /bin/false,
+// so an upload of a job it never prepared is refused) against the fake
+// director h, until the returned stop (or the test's end) stops both.
+func runAgent(t *testing.T, h http.HandlerFunc) (stop func()) {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	a := newAgent(&Config{Name: "node1", Plans: map[string]Plan{"files": {Paths: []string{"/srv"}}}},
+		Options{StateDir: t.TempDir(), Bunker: "/bin/false", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, srv.Client(), srv.URL)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = a.Run(ctx); close(done) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done; srv.Close() }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// waitUntil waits, up to 15 s, for cond to hold, evaluated under mu.
+func waitUntil(t *testing.T, mu *sync.Mutex, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		ok := cond()
+		mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// decodeReport reads a report posted to the fake director and answers it.
+func decodeReport(w http.ResponseWriter, r *http.Request) api.Report {
+	var rep api.Report
+	_ = json.NewDecoder(r.Body).Decode(&rep)
+	_, _ = io.WriteString(w, "{}")
+	return rep
+}
+
 // A director that lost a report (it restarted after taking it, before
 // storing it) asks again for the same command: the agent sends the same
 // report again rather than run the command twice. Here the command is an
@@ -26,7 +67,7 @@ func TestCommandAskedAgainIsReportedAgain(t *testing.T) {
 	var mu sync.Mutex
 	var reports []api.Report
 	asked := 0
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	stop := runAgent(t, func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
 		switch r.URL.Path {
@@ -44,35 +85,11 @@ func TestCommandAskedAgainIsReportedAgain(t *testing.T) {
 			}
 			_ = json.NewEncoder(w).Encode(resp)
 		case api.PathReport:
-			var rep api.Report
-			_ = json.NewDecoder(r.Body).Decode(&rep)
-			reports = append(reports, rep)
-			_, _ = io.WriteString(w, "{}")
+			reports = append(reports, decodeReport(w, r))
 		}
-	}))
-	defer srv.Close()
-	a := newAgent(&Config{Name: "node1", Plans: map[string]Plan{"files": {Paths: []string{"/srv"}}}},
-		Options{StateDir: t.TempDir(), Bunker: "/bin/false", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, srv.Client(), srv.URL)
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		for {
-			mu.Lock()
-			n := len(reports)
-			mu.Unlock()
-			if n >= 3 {
-				cancel()
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
-	done := make(chan struct{})
-	go func() { _ = a.Run(ctx); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the agent did not report the command each time it was asked")
-	}
+	})
+	waitUntil(t, &mu, "a report each time the command was asked", func() bool { return len(reports) >= 3 })
+	stop()
 	mu.Lock()
 	defer mu.Unlock()
 	for _, r := range reports {
@@ -93,7 +110,7 @@ func TestPollListsOpenCommands(t *testing.T) {
 	var polls [][]string // the Taken of each poll
 	sent, reports := false, 0
 	after := -1 // the number of polls before the report was delivered
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	stop := runAgent(t, func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
 		switch r.URL.Path {
@@ -123,30 +140,11 @@ func TestPollListsOpenCommands(t *testing.T) {
 				return
 			}
 			after = len(polls)
-			_, _ = io.WriteString(w, "{}")
+			decodeReport(w, r)
 		}
-	}))
-	defer srv.Close()
-	a := newAgent(&Config{Name: "node1", Plans: map[string]Plan{"files": {Paths: []string{"/srv"}}}},
-		Options{StateDir: t.TempDir(), Bunker: "/bin/false", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, srv.Client(), srv.URL)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = a.Run(ctx); close(done) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		mu.Lock()
-		ok := after >= 0 && len(polls) > after+3
-		mu.Unlock()
-		if ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the agent did not report the command")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	<-done
+	})
+	waitUntil(t, &mu, "the report and three polls after it", func() bool { return after >= 0 && len(polls) > after+3 })
+	stop()
 	mu.Lock()
 	defer mu.Unlock()
 	if len(polls[0]) != 0 {
@@ -189,7 +187,7 @@ func TestForgottenCommandIsRefused(t *testing.T) {
 	var mu sync.Mutex
 	var reports []api.Report
 	sent, refusedList := 0, false
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	stop := runAgent(t, func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
 		switch r.URL.Path {
@@ -211,35 +209,11 @@ func TestForgottenCommandIsRefused(t *testing.T) {
 			}
 			_ = json.NewEncoder(w).Encode(resp)
 		case api.PathReport:
-			var rep api.Report
-			_ = json.NewDecoder(r.Body).Decode(&rep)
-			reports = append(reports, rep)
-			_, _ = io.WriteString(w, "{}")
+			reports = append(reports, decodeReport(w, r))
 		}
-	}))
-	defer srv.Close()
-	a := newAgent(&Config{Name: "node1", Plans: map[string]Plan{"files": {Paths: []string{"/srv"}}}},
-		Options{StateDir: t.TempDir(), Bunker: "/bin/false", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, srv.Client(), srv.URL)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = a.Run(ctx); close(done) }()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		mu.Lock()
-		n := len(reports)
-		mu.Unlock()
-		if n >= 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			cancel()
-			<-done
-			t.Fatalf("%d reports; the command asked for again was not answered", n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	<-done
+	})
+	waitUntil(t, &mu, "an answer to the command asked for again", func() bool { return len(reports) >= 3 })
+	stop()
 	mu.Lock()
 	defer mu.Unlock()
 	if r := reports[2]; r.Command != mk(0).ID || r.OK || !strings.Contains(r.Error, "no longer kept") {
