@@ -209,8 +209,8 @@ func TestNewFileOpenedInItsDirectory(t *testing.T) {
 // A file the directory listed as a regular file (so the walk did not stat
 // it) and the worker finds to be something else is saved as what it is, as
 // the walk's lstat would have saved it: a symbolic link (O_NOFOLLOW's
-// ELOOP) or a FIFO (opened without waiting). A file the walk did stat and
-// that has changed kind is refused as replaced.
+// ELOOP) or a FIFO (opened without waiting). (A file the walk did stat
+// that has changed kind is refused as replaced: TestSaveFileReplacedByFIFO.)
 func TestNewFileNotRegular(t *testing.T) {
 	root := t.TempDir()
 	if err := os.Symlink("target", filepath.Join(root, "link")); err != nil {
