@@ -8,6 +8,9 @@ STATICCHECK_VERSION := v0.8.2
 # Keep in step with internal/backend/s3/s3test.Version.
 VERSITYGW_VERSION := v1.8.0
 VERSITYGW := $(CURDIR)/.tools/versitygw-$(VERSITYGW_VERSION)/versitygw
+# etcd's etcdutl, which the agent runs to rebuild an etcd member: the module's
+# tool (go.mod's tool directive), at the etcd version go.mod requires.
+ETCDUTL   := $(CURDIR)/.tools/etcdutl
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 FUZZTIME  ?= 20000x
 
@@ -25,6 +28,9 @@ $(GOBIN)/staticcheck:
 $(VERSITYGW):
 	GOBIN=$(dir $(VERSITYGW)) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
+$(ETCDUTL): go.mod go.sum
+	$(GO) build -o $(ETCDUTL) go.etcd.io/etcd/etcdutl/v3
+
 # PostgreSQL's server and client (Debian packages) for the database provider's tests.
 postgres:
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v pg_dump >/dev/null || \
@@ -40,7 +46,7 @@ providers:
 	    apt-get install -y -qq btrfs-progs podman runc busybox-static >/dev/null || \
 	    { apt-get update -qq && apt-get install -y -qq btrfs-progs podman runc busybox-static >/dev/null; }; }
 
-tools: $(GOBIN)/staticcheck $(VERSITYGW) postgres providers
+tools: $(GOBIN)/staticcheck $(VERSITYGW) $(ETCDUTL) postgres providers
 
 lint: $(GOBIN)/staticcheck
 	@unformatted=$$(gofmt -l cmd internal scripts); if [ -n "$$unformatted" ]; then echo "gofmt: $$unformatted"; exit 1; fi
@@ -49,12 +55,12 @@ lint: $(GOBIN)/staticcheck
 	$(GO) test -count=1 ./internal/lint/
 
 # Every test, with the race detector, then a short run of every fuzz target.
-test: lint build $(VERSITYGW) postgres providers
-	BUNKER_VERSITYGW=$(VERSITYGW) $(GO) test -race -count=1 -timeout 20m ./...
+test: lint build $(VERSITYGW) $(ETCDUTL) postgres providers
+	BUNKER_VERSITYGW=$(VERSITYGW) BUNKER_ETCDUTL=$(ETCDUTL) $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 
-test-short: build $(VERSITYGW) postgres providers
-	BUNKER_VERSITYGW=$(VERSITYGW) $(GO) test -count=1 ./...
+test-short: build $(VERSITYGW) $(ETCDUTL) postgres providers
+	BUNKER_VERSITYGW=$(VERSITYGW) BUNKER_ETCDUTL=$(ETCDUTL) $(GO) test -count=1 ./...
 
 # Each fuzz target for FUZZTIME: a count of executions by default (a time limit
 # can end during minimization and fail spuriously); `make fuzz FUZZTIME=10m` to soak.
@@ -67,9 +73,9 @@ fuzz:
 	  done; \
 	done
 
-soak: $(VERSITYGW) postgres
+soak: $(VERSITYGW) $(ETCDUTL) postgres
 	$(MAKE) fuzz FUZZTIME=5m
-	BUNKER_SOAK=1 BUNKER_VERSITYGW=$(VERSITYGW) $(GO) test -count=1 -timeout 2h ./...
+	BUNKER_SOAK=1 BUNKER_VERSITYGW=$(VERSITYGW) BUNKER_ETCDUTL=$(ETCDUTL) $(GO) test -count=1 -timeout 2h ./...
 
 bench: build $(VERSITYGW)
 	BUNKER_BIN=$(CURDIR)/$(BIN) bash scripts/bench/run.sh

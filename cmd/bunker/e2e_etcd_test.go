@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -41,6 +42,25 @@ func startEtcd(t *testing.T, name, dataDir string) string {
 		t.Fatal("etcd did not start")
 	}
 	return client.String()
+}
+
+// etcdutl finds etcd's etcdutl, which the agent runs to rebuild a member:
+// $BUNKER_ETCDUTL (make test builds the module's tool), then PATH. In CI a
+// missing one fails the test; elsewhere it skips it.
+func etcdutl(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("BUNKER_ETCDUTL"); p != "" {
+		return p
+	}
+	if p, err := exec.LookPath("etcdutl"); err == nil {
+		return p
+	}
+	const msg = "etcdutl not found: run make test (it builds go.mod's etcdutl tool) or set BUNKER_ETCDUTL"
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
 }
 
 func etcdClient(t *testing.T, endpoint string) *clientv3.Client {

@@ -34,6 +34,7 @@ func TestGroupEtcdPostgresFiles(t *testing.T) {
 	nodes := []string{"etcd1", "db1", "app1"}
 	etcdRestored := filepath.Join(t.TempDir(), "restored")
 	peer := "http://" + freePort(t)
+	etcdutl := etcdutl(t)
 	dp := newDeployment(t, nodes, `  cluster:
     nodes: {etcd1: [etcd], db1: [db], app1: [files]}
     schedule: "0 0 1 1 *"
@@ -45,8 +46,8 @@ func TestGroupEtcdPostgresFiles(t *testing.T) {
 		pre := fmt.Sprintf("    pre: [{exec: [/bin/sh, -c, \"date +%%s.%%N > %s/frozen-%s\"]}]\n", dp.dir, n)
 		switch n {
 		case "etcd1":
-			return "  etcd:\n" + repo + fmt.Sprintf("    etcd: {endpoints: [%s], restore: {name: m2, data_dir: %s, peer_urls: [%s], initial_cluster: m2=%s}}\n",
-				endpoint, etcdRestored, peer, peer) + pre + post
+			return "  etcd:\n" + repo + fmt.Sprintf("    etcd: {endpoints: [%s], restore: {name: m2, data_dir: %s, peer_urls: [%s], initial_cluster: m2=%s, etcdutl: %s}}\n",
+				endpoint, etcdRestored, peer, peer, etcdutl) + pre + post
 		case "db1":
 			return "  db:\n" + repo + fmt.Sprintf("    postgres: {host: 127.0.0.1, port: %d, user: postgres, database: app, bin_dir: %s}\n", pg.port, pg.bin) + pre + post
 		}

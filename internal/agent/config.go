@@ -263,6 +263,9 @@ type EtcdRestore struct {
 	PeerURLs            []string `yaml:"peer_urls"`
 	InitialCluster      string   `yaml:"initial_cluster"`
 	InitialClusterToken string   `yaml:"initial_cluster_token"`
+	// Etcdutl is the etcdutl program (it comes with etcd) that rebuilds
+	// the member: a path, or a name looked up in PATH (default etcdutl).
+	Etcdutl string `yaml:"etcdutl"`
 }
 
 // File is the name the snapshot is stored under.

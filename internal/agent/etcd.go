@@ -10,10 +10,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // etcdSnapshot takes a snapshot of one member of an etcd cluster through
@@ -43,12 +39,7 @@ func etcdSnapshot(ctx context.Context, e *Etcd, dst string) (int64, error) {
 }
 
 func etcdSnapshotFrom(ctx context.Context, endpoint string, tlsCfg *tls.Config, dst string) (int64, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, TLS: tlsCfg, Logger: zap.NewNop()})
-	if err != nil {
-		return 0, err
-	}
-	defer cli.Close()
-	rc, err := cli.Snapshot(ctx)
+	rc, err := etcdSnapshotStream(ctx, endpoint, tlsCfg)
 	if err != nil {
 		return 0, err
 	}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,9 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-
-	"go.etcd.io/etcd/etcdutl/v3/snapshot"
-	"go.uber.org/zap"
 
 	"bunker/internal/api"
 )
@@ -97,11 +95,7 @@ func (a *Agent) restorePlan(ctx context.Context, name string, p Plan, id string,
 		if err := a.dumpTo(ctx, p.Repository, id, "/"+p.Etcd.File(), file); err != nil {
 			return err
 		}
-		er := p.Etcd.Restore
-		// etcdutl checks the snapshot's SHA-256 and refuses an existing
-		// data directory: the restore_pre hook moves the old one aside.
-		return snapshot.NewV3(zap.NewNop()).Restore(snapshot.RestoreConfig{SnapshotPath: file, Name: er.Name, OutputDataDir: er.DataDir,
-			PeerURLs: er.PeerURLs, InitialCluster: er.InitialCluster, InitialClusterToken: er.InitialClusterToken})
+		return etcdRestore(ctx, p.Etcd.Restore, file)
 	case p.Postgres != nil:
 		// The dump streams from the repository into pg_restore.
 		dump, err := a.bunker(ctx, p.Repository, "dump", id, "/"+p.Postgres.File())
@@ -170,4 +164,31 @@ func (a *Agent) dumpTo(ctx context.Context, r Repository, id, path, dst string) 
 		return fmt.Errorf("dump %s: %v: %s", path, err, lastLine(stderr.String()))
 	}
 	return f.Sync()
+}
+
+// etcdRestore rebuilds this node's etcd member from the snapshot file with
+// etcdutl, etcd's own tool for it (it comes with etcd on its nodes): it
+// checks the snapshot's SHA-256 and refuses an existing data directory (the
+// restore_pre hook moves the old one aside).
+func etcdRestore(ctx context.Context, er *EtcdRestore, file string) error {
+	prog := er.Etcdutl
+	if prog == "" {
+		prog = "etcdutl"
+	}
+	path, err := exec.LookPath(prog)
+	if err != nil {
+		return fmt.Errorf("etcd restore needs etcdutl, which comes with etcd (etcd.restore.etcdutl in agent.yaml): %w", err)
+	}
+	args := []string{"snapshot", "restore", file, "--name", er.Name, "--data-dir", er.DataDir,
+		"--initial-advertise-peer-urls", strings.Join(er.PeerURLs, ","), "--initial-cluster", er.InitialCluster}
+	if er.InitialClusterToken != "" {
+		args = append(args, "--initial-cluster-token", er.InitialClusterToken)
+	}
+	cmd := exec.CommandContext(ctx, path, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("etcdutl snapshot restore: %v: %s", err, lastLine(out.String()))
+	}
+	return nil
 }
