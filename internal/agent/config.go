@@ -371,6 +371,11 @@ func (c *Config) check(doc *conf.Doc) conf.Errors {
 			if (e.Cert == "") != (e.Key == "") {
 				bad(at("etcd"), "cert and key go together")
 			}
+			for _, ep := range e.Endpoints {
+				if _, _, err := etcdBaseURL(ep, e.CACert != "" || e.Cert != ""); err != nil {
+					bad(at("etcd", "endpoints"), "%v", err)
+				}
+			}
 			if strings.ContainsAny(e.Filename, "/\x00") {
 				bad(at("etcd", "filename"), "a file name, not a path")
 			}

@@ -35,6 +35,7 @@ func TestConfigMistakes(t *testing.T) {
 		{"nothing to back up", "    paths: [/etc/app]\n", "", ":10: plans.config: nothing to back up: give paths, etcd or postgres"},
 		{"etcd and paths", "    paths: [/etc/app]", "    paths: [/etc/app]\n    etcd: {endpoints: [http://127.0.0.1:2379]}", ":10: plans.config: a plan backs up one of paths, etcd or postgres"},
 		{"etcd without endpoints", "    paths: [/etc/app]", "    etcd: {filename: e.db}", ":15: plans.config.etcd.endpoints: at least one endpoint"},
+		{"etcd http with certificates", "    paths: [/etc/app]", "    etcd: {endpoints: [http://127.0.0.1:2379], cacert: /etc/etcd/ca.pem}", "plans.config.etcd.endpoints: etcd endpoint \"http://127.0.0.1:2379\" is http:// but certificates are set: use https://"},
 		{"postgres and paths", "    paths: [/etc/app]", "    paths: [/etc/app]\n    postgres: {database: app}", ":10: plans.config: a plan backs up one of paths, etcd or postgres"},
 		{"postgres option injection", "    paths: [/etc/app]", "    postgres: {database: --help}", ":15: plans.config.postgres.database: required, and not starting with '-'"},
 		{"unknown provider", "    paths: [/etc/app]", "    paths: [/etc/app]\n    mysql: {database: app}", ":16: field mysql not found (unknown field)"},

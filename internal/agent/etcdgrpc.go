@@ -38,7 +38,7 @@ const etcdDialTimeout = 5 * time.Second
 
 // etcdSnapshotStream opens Maintenance.Snapshot on endpoint ("host:port",
 // "http://host:port" or "https://host:port"; TLS when tlsCfg is set or the
-// scheme says so) and returns the database's bytes as they come. The
+// scheme is https) and returns the database's bytes as they come. The
 // stream's end is checked against the gRPC status: a read returns io.EOF
 // only after a status OK.
 func etcdSnapshotStream(ctx context.Context, endpoint string, tlsCfg *tls.Config) (io.ReadCloser, error) {
@@ -98,7 +98,9 @@ func etcdSnapshotStream(ctx context.Context, endpoint string, tlsCfg *tls.Config
 		}}, nil
 }
 
-// etcdBaseURL makes endpoint a URL without a path; secure tells TLS.
+// etcdBaseURL makes endpoint a URL without a path; secure tells TLS. An
+// http:// endpoint with certificates set is refused: the certificates
+// would not be used.
 func etcdBaseURL(endpoint string, withTLS bool) (string, bool, error) {
 	if !strings.Contains(endpoint, "://") {
 		scheme := "http"
@@ -111,7 +113,10 @@ func etcdBaseURL(endpoint string, withTLS bool) (string, bool, error) {
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || strings.Trim(u.Path, "/") != "" {
 		return "", false, fmt.Errorf("etcd endpoint %q: want host:port or http(s)://host:port", endpoint)
 	}
-	return u.Scheme + "://" + u.Host, u.Scheme == "https" || withTLS, nil
+	if withTLS && u.Scheme == "http" {
+		return "", false, fmt.Errorf("etcd endpoint %q is http:// but certificates are set: use https://", endpoint)
+	}
+	return u.Scheme + "://" + u.Host, u.Scheme == "https", nil
 }
 
 // grpcStatus returns the error a gRPC status in h carries (nil for OK or

@@ -119,6 +119,7 @@ func TestEtcdBaseURL(t *testing.T) {
 		{in: "https://etcd-1:2379", want: "https://etcd-1:2379", secure: true},
 		{in: "http://etcd-1:2379/", want: "http://etcd-1:2379"},
 		{in: "http://etcd-1:2379/v3", invalid: true},
+		{in: "http://etcd-1:2379", tls: true, invalid: true},
 		{in: "unix:///run/etcd.sock", invalid: true},
 		{in: "http://", invalid: true},
 	} {
