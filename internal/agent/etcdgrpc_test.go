@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/binary"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -55,17 +54,6 @@ func readSnapshot(body []byte, status string) (string, error) {
 	r := &snapshotReader{body: io.NopCloser(nil), r: bufio.NewReader(bytes.NewReader(body)), close: func() {}, status: func() http.Header { return trailer }}
 	out, err := io.ReadAll(r)
 	return string(out), err
-}
-
-// freeAddr returns a free 127.0.0.1 port as host:port.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func TestSnapshotReader(t *testing.T) {
@@ -151,8 +139,9 @@ func TestEtcdSnapshotTLS(t *testing.T) {
 	cfg := embed.NewConfig()
 	cfg.Name, cfg.Dir, cfg.LogLevel = "m1", filepath.Join(dir, "etcd"), "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	client, _ := url.Parse("https://" + freeAddr(t))
-	peer, _ := url.Parse("http://" + freeAddr(t))
+	// Port 0: the member listens where the kernel says (e.Clients).
+	client, _ := url.Parse("https://127.0.0.1:0")
+	peer, _ := url.Parse("http://127.0.0.1:0")
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	cfg.InitialCluster = "m1=" + peer.String()
@@ -167,16 +156,17 @@ func TestEtcdSnapshotTLS(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("etcd did not start")
 	}
+	endpoint := "https://" + e.Clients[0].Addr().String()
 	ctx := context.Background()
 	dst := filepath.Join(dir, "snap")
-	n, err := etcdSnapshot(ctx, &Etcd{Endpoints: []string{client.String()}, CACert: caFile, Cert: cliCert, Key: cliKey}, dst)
+	n, err := etcdSnapshot(ctx, &Etcd{Endpoints: []string{endpoint}, CACert: caFile, Cert: cliCert, Key: cliKey}, dst)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st, err := os.Stat(dst); err != nil || st.Size() != n || n < 4096 {
 		t.Errorf("snapshot of %d bytes, file %v %v", n, st, err)
 	}
-	_, err = etcdSnapshot(ctx, &Etcd{Endpoints: []string{client.String()}, CACert: caFile}, filepath.Join(dir, "snap2"))
+	_, err = etcdSnapshot(ctx, &Etcd{Endpoints: []string{endpoint}, CACert: caFile}, filepath.Join(dir, "snap2"))
 	if err == nil {
 		t.Error("a snapshot without a client certificate was taken")
 	}

@@ -50,6 +50,20 @@ func waitUntil(t *testing.T, mu *sync.Mutex, what string, cond func() bool) {
 	}
 }
 
+// offerNext adds the next command of script to resp once every command
+// sent before has been reported, else waits a little (a poll with nothing
+// to give). Asked again while it is still handling a command, the agent
+// reports it once, when done: a fake that asked before the report came
+// made these tests fail under load.
+func offerNext(resp *api.PollResponse, script []api.Command, sent *int, reported int) {
+	if *sent < len(script) && reported == *sent {
+		resp.Commands = append(resp.Commands, script[*sent])
+		*sent++
+		return
+	}
+	time.Sleep(20 * time.Millisecond)
+}
+
 // decodeReport reads a report posted to the fake director and answers it.
 func decodeReport(w http.ResponseWriter, r *http.Request) api.Report {
 	var rep api.Report
@@ -72,17 +86,10 @@ func TestCommandAskedAgainIsReportedAgain(t *testing.T) {
 		defer mu.Unlock()
 		switch r.URL.Path {
 		case api.PathPoll:
-			resp := api.PollResponse{Commands: []api.Command{}}
 			// The director asks again once the previous answer has come
-			// (and been lost), three times in all. Asked while the command
-			// is still being handled, the agent reports it once, when done:
-			// asking before the report came made this test fail under load.
-			if asked < 3 && len(reports) == asked {
-				asked++
-				resp.Commands = append(resp.Commands, cmd)
-			} else {
-				time.Sleep(50 * time.Millisecond)
-			}
+			// (and been lost), three times in all.
+			resp := api.PollResponse{Commands: []api.Command{}}
+			offerNext(&resp, []api.Command{cmd, cmd, cmd}, &asked, len(reports))
 			_ = json.NewEncoder(w).Encode(resp)
 		case api.PathReport:
 			reports = append(reports, decodeReport(w, r))
@@ -201,12 +208,7 @@ func TestForgottenCommandIsRefused(t *testing.T) {
 				return
 			}
 			resp := api.PollResponse{Commands: []api.Command{}, ListsTaken: true}
-			if sent < len(script) && len(reports) == sent {
-				resp.Commands = append(resp.Commands, script[sent])
-				sent++
-			} else {
-				time.Sleep(20 * time.Millisecond)
-			}
+			offerNext(&resp, script, &sent, len(reports))
 			_ = json.NewEncoder(w).Encode(resp)
 		case api.PathReport:
 			reports = append(reports, decodeReport(w, r))
