@@ -50,18 +50,44 @@ func waitUntil(t *testing.T, mu *sync.Mutex, what string, cond func() bool) {
 	}
 }
 
-// offerNext adds the next command of script to resp once every command
-// sent before has been reported, else waits a little (a poll with nothing
-// to give). Asked again while it is still handling a command, the agent
-// reports it once, when done: a fake that asked before the report came
-// made these tests fail under load.
-func offerNext(resp *api.PollResponse, script []api.Command, sent *int, reported int) {
-	if *sent < len(script) && reported == *sent {
-		resp.Commands = append(resp.Commands, script[*sent])
-		*sent++
-		return
-	}
-	time.Sleep(20 * time.Millisecond)
+// runScript runs an agent against a fake director that sends the commands
+// of script one at a time, each once every one before it is reported, and
+// returns the reports once there is one per command. Asked again while it
+// is still handling a command, the agent reports it once, when done: a fake
+// that asked before the report came made these tests fail under load. The
+// fake asks for the list of taken commands if listsTaken; refuse, if set,
+// sees each poll first and refuses it (with a 400) by returning true.
+func runScript(t *testing.T, script []api.Command, listsTaken bool, refuse func(api.Poll) bool) []api.Report {
+	t.Helper()
+	var mu sync.Mutex
+	var reports []api.Report
+	sent := 0
+	stop := runAgent(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch r.URL.Path {
+		case api.PathPoll:
+			var p api.Poll
+			_ = json.NewDecoder(r.Body).Decode(&p)
+			if refuse != nil && refuse(p) {
+				http.Error(w, `{"error":"refused"}`, http.StatusBadRequest)
+				return
+			}
+			resp := api.PollResponse{Commands: []api.Command{}, ListsTaken: listsTaken}
+			if sent < len(script) && len(reports) == sent {
+				resp.Commands = append(resp.Commands, script[sent])
+				sent++
+			} else {
+				time.Sleep(20 * time.Millisecond)
+			}
+			_ = json.NewEncoder(w).Encode(resp)
+		case api.PathReport:
+			reports = append(reports, decodeReport(w, r))
+		}
+	})
+	waitUntil(t, &mu, "a report for every command sent", func() bool { return len(reports) >= len(script) })
+	stop()
+	return reports
 }
 
 // decodeReport reads a report posted to the fake director and answers it.
@@ -78,28 +104,9 @@ func decodeReport(w http.ResponseWriter, r *http.Request) api.Report {
 // upload of a job this node never prepared, refused both times.
 func TestCommandAskedAgainIsReportedAgain(t *testing.T) {
 	cmd := api.Command{ID: "20261205T000000-000000c1", Job: "20261205T000000-0000000a", Kind: api.KindUpload, Plans: []string{"files"}}
-	var mu sync.Mutex
-	var reports []api.Report
-	asked := 0
-	stop := runAgent(t, func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		switch r.URL.Path {
-		case api.PathPoll:
-			// The director asks again once the previous answer has come
-			// (and been lost), three times in all.
-			resp := api.PollResponse{Commands: []api.Command{}}
-			offerNext(&resp, []api.Command{cmd, cmd, cmd}, &asked, len(reports))
-			_ = json.NewEncoder(w).Encode(resp)
-		case api.PathReport:
-			reports = append(reports, decodeReport(w, r))
-		}
-	})
-	waitUntil(t, &mu, "a report each time the command was asked", func() bool { return len(reports) >= 3 })
-	stop()
-	mu.Lock()
-	defer mu.Unlock()
-	for _, r := range reports {
+	// The director asks again once the previous answer has come (and been
+	// lost), three times in all.
+	for _, r := range runScript(t, []api.Command{cmd, cmd, cmd}, false, nil) {
 		if r.Command != cmd.ID || r.OK || !strings.Contains(r.Error, "did not prepare job") {
 			t.Errorf("report %+v", r)
 		}
@@ -191,33 +198,15 @@ func TestForgottenCommandIsRefused(t *testing.T) {
 	// The director sends c0, then c1 once c0 is reported (c1's report
 	// drops c0's, StateTTL being over), then c0 again once c1 is reported.
 	script := []api.Command{mk(0), mk(1), mk(0)}
-	var mu sync.Mutex
-	var reports []api.Report
-	sent, refusedList := 0, false
-	stop := runAgent(t, func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		switch r.URL.Path {
-		case api.PathPoll:
-			var p api.Poll
-			_ = json.NewDecoder(r.Body).Decode(&p)
-			if p.Taken != nil && !refusedList {
-				// Once, as a director that does not know the field.
-				refusedList = true
-				http.Error(w, `{"error":"json: unknown field \"taken\""}`, http.StatusBadRequest)
-				return
-			}
-			resp := api.PollResponse{Commands: []api.Command{}, ListsTaken: true}
-			offerNext(&resp, script, &sent, len(reports))
-			_ = json.NewEncoder(w).Encode(resp)
-		case api.PathReport:
-			reports = append(reports, decodeReport(w, r))
+	refusedList := false // the fake's poll handler runs under its lock
+	reports := runScript(t, script, true, func(p api.Poll) bool {
+		// Once, as a director that does not know the field.
+		if p.Taken != nil && !refusedList {
+			refusedList = true
+			return true
 		}
+		return false
 	})
-	waitUntil(t, &mu, "an answer to the command asked for again", func() bool { return len(reports) >= 3 })
-	stop()
-	mu.Lock()
-	defer mu.Unlock()
 	if r := reports[2]; r.Command != mk(0).ID || r.OK || !strings.Contains(r.Error, "no longer kept") {
 		t.Errorf("report for the command asked again: %+v", r)
 	}
