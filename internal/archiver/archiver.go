@@ -82,9 +82,11 @@ type Archiver struct {
 
 	files chan *fileJob
 	blobs chan *blobJob
-	// chunkers holds the chunkers for large files. Chunking runs at about
-	// 1 GB/s, several times faster than the blob workers it feeds, so one is
-	// enough to keep every core busy; each holds a 6 MiB buffer.
+	// chunkers holds the chunkers for large files. Cutting runs at 2 to
+	// 5 GB/s, several times a blob worker's speed on data to compress, so
+	// one is enough; each holds a 6 MiB buffer. (A second one, or a larger
+	// buffer, left the cores less idle on data already stored but made the
+	// first backup of the bench data no faster: see docs/architecture.md.)
 	chunkers chan repo.Chunker
 	// smallBufs holds the read buffers of files smaller than a chunk.
 	smallBufs chan *[]byte

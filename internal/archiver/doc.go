@@ -24,8 +24,8 @@
 //     not to be a regular file (a symbolic link, a FIFO: the directory's
 //     type was wrong, or it changed) is saved as its lstat says. A file
 //     smaller than the minimum chunk is read whole into one buffer; a larger
-//     one goes through the repository's chunker (one at a time: chunking runs
-//     several times faster than the stages after it), and each chunk is
+//     one goes through the repository's chunker (one at a time: cutting runs
+//     several times faster than compressing), and each chunk is
 //     handed to the blob workers without a copy. The chunker's OnOverwrite
 //     hook waits for a chunk, and those handed out before it, before the
 //     chunker reads over it: its buffer holds several chunks, so that wait
