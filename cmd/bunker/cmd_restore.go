@@ -86,7 +86,7 @@ func newRestoreCmd(g *globalOptions) *cobra.Command {
 					"bytes": s.Bytes.Load(), "errors": failed, "verified": verify, "duration_seconds": time.Since(start).Seconds()})
 			} else {
 				v := ""
-				if verify {
+				if verify && err == nil {
 					v = ", verified"
 				}
 				g.msgf(c, "restored snapshot %s to %s: %d files, %d dirs, %d hard links, %d others, %s in %s%s\n",

@@ -25,6 +25,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"bunker/internal/backend/local"
 	"bunker/internal/fs/fstest"
 	"bunker/internal/repo/crypto"
@@ -1173,6 +1175,61 @@ func TestUnreadableFile(t *testing.T) {
 	if lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n"); len(lines) != 2 ||
 		!strings.HasPrefix(lines[0], "error: ") || !strings.Contains(lines[0], "secret") || !strings.HasPrefix(lines[1], "bunker: ") {
 		t.Errorf("stderr: want an error line and a summary line, got %q", r.stderr)
+	}
+}
+
+// TestNobodyRestoresReadOnlyEntries: a restore not run as root brings back
+// the user.* attributes of read-only files and directories (set before
+// their modes, which take away the write permission they need), verifies a
+// file its mode does not let its owner read, and restores again into the
+// same target, whose directories the first restore left read-only.
+func TestNobodyRestoresReadOnlyEntries(t *testing.T) {
+	t.Parallel()
+	e := newNobodyEnv(t)
+	src := filepath.Join(e.dir, "src")
+	writeFile(t, filepath.Join(src, "ro"), "read only\n")
+	writeFile(t, filepath.Join(src, "wo"), "write only\n")
+	writeFile(t, filepath.Join(src, "dir", "inner"), "inner\n")
+	chownNobody(t, src)
+	for name, attr := range map[string]string{"ro": "user.origin", "dir": "user.tag"} {
+		if err := unix.Setxattr(filepath.Join(src, name), attr, []byte(name), 0); err != nil {
+			if errors.Is(err, unix.ENOTSUP) {
+				t.Skipf("no user.* attributes here: %v", err)
+			}
+			t.Fatal(err)
+		}
+	}
+	modes := map[string]os.FileMode{"ro": 0o444, "wo": 0o200, "dir": 0o555 | os.ModeDir}
+	for name, mode := range modes {
+		if err := os.Chmod(filepath.Join(src, name), mode.Perm()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Root backs up (nobody cannot read wo), then the repository is nobody's again.
+	asRoot := *e
+	asRoot.cred = nil
+	asRoot.ok("backup", src)
+	chownNobody(t, e.dir)
+	target := filepath.Join(e.dir, "target")
+	for round := range 2 {
+		e.ok("restore", "latest", "--target", target, "--verify")
+		dst := inTarget(target, src)
+		for name, mode := range modes {
+			st, err := os.Lstat(filepath.Join(dst, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode() != mode {
+				t.Errorf("round %d: %s has mode %v, want %v", round, name, st.Mode(), mode)
+			}
+		}
+		for name, attr := range map[string]string{"ro": "user.origin", "dir": "user.tag"} {
+			buf := make([]byte, 64)
+			n, err := unix.Getxattr(filepath.Join(dst, name), attr, buf)
+			if err != nil || string(buf[:n]) != name {
+				t.Errorf("round %d: %s of %s: %q, %v", round, attr, name, buf[:max(n, 0)], err)
+			}
+		}
 	}
 }
 

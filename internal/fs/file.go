@@ -38,6 +38,26 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	return done, nil
 }
 
+// ReadAt reads len(p) bytes at offset off; fewer only at the end of the
+// file, with io.EOF.
+func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	done := 0
+	for done < len(p) {
+		n, err := unix.Pread(f.fd, p[done:], off+int64(done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, &os.PathError{Op: "read", Path: f.name, Err: err}
+		}
+		if n == 0 {
+			return done, io.EOF
+		}
+		done += n
+	}
+	return done, nil
+}
+
 // Truncate sets the file's size.
 func (f *File) Truncate(size int64) error {
 	for {

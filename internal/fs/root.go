@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,11 +76,30 @@ type Root struct {
 	// with the same no-symlink resolution: a restore creates thousands of
 	// entries per directory. A cached descriptor keeps naming the directory
 	// that was checked, even if its path is changed meanwhile.
-	dirMu sync.Mutex
-	dirs  map[string]int
+	dirMu   sync.Mutex
+	dirs    map[string]int
+	maxDirs int
+
+	// opened holds the directories Mkdir found already there, owned by
+	// this user (not root) without write and search permission for it, and
+	// opened up to u+rwx: their modes before, until SetMetadata sets one.
+	openedMu sync.Mutex
+	opened   map[string]uint32
 }
 
+// maxCachedDirs bounds the cached directory descriptors; so does a quarter
+// of the process's limit on open files, which files being written and
+// whatever else the process does share.
 const maxCachedDirs = 4096
+
+// dirCacheSize is how many directory descriptors a Root caches.
+func dirCacheSize() int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return 64
+	}
+	return int(max(16, min(maxCachedDirs, lim.Cur/4)))
+}
 
 func (r *Root) cachedDir(key string) (int, bool) {
 	r.dirMu.Lock()
@@ -93,7 +113,7 @@ func (r *Root) cachedDir(key string) (int, bool) {
 func (r *Root) cacheDir(key string, fd int) bool {
 	r.dirMu.Lock()
 	defer r.dirMu.Unlock()
-	if _, ok := r.dirs[key]; ok || len(r.dirs) >= maxCachedDirs {
+	if _, ok := r.dirs[key]; ok || len(r.dirs) >= r.maxDirs {
 		return false
 	}
 	if r.dirs == nil {
@@ -134,7 +154,7 @@ func OpenRoot(dir string) (*Root, error) {
 		root.Close()
 		return nil, fmt.Errorf("open root %s: %w", dir, err)
 	}
-	return &Root{dir: dir, root: root, fd: fd}, nil
+	return &Root{dir: dir, root: root, fd: fd, maxDirs: dirCacheSize()}, nil
 }
 
 // Name returns the directory the root was opened with.
@@ -299,7 +319,11 @@ func (r *Root) removeNonDir(p *parent, rel string) error {
 }
 
 // Mkdir creates the directory rel with mode 0700. An existing directory is
-// kept; any other existing entry (including a symlink) is replaced.
+// kept; any other existing entry (including a symlink) is replaced. An
+// existing directory this user (not root) owns but may not write in or
+// search, such as one a previous restore left read-only, is opened up to
+// u+rwx until SetMetadata sets its mode, or RestoreOpenedModes its mode
+// before.
 func (r *Root) Mkdir(rel string) error {
 	if rel == "." {
 		return nil
@@ -318,7 +342,7 @@ func (r *Root) Mkdir(rel string) error {
 				return r.pathErr("lstat", rel, err)
 			}
 			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				return nil
+				return r.openUp(p, rel, st)
 			}
 			if err := unix.Unlinkat(p.fd, p.name, 0); err != nil && err != unix.ENOENT {
 				return r.pathErr("unlink", rel, err)
@@ -327,13 +351,71 @@ func (r *Root) Mkdir(rel string) error {
 	})
 }
 
+// openUp gives an existing directory u+rwx if this user, not root, owns it
+// and lacks any of those, remembering its mode (see Mkdir).
+func (r *Root) openUp(p *parent, rel string, st unix.Stat_t) error {
+	euid := os.Geteuid()
+	if euid == 0 || st.Uid != uint32(euid) || st.Mode&0o700 == 0o700 {
+		return nil
+	}
+	r.openedMu.Lock()
+	defer r.openedMu.Unlock()
+	if _, ok := r.opened[rel]; ok {
+		return nil
+	}
+	if err := chmodAt(p.fd, p.name, st.Mode&0o7777|0o700); err != nil {
+		return r.pathErr("chmod", rel, err)
+	}
+	if r.opened == nil {
+		r.opened = make(map[string]uint32)
+	}
+	r.opened[rel] = st.Mode & 0o7777
+	return nil
+}
+
+// RestoreOpenedModes gives the directories Mkdir opened up, and whose mode
+// SetMetadata has not set since, their modes back, deepest first; it
+// returns the errors by path.
+func (r *Root) RestoreOpenedModes() map[string]error {
+	r.openedMu.Lock()
+	rels := make([]string, 0, len(r.opened))
+	for rel := range r.opened {
+		rels = append(rels, rel)
+	}
+	r.openedMu.Unlock()
+	// Longer paths first: a child before its parent, whose mode may not
+	// let this user reach the child.
+	sort.Slice(rels, func(i, j int) bool { return len(rels[i]) > len(rels[j]) })
+	var errs map[string]error
+	for _, rel := range rels {
+		r.openedMu.Lock()
+		mode := r.opened[rel]
+		delete(r.opened, rel)
+		r.openedMu.Unlock()
+		err := r.inParent(rel, func(p *parent) error {
+			if err := chmodAt(p.fd, p.name, mode); err != nil {
+				return r.pathErr("chmod", rel, err)
+			}
+			return nil
+		})
+		if err != nil {
+			if errs == nil {
+				errs = make(map[string]error)
+			}
+			errs[rel] = err
+		}
+	}
+	return errs
+}
+
 // CreateFile creates a new, empty regular file rel with mode 0600 and opens
-// it for writing. An existing non-directory entry is removed first (a symlink
-// is removed, never followed); an existing directory is an error.
+// it for reading and writing (restore --verify reads it back). An existing
+// non-directory entry is removed first (a symlink is removed, never
+// followed); an existing directory is an error.
 func (r *Root) CreateFile(rel string) (*File, error) {
 	var f *File
 	err := r.inParent(rel, func(p *parent) error {
-		const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		const flags = unix.O_RDWR | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
 		fd, err := unix.Openat(p.fd, p.name, flags, 0o600)
 		if err == unix.EEXIST {
 			// Something is there already: remove it (never following a symlink) and retry.
@@ -436,9 +518,13 @@ func (r *Root) Link(oldRel, newRel string) error {
 }
 
 // SetMetadata applies n's metadata to the entry at rel ("." is the root
-// itself): the owner (as root, or with opts.Owner), the mode (not for
-// symlinks), the extended attributes and finally the access and modification
-// times. A symlink at rel is never followed. n.Type must match the entry.
+// itself): the owner (as root, or with opts.Owner), the extended attributes,
+// the mode (not for symlinks) and finally the access and modification times.
+// The owner comes first because chown clears security.capability and the
+// setuid bits; the attributes come before the mode because setting user.*
+// needs write permission, which a read-only mode takes from a restore not
+// run as root. A symlink at rel is never followed. n.Type must match the
+// entry.
 //
 // Extended attributes the file system does not support are skipped; the
 // returned error then satisfies IsWarning. For symlinks user.* attributes are
@@ -482,11 +568,6 @@ func (r *Root) SetMetadata(rel string, n *snapshot.Node, opts RestoreOptions) er
 			return r.pathErr("lchown", rel, err)
 		}
 	}
-	if !isLink {
-		if err := chmodAt(dirfd, name, n.Mode&0o7777); err != nil {
-			return r.pathErr("chmod", rel, err)
-		}
-	}
 	var warnings []error
 	if !opts.NoXattrs && len(n.Xattrs) > 0 {
 		path := "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
@@ -505,6 +586,16 @@ func (r *Root) SetMetadata(rel string, n *snapshot.Node, opts RestoreOptions) er
 			return r.pathErr("setxattr "+x.Name, rel, err)
 		}
 	}
+	if !isLink {
+		if err := chmodAt(dirfd, name, n.Mode&0o7777); err != nil {
+			return r.pathErr("chmod", rel, err)
+		}
+		if typ == snapshot.TypeDir {
+			r.openedMu.Lock()
+			delete(r.opened, rel)
+			r.openedMu.Unlock()
+		}
+	}
 	ts := []unix.Timespec{timespec(n.AccessTime), timespec(n.ModTime)}
 	if err := unix.UtimesNanoAt(dirfd, name, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return r.pathErr("utimensat", rel, err)
@@ -516,7 +607,8 @@ func timespec(t time.Time) unix.Timespec {
 	if t.IsZero() {
 		return unix.Timespec{Nsec: unix.UTIME_OMIT}
 	}
-	return unix.NsecToTimespec(t.UnixNano())
+	// Not through UnixNano, which overflows outside the years 1678 to 2262.
+	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
 }
 
 // chmodAt changes the mode of name in dirfd without following a symlink. It

@@ -3,7 +3,7 @@ package fs
 import (
 	"errors"
 	"os"
-	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -18,28 +18,9 @@ func (r *Root) Remove(rel string) error {
 	})
 }
 
-// OpenFile opens the regular file at rel for reading, never following a symlink.
-func (r *Root) OpenFile(rel string) (*os.File, error) {
-	var f *os.File
-	err := r.inParent(rel, func(p *parent) error {
-		// O_NOATIME: reading back (restore --verify) must not change the atime
-		// that restore has just set. It needs ownership (or root); else retry without.
-		fd, err := unix.Openat(p.fd, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOATIME, 0)
-		if err == unix.EPERM {
-			fd, err = unix.Openat(p.fd, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		}
-		if err != nil {
-			return r.pathErr("open", rel, err)
-		}
-		f = os.NewFile(uintptr(fd), filepath.Join(r.dir, rel))
-		return nil
-	})
-	return f, err
-}
-
 // SetFileMetadata applies n's metadata to a regular file this Root created
 // and that is still open for writing, through its descriptor: no path is
-// resolved again. Order as in SetMetadata: owner, mode, xattrs, times last.
+// resolved again. Order as in SetMetadata: owner, xattrs, mode, times last.
 func (r *Root) SetFileMetadata(f *File, n *snapshot.Node, opts RestoreOptions) error {
 	fd := f.fd
 	// A new file usually has the owner it should have already (restoring as
@@ -50,9 +31,6 @@ func (r *Root) SetFileMetadata(f *File, n *snapshot.Node, opts RestoreOptions) e
 		if err := unix.Fchown(fd, int(n.UID), int(n.GID)); err != nil {
 			return &os.PathError{Op: "fchown", Path: f.Name(), Err: err}
 		}
-	}
-	if err := unix.Fchmod(fd, n.Mode&0o7777); err != nil {
-		return &os.PathError{Op: "fchmod", Path: f.Name(), Err: err}
 	}
 	var warnings []error
 	if !opts.NoXattrs {
@@ -68,9 +46,12 @@ func (r *Root) SetFileMetadata(f *File, n *snapshot.Node, opts RestoreOptions) e
 			return &os.PathError{Op: "setxattr " + x.Name, Path: f.Name(), Err: err}
 		}
 	}
+	if err := unix.Fchmod(fd, n.Mode&0o7777); err != nil {
+		return &os.PathError{Op: "fchmod", Path: f.Name(), Err: err}
+	}
 	ts := []unix.Timespec{timespec(n.AccessTime), timespec(n.ModTime)}
 	if err := unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH); err != nil {
-		if err := unix.Futimes(fd, []unix.Timeval{unix.NsecToTimeval(n.AccessTime.UnixNano()), unix.NsecToTimeval(n.ModTime.UnixNano())}); err != nil {
+		if err := unix.Futimes(fd, []unix.Timeval{timeval(n.AccessTime), timeval(n.ModTime)}); err != nil {
 			return &os.PathError{Op: "futimens", Path: f.Name(), Err: err}
 		}
 	}
@@ -88,4 +69,10 @@ func (r *Root) inParent(rel string, fn func(p *parent) error) error {
 	}
 	defer p.close()
 	return fn(p)
+}
+
+// timeval is t for futimes (kernels without utimensat on a descriptor),
+// without UnixNano's overflow.
+func timeval(t time.Time) unix.Timeval {
+	return unix.Timeval{Sec: t.Unix(), Usec: int64(t.Nanosecond() / 1000)}
 }

@@ -10,12 +10,17 @@
 //  2. Packs are processed by one worker per CPU. Each pack is read once: runs
 //     of wanted blobs less than 1 MiB apart are streamed in one request, blob
 //     by blob, each opened, decompressed and checked against its ID, then
-//     written with pwrite to every place that needs it. All-zero blobs are not
-//     written, so sparse files come back sparse. A file is created at its first
-//     blob and finished (size, owner, mode, xattrs, times, through the open
-//     descriptor) after its last.
-//  3. Hard links are made after all content; directory metadata is applied
-//     last, deepest first, so creating entries does not change it.
+//     written with pwrite to every place that needs it, except its all-zero
+//     4 KiB blocks (aligned in the file), so sparse files come back sparse
+//     even where a chunk holds some data. A file is created at its first
+//     blob and finished (size; with --verify, read back and checked against
+//     its IDs; then owner, xattrs, mode, times, through the open descriptor)
+//     after its last.
+//  3. Hard links (of files, symlinks, fifos and devices) are made after all
+//     content; directory metadata is applied last, deepest first, so
+//     creating entries does not change it. A directory the target already
+//     had that a restore not run as root had to open up (u+rwx) to write in
+//     gets its mode back when the snapshot does not set one.
 //
 // # Safety
 //
@@ -23,8 +28,11 @@
 // from the target's descriptor without following symlinks, so neither the
 // snapshot (`..`, `/`, NUL, symlinks) nor entries planted in the target can
 // make a restore write outside it. A file whose data cannot be read whole is
-// removed and reported by name: a restore never leaves zeros where data was
-// lost. Run returns ErrIncomplete when anything was reported.
+// removed (if the restore had created it; whatever the target held at that
+// path before is left alone) and reported by name: a restore never leaves
+// zeros where data was lost. A pack that breaks part way fails only the
+// files waiting for the blobs it had not delivered. Run returns
+// ErrIncomplete when anything was reported.
 //
 // # Concurrency
 //

@@ -71,11 +71,17 @@ type fileState struct {
 	remaining int
 	written   int64 // end of the data written so far
 	failed    bool
+	// created: this restore created the file at rel (so it may remove it
+	// again); done: the file is finished, its content and metadata set.
+	created, done bool
 }
 
 type blobTargets struct {
 	blob    repo.PackedBlob
 	targets []target
+	// delivered is set once the blob has been handed to its targets, with
+	// its data or its error (by the pack's one worker).
+	delivered bool
 }
 
 type link struct{ from, to string }
@@ -143,15 +149,18 @@ func (r *Restorer) Run(ctx context.Context, tree repo.ID, dir string) error {
 		}
 		r.Stats.Links.Add(1)
 	}
-	if r.opts.Verify {
-		r.verify(ctx)
-	}
 	// Directory metadata last, deepest first, so writing entries does not change it.
 	for i := len(r.dirs) - 1; i >= 0; i-- {
 		d := r.dirs[i]
 		if err := r.root.SetMetadata(d.rel, d.node, r.metaOpts); err != nil && !fs.IsWarning(err) {
 			r.report(d.rel, err)
 		}
+	}
+	// Directories that were there already and were opened up to write in
+	// them, and that the snapshot does not set (the parents of --include
+	// paths), get their mode back.
+	for rel, err := range r.root.RestoreOpenedModes() {
+		r.report(rel, err)
 	}
 	if r.Stats.Errors.Load() > 0 {
 		return ErrIncomplete
@@ -224,9 +233,13 @@ func (r *Restorer) walk(ctx context.Context, id repo.ID, dir string) error {
 		case snapshot.TypeFile:
 			r.planFile(rel, n)
 		case snapshot.TypeSymlink:
-			r.restoreOther(rel, n, func() error { return r.root.Symlink(rel, n.LinkTarget) })
+			if !r.linkedAgain(rel, n) {
+				r.restoreOther(rel, n, func() error { return r.root.Symlink(rel, n.LinkTarget) })
+			}
 		case snapshot.TypeFifo, snapshot.TypeDev, snapshot.TypeCharDev:
-			r.restoreOther(rel, n, func() error { return r.root.Mknod(rel, n.Type, n.Mode, n.Rdev) })
+			if !r.linkedAgain(rel, n) {
+				r.restoreOther(rel, n, func() error { return r.root.Mknod(rel, n.Type, n.Mode, n.Rdev) })
+			}
 		case snapshot.TypeSocket:
 			// A socket exists only while a process listens on it: nothing to restore.
 		}
@@ -246,14 +259,25 @@ func (r *Restorer) restoreOther(rel string, n *snapshot.Node, create func() erro
 	r.Stats.Others.Add(1)
 }
 
+// linkedAgain reports whether n, with more than one link, is an inode
+// restored already under another name: rel is then made a hard link to it
+// once contents are written. Otherwise rel becomes the inode's first name.
+func (r *Restorer) linkedAgain(rel string, n *snapshot.Node) bool {
+	if n.Links <= 1 {
+		return false
+	}
+	key := [2]uint64{n.DeviceID, n.Inode}
+	if first, ok := r.inodes[key]; ok {
+		r.links = append(r.links, link{from: first, to: rel})
+		return true
+	}
+	r.inodes[key] = rel
+	return false
+}
+
 func (r *Restorer) planFile(rel string, n *snapshot.Node) {
-	if n.Links > 1 {
-		key := [2]uint64{n.DeviceID, n.Inode}
-		if first, ok := r.inodes[key]; ok {
-			r.links = append(r.links, link{from: first, to: rel})
-			return
-		}
-		r.inodes[key] = rel
+	if r.linkedAgain(rel, n) {
+		return
 	}
 	fst := &fileState{rel: rel, node: n, remaining: len(n.Content)}
 	locs := make([]repo.Location, len(n.Content))
@@ -299,7 +323,7 @@ func (r *Restorer) writeContent(ctx context.Context) error {
 	// Empty files are finished at once.
 	for _, f := range r.files {
 		if f.remaining == 0 && !f.failed {
-			r.finishFile(f, nil)
+			r.finishFile(f)
 		}
 	}
 	// Packs in the order the tree first needs them: a backup stores files in
@@ -323,14 +347,20 @@ func (r *Restorer) restorePack(ctx context.Context, pid repo.ID) error {
 	sort.Slice(blobs, func(i, j int) bool { return blobs[i].Offset < blobs[j].Offset })
 	err := r.repo.LoadPackRange(ctx, pid, blobs, func(b repo.PackedBlob, plain []byte, err error) error {
 		bt := byBlob[b.ID]
+		bt.delivered = true
 		for _, t := range bt.targets {
 			r.writeBlob(t, plain, err)
 		}
 		return ctx.Err()
 	})
 	if err != nil && ctx.Err() == nil {
-		// The pack could not be read at all: every file that needs it is damaged.
+		// The rest of the pack could not be read: the files that needed a
+		// blob not yet delivered are damaged; those whose blobs came (and
+		// may be finished) are not.
 		for _, bt := range byBlob {
+			if bt.delivered {
+				continue
+			}
 			for _, t := range bt.targets {
 				r.writeBlob(t, nil, err)
 			}
@@ -344,7 +374,7 @@ func (r *Restorer) writeBlob(t target, plain []byte, blobErr error) {
 	f := t.file
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.failed {
+	if f.failed || f.done {
 		return
 	}
 	if blobErr != nil {
@@ -357,89 +387,122 @@ func (r *Restorer) writeBlob(t target, plain []byte, blobErr error) {
 			r.failFile(f, err)
 			return
 		}
-		f.f = file
+		f.f, f.created = file, true
 	}
-	// All-zero blobs are not written: the file stays sparse there.
-	if !fs.IsZero(plain) {
-		if _, err := f.f.WriteAt(plain, t.offset); err != nil {
-			r.failFile(f, err)
-			return
-		}
-		f.written = max(f.written, t.offset+int64(len(plain)))
+	end, err := writeSparse(f.f, plain, t.offset)
+	if err != nil {
+		r.failFile(f, err)
+		return
 	}
+	f.written = max(f.written, end)
 	r.Stats.Bytes.Add(uint64(len(plain)))
 	f.remaining--
 	if f.remaining == 0 {
-		r.finishFile(f, f.f)
-		f.f = nil
+		r.finishFile(f)
 	}
 }
 
-// failFile removes a file that cannot be restored whole: a restore never
-// leaves a file with silent zeros where data was lost.
+// holeSize is the granularity of the holes a restore leaves: file system
+// blocks are 4 KiB (or a multiple of it), and a block with any data written
+// is allocated whole.
+const holeSize = 4096
+
+// writeSparse writes data at off in f, leaving out every piece of it that
+// is all zeros and covers a whole holeSize block of the file (aligned in
+// the file, not in data), so that those blocks stay holes: a sparse file
+// comes back sparse even where its chunks hold some data. It returns the
+// end of the last byte written (off if none), for the size to be set
+// after.
+func writeSparse(f *fs.File, data []byte, off int64) (int64, error) {
+	end := off
+	run := -1 // start in data of the non-zero run being collected
+	flush := func(i int) error {
+		if run < 0 {
+			return nil
+		}
+		if _, err := f.WriteAt(data[run:i], off+int64(run)); err != nil {
+			return err
+		}
+		end = off + int64(i)
+		run = -1
+		return nil
+	}
+	for i := 0; i < len(data); {
+		// The piece up to the next block boundary of the file.
+		n := min(len(data)-i, holeSize-int((off+int64(i))%holeSize))
+		if n == holeSize && fs.IsZero(data[i:i+n]) {
+			if err := flush(i); err != nil {
+				return end, err
+			}
+		} else if run < 0 {
+			run = i
+		}
+		i += n
+	}
+	return end, flush(len(data))
+}
+
+// failFile removes a file that cannot be restored whole, if this restore
+// created it: a restore never leaves a file with silent zeros where data was
+// lost. A file it had not created yet (whatever the target held at that
+// path, such as a newer version) is left as it is.
 func (r *Restorer) failFile(f *fileState, err error) {
 	f.failed = true
 	if f.f != nil {
 		f.f.Close()
 		f.f = nil
 	}
-	_ = r.root.Remove(f.rel)
+	if f.created {
+		_ = r.root.Remove(f.rel)
+	}
 	r.report(f.rel, fmt.Errorf("not restored: %w", err))
 }
 
-func (r *Restorer) finishFile(f *fileState, file *fs.File) {
-	if file == nil {
-		var err error
-		if file, err = r.root.CreateFile(f.rel); err != nil {
+// finishFile sets the size and metadata of a file whose content is all
+// written (creating it first if it is empty) and closes it.
+func (r *Restorer) finishFile(f *fileState) {
+	if f.f == nil {
+		file, err := r.root.CreateFile(f.rel)
+		if err != nil {
 			f.failed = true
 			r.report(f.rel, err)
 			return
 		}
+		f.f, f.created = file, true
 	}
 	// The size is set explicitly only where the file ends in a hole.
 	if f.written != int64(f.node.Size) {
-		if err := file.Truncate(int64(f.node.Size)); err != nil {
-			file.Close()
+		if err := f.f.Truncate(int64(f.node.Size)); err != nil {
 			r.failFile(f, err)
 			return
 		}
 	}
+	if r.opts.Verify {
+		// Read back before the metadata, from the descriptor written: the
+		// file's mode may not let its owner read it once set.
+		if err := r.verifyFile(f); err != nil {
+			r.report(f.rel, fmt.Errorf("verify: %w", err))
+		}
+	}
 	// Metadata through the open descriptor: times last, after the data.
-	merr := r.root.SetFileMetadata(file, f.node, r.metaOpts)
+	merr := r.root.SetFileMetadata(f.f, f.node, r.metaOpts)
+	file := f.f
+	f.f = nil
 	if err := file.Close(); err != nil {
 		r.failFile(f, err)
 		return
 	}
+	f.done = true
 	if merr != nil && !fs.IsWarning(merr) {
 		r.report(f.rel, merr)
 	}
 	r.Stats.Files.Add(1)
 }
 
-// verify re-reads every restored file and checks each chunk against its ID.
-func (r *Restorer) verify(ctx context.Context) {
-	g, _ := errgroup.WithContext(ctx)
-	g.SetLimit(runtime.GOMAXPROCS(0))
-	for _, f := range r.files {
-		if f.failed {
-			continue
-		}
-		g.Go(func() error {
-			if err := r.verifyFile(f); err != nil {
-				r.report(f.rel, fmt.Errorf("verify: %w", err))
-			}
-			return nil
-		})
-	}
-	_ = g.Wait()
-}
-
+// verifyFile reads a file back through the descriptor it was written with
+// and checks each chunk against its ID, and the size.
 func (r *Restorer) verifyFile(f *fileState) error {
-	file, err := r.root.OpenFile(f.rel)
-	if err != nil {
-		return err
-	}
-	defer file.Close()
+	file := f.f
 	var buf []byte
 	var off int64
 	for _, id := range f.node.Content {
