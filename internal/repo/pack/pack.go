@@ -35,6 +35,9 @@ const (
 	// MaxBlobSize bounds a stored blob; chunks are at most 8 MiB raw (2 MiB
 	// in repositories made since that bound).
 	MaxBlobSize = 64 << 20
+	// MaxBlobs is the most blobs a pack may hold: the header of that many
+	// is the most a reader accepts (MaxHeaderSize), sealed.
+	MaxBlobs = (MaxHeaderSize - crypto.Overhead - len(magic)) / entrySize
 	// MaxChunkSealed is the stored size of the largest chunk (8 MiB, in
 	// repositories made before the 2 MiB bound) stored uncompressed, with
 	// the sealing overhead.
@@ -249,6 +252,11 @@ func (w *Writer) Size() int { return w.size }
 
 // Count is the number of blobs.
 func (w *Writer) Count() int { return len(w.blobs) }
+
+// Full reports whether the pack is to be finished: it holds packSize bytes
+// of blobs, or MaxBlobs blobs (about 400,000 blobs of a few bytes each fill
+// a header before they fill 16 MiB).
+func (w *Writer) Full(packSize int) bool { return w.size >= packSize || len(w.blobs) >= MaxBlobs }
 
 // Blobs returns the blobs added so far.
 func (w *Writer) Blobs() []Blob { return w.blobs }

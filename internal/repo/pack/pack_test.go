@@ -492,3 +492,26 @@ func TestFileWriterDiscard(t *testing.T) {
 		t.Fatalf("%d of 10 blobs released", released.Load())
 	}
 }
+
+// TestWriterFullAtMaxBlobs: a pack of tiny blobs is full at MaxBlobs, long
+// before its size, and the header of that many blobs is one a reader takes.
+func TestWriterFullAtMaxBlobs(t *testing.T) {
+	k := testKey(t)
+	w := NewWriter(0)
+	sealed := k.Seal(nil, []byte("tiny"))
+	var id repo.ID
+	for i := range MaxBlobs {
+		if w.Full(16 << 20) {
+			t.Fatalf("full at %d blobs of %d bytes", i, w.Size())
+		}
+		binary.LittleEndian.PutUint64(id[:], uint64(i))
+		w.Add(repo.DataBlob, id, sealed, 4, false, nil)
+	}
+	if !w.Full(16 << 20) {
+		t.Fatalf("not full at MaxBlobs (%d blobs)", w.Count())
+	}
+	blobs, err := readHeader(k, w.Finish(k))
+	if err != nil || len(blobs) != MaxBlobs {
+		t.Fatalf("reading the header back: %d blobs, %v", len(blobs), err)
+	}
+}

@@ -62,6 +62,9 @@ func scratch(b *[]byte, n int) []byte {
 // so callers get parallelism by calling from several goroutines. data is not
 // retained. If id is the zero ID it is computed.
 func (r *Repository) SaveBlob(ctx context.Context, t repo.BlobType, data []byte, id repo.ID) (repo.ID, bool, int, error) {
+	if len(data) > MaxBlobData {
+		return id, false, 0, fmt.Errorf("%v blob of %d bytes: %w", t, len(data), ErrBlobTooLarge)
+	}
 	if id.IsNull() {
 		id = r.key.BlobID(data)
 	}
@@ -86,6 +89,17 @@ func (r *Repository) SaveBlob(ctx context.Context, t repo.BlobType, data []byte,
 	}
 	return id, true, n, nil
 }
+
+// MaxBlobData is the largest blob SaveBlob stores: stored uncompressed and
+// sealed, it is at most pack.MaxBlobSize, the most a pack header or index
+// may name. Chunks are far smaller (2 MiB); a tree is larger only for a
+// directory of hundreds of thousands of entries or a file of about two
+// million chunks (some 2 TB).
+const MaxBlobData = pack.MaxBlobSize - crypto.Overhead
+
+// ErrBlobTooLarge is returned for a blob over MaxBlobData bytes: storing it
+// would make the index that names it unreadable.
+var ErrBlobTooLarge = errors.New("larger than a blob may be (64 MiB; a tree this large is a directory of several hundred thousand entries or a file of some 2 TB)")
 
 // claim reports whether the caller is to store the blob h: false when the
 // index has it or another caller is storing it (or an upload has failed,
@@ -207,7 +221,7 @@ func (r *Repository) addToPack(ctx context.Context, t repo.BlobType, id repo.ID,
 	}
 	w.Add(t, id, *sealed, rawLen, compressed, release)
 	var full *pack.Writer
-	if w.Size() >= r.opts.PackSize {
+	if w.Full(r.opts.PackSize) {
 		full = w
 		delete(r.packers, t)
 	}

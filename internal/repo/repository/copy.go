@@ -134,6 +134,12 @@ func (r *Repository) CopySealed(ctx context.Context, src *Repository, packID rep
 		// The pack takes its own copy: sealed is reused for the next blob.
 		sp := r.seals.get(len(sealed))
 		*sp = append(*sp, sealed...)
-		return r.addToPack(ctx, b.Type, b.ID, sp, int(b.RawLength), b.Compressed)
+		if err := r.addToPack(ctx, b.Type, b.ID, sp, int(b.RawLength), b.Compressed); err != nil {
+			r.mu.Lock()
+			delete(r.pending, b.Handle())
+			r.mu.Unlock()
+			return err
+		}
+		return nil
 	})
 }

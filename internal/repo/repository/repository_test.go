@@ -224,6 +224,34 @@ func TestParseKeySlot(t *testing.T) {
 	}
 }
 
+// TestSaveBlobTooLarge: a blob a pack header or index could not name is
+// refused (the backup fails) rather than stored; the largest allowed one
+// is stored, and the index naming it loads.
+func TestSaveBlobTooLarge(t *testing.T) {
+	ctx := context.Background()
+	be, r := newTestRepo(t)
+	defer r.Close()
+	big := make([]byte, MaxBlobData+1)
+	if _, _, _, err := r.SaveBlob(ctx, repo.TreeBlob, big, repo.ID{}); !errors.Is(err, ErrBlobTooLarge) {
+		t.Fatalf("SaveBlob of %d bytes: %v, want ErrBlobTooLarge", len(big), err)
+	}
+	id, isNew, _, err := r.SaveBlob(ctx, repo.TreeBlob, big[:MaxBlobData], repo.ID{})
+	if err != nil || !isNew {
+		t.Fatalf("SaveBlob of %d bytes: new=%v, %v", MaxBlobData, isNew, err)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r2 := mustOpen(t, be, "pw")
+	defer r2.Close()
+	if err := r2.LoadIndex(ctx); err != nil {
+		t.Fatalf("LoadIndex: %v", err)
+	}
+	if data, err := r2.LoadBlob(ctx, repo.TreeBlob, id); err != nil || len(data) != MaxBlobData {
+		t.Fatalf("LoadBlob: %d bytes, %v", len(data), err)
+	}
+}
+
 func TestSaveBlobDedupAndFlush(t *testing.T) {
 	ctx := context.Background()
 	be, r := newTestRepo(t)
