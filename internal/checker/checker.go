@@ -140,7 +140,13 @@ func (c *checker) checkIndex(ctx context.Context) error {
 	}
 	idx := c.repo.Index()
 	for _, p := range index.Live(files) {
-		c.packs[p.ID] = append(c.packs[p.ID], p.Blobs...)
+		// A pack may be listed by two live index files (a prune that could
+		// not tell whether its new index was stored lists the packs it meant
+		// to delete again): the longer list counts, as for prune.
+		if blobs, ok := c.packs[p.ID]; ok && len(blobs) >= len(p.Blobs) {
+			continue
+		}
+		c.packs[p.ID] = p.Blobs
 		idx.AddPack(p.ID, p.Blobs)
 	}
 	return nil

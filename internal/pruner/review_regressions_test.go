@@ -10,6 +10,7 @@ import (
 	"bunker/internal/backend"
 	"bunker/internal/backend/fault"
 	"bunker/internal/backend/mem"
+	"bunker/internal/checker"
 	"bunker/internal/pruner"
 	"bunker/internal/repo"
 	"bunker/internal/repo/repository"
@@ -276,4 +277,33 @@ func oneSnapshot(t *testing.T, be backend.Backend) (repo.ID, repo.ID) {
 	d0 := repotest.SaveData(t, r0, repotest.RandBytes(1, 5000))
 	t0 := repotest.SaveTree(t, r0, repotest.FileNode("f0", 5000, d0))
 	return d0, repotest.SaveSnapshot(t, r0, t0, repotest.BaseTime)
+}
+
+// TestFailedIndexSaveLeavesCheckClean: when the new index of a prune fails
+// to save (not stored: network error, full disk), the prune lists its
+// doomed packs again in a new index file, while the old files, not
+// superseded, still list them. check must count each pack once, not report
+// every doomed pack as damaged.
+func TestFailedIndexSaveLeavesCheckClean(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	f.forget(t, "S1", "S2")
+	fb := fault.New(f.be)
+	rp := repotest.Open(t, fb, false)
+	opts := pruner.Options{MaxUnused: 10, Wait: time.Millisecond}
+	plan, err := pruner.MakePlan(ctx, rp, opts, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb.SetRules(fault.Rules{FailSave: fault.Select{Match: fault.OfType(backend.IndexFile), Nth: 1}})
+	if _, err := pruner.Execute(ctx, rp, plan, opts); err == nil {
+		t.Fatal("prune succeeded although its index could not be saved")
+	}
+	res, err := checker.Check(ctx, repotest.Open(t, f.be, false), checker.Options{ReadData: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range res.Problems {
+		t.Errorf("check after the stopped prune: %v", p)
+	}
 }
