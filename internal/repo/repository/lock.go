@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -47,6 +48,10 @@ type LockInfo struct {
 	// share a hostname have PIDs of their own, so a PID is checked only
 	// from the same namespace.
 	PIDNamespace string `json:"pid_ns,omitempty"`
+	// BootID identifies the holder's running kernel: the initial PID
+	// namespace has the same number on every host, so hosts that share a
+	// hostname (cloned machines) are told apart by it.
+	BootID string `json:"boot_id,omitempty"`
 }
 
 // pidNamespace is this process's PID namespace ("pid:[4026531836]"), or ""
@@ -56,13 +61,22 @@ var pidNamespace = func() string {
 	return ns
 }()
 
+// bootID is the running kernel's random boot ID, or "" where it cannot be
+// read.
+var bootID = func() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(b))
+}()
+
 // Stale reports whether the lock's holder is gone: not refreshed for
-// LockStale, or held by a process of this host that no longer exists.
+// LockStale, or held by a process of this host (same hostname, boot and
+// PID namespace) that no longer exists.
 func (l LockInfo) Stale(now time.Time) bool {
 	if now.Sub(l.Time) > LockStale {
 		return true
 	}
-	if h, _ := os.Hostname(); h == l.Hostname && l.PID > 0 && l.PIDNamespace != "" && l.PIDNamespace == pidNamespace {
+	if h, _ := os.Hostname(); h == l.Hostname && l.PID > 0 && l.PIDNamespace != "" && l.PIDNamespace == pidNamespace &&
+		l.BootID != "" && l.BootID == bootID {
 		if err := syscall.Kill(l.PID, 0); errors.Is(err, syscall.ESRCH) {
 			return true
 		}
@@ -99,7 +113,7 @@ func (r *Repository) Lock(ctx context.Context, exclusive bool) (*Lock, error) {
 		if err := r.checkLocks(ctx, exclusive, repo.ID{}); err != nil {
 			return nil, err
 		}
-		l := &Lock{r: r, info: LockInfo{Created: created, Exclusive: exclusive, Hostname: host, PID: os.Getpid(), PIDNamespace: pidNamespace},
+		l := &Lock{r: r, info: LockInfo{Created: created, Exclusive: exclusive, Hostname: host, PID: os.Getpid(), PIDNamespace: pidNamespace, BootID: bootID},
 			stop: make(chan struct{}), done: make(chan struct{})}
 		if err := l.write(ctx); err != nil {
 			return nil, err

@@ -114,6 +114,7 @@ func TestLockConflicts(t *testing.T) {
 		heldStaleByTime      // an exclusive lock not refreshed for longer than LockStale
 		heldDeadProcess      // an exclusive lock of a process of this host that is gone
 		heldOtherNamespace   // an exclusive lock of this hostname, from another PID namespace
+		heldOtherBoot        // an exclusive lock of this hostname and PID namespace, another boot
 		heldOtherHost        // a live exclusive lock of another host
 		heldOtherHostShared  // a live shared lock of another host
 		heldOtherHostExpired // another host's shared lock, long stale
@@ -128,6 +129,7 @@ func TestLockConflicts(t *testing.T) {
 		{"stale by time", heldStaleByTime, true, true},
 		{"dead process", heldDeadProcess, true, true},
 		{"same PID number in another PID namespace", heldOtherNamespace, false, false},
+		{"same hostname and PID namespace, another boot", heldOtherBoot, false, false},
 		{"other host exclusive", heldOtherHost, false, false},
 		{"other host shared", heldOtherHostShared, true, false},
 		{"other host stale", heldOtherHostExpired, true, true},
@@ -144,7 +146,11 @@ func TestLockConflicts(t *testing.T) {
 				old := now.Add(-repository.LockStale - time.Minute)
 				writeLockFile(t, r, repository.LockInfo{Time: old, Created: old, Exclusive: true, Hostname: host, PID: os.Getpid()})
 			case heldDeadProcess:
-				writeLockFile(t, r, repository.LockInfo{Time: now, Created: now, Exclusive: true, Hostname: host, PID: math.MaxInt32, PIDNamespace: ownPIDNamespace(t)})
+				writeLockFile(t, r, repository.LockInfo{Time: now, Created: now, Exclusive: true, Hostname: host, PID: math.MaxInt32, PIDNamespace: ownPIDNamespace(t), BootID: ownBootID(t)})
+			case heldOtherBoot:
+				// Another machine of the same hostname, outside containers:
+				// same (initial) PID namespace, another boot ID.
+				writeLockFile(t, r, repository.LockInfo{Time: now, Created: now, Exclusive: true, Hostname: host, PID: math.MaxInt32, PIDNamespace: ownPIDNamespace(t), BootID: "00000000-0000-0000-0000-000000000000"})
 			case heldOtherNamespace:
 				// A container with the same hostname: its PID means nothing here.
 				writeLockFile(t, r, repository.LockInfo{Time: now, Created: now, Exclusive: true, Hostname: host, PID: math.MaxInt32, PIDNamespace: "pid:[1]"})
@@ -483,6 +489,15 @@ func TestLockRace(t *testing.T) {
 			}
 		})
 	}
+}
+
+func ownBootID(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Skip("no /proc/sys/kernel/random/boot_id")
+	}
+	return strings.TrimSpace(string(b))
 }
 
 func ownPIDNamespace(t *testing.T) string {
