@@ -352,16 +352,57 @@ func (r *Repository) confirmStored(ctx context.Context, h backend.Handle, size i
 // SetIndexInterval makes a long write (a backup) store an index file for
 // the packs stored so far at least every d, instead of only at Flush: a pack
 // no index names then stays much younger than prune's grace period for
-// unindexed packs, whatever the length of the backup. 0 turns it off.
+// unindexed packs, whatever the length of the backup. It is checked after
+// every pack stored and on a timer (a quarter of d), so that a backup that
+// stores nothing for a long while (reading a long run of data stored
+// already, or a slow file) still indexes the packs it stored before. 0
+// turns it off; Close does.
 func (r *Repository) SetIndexInterval(d time.Duration) {
 	r.mu.Lock()
 	r.indexEvery, r.lastIndex = d, time.Now()
+	stop := r.stopIndexer
+	r.stopIndexer = nil
+	if d > 0 {
+		r.stopIndexer = r.startIndexer(max(d/4, time.Millisecond))
+	}
 	r.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
+// startIndexer calls partialIndex every period until the returned
+// function is called (which waits for it to end). A failure is kept as an
+// upload's is: the next SaveBlob or Flush returns it.
+func (r *Repository) startIndexer(period time.Duration) func() {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+			}
+			if err := r.partialIndex(context.Background()); err != nil {
+				r.mu.Lock()
+				if r.uploadErr == nil {
+					r.uploadErr = err
+				}
+				r.mu.Unlock()
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
 }
 
 // partialIndex writes an index for the packs stored so far once the index
 // interval has passed.
 func (r *Repository) partialIndex(ctx context.Context) error {
+	r.indexMu.Lock()
+	defer r.indexMu.Unlock()
 	r.mu.Lock()
 	if r.indexEvery <= 0 || time.Since(r.lastIndex) < r.indexEvery || len(r.newPacks) == 0 {
 		r.mu.Unlock()
@@ -403,11 +444,13 @@ func (r *Repository) FlushPacks(ctx context.Context) ([]index.PackEntry, error) 
 		r.upload(ctx, w)
 	}
 	r.uploads.Wait()
+	r.indexMu.Lock() // after a partial index being written (see indexMu)
 	r.mu.Lock()
 	err := r.uploadErr
 	packs := r.newPacks
 	r.newPacks = nil
 	r.mu.Unlock()
+	r.indexMu.Unlock()
 	return packs, err
 }
 

@@ -19,8 +19,9 @@ import (
 const CommitWindow = 10 * time.Second
 
 // PartialIndexInterval is how often a backup writes an index file for the
-// packs it has stored so far; it must stay well below prune's grace period
-// for unindexed packs (one hour). A variable for crash tests only.
+// packs it has stored so far (checked after each pack and every quarter of
+// it); it must stay well below prune's grace period for unindexed packs
+// (one hour). A variable for crash tests only.
 var PartialIndexInterval = 5 * time.Minute
 
 // ErrPrunedMeanwhile: a prune that ran during this backup removed data the

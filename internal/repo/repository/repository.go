@@ -163,9 +163,15 @@ type Repository struct {
 	superseded map[repo.ID]bool
 	pruneSeen  bool
 	// indexEvery: see SetIndexInterval; lastIndex is when an index file
-	// was last written for this handle's packs.
-	indexEvery time.Duration
-	lastIndex  time.Time
+	// was last written for this handle's packs. indexMu is held by a
+	// partial index from taking its packs until its file is stored, and by
+	// FlushPacks while it takes the packs left: a flush then never returns
+	// while an index for earlier packs is still being written.
+	// stopIndexer ends the timer SetIndexInterval starts.
+	indexEvery  time.Duration
+	lastIndex   time.Time
+	indexMu     sync.Mutex
+	stopIndexer func()
 
 	// testCorrupt, when set, changes sealed blobs before verification (RELIABILITY B6).
 	testCorrupt func(sealed []byte)
@@ -514,6 +520,7 @@ func (r *Repository) BlobID(data []byte) repo.ID { return r.key.BlobID(data) }
 
 // Close releases the handle's resources.
 func (r *Repository) Close() error {
+	r.SetIndexInterval(0)
 	r.Abort() // nothing left open after a Flush; after a failure, clean up
 	r.enc.Close()
 	r.dec.Close()

@@ -252,6 +252,52 @@ func TestSaveBlobTooLarge(t *testing.T) {
 	}
 }
 
+// TestPartialIndexOnTimer: a pack stored during a long write is indexed
+// within the interval even when nothing is stored after it (a backup reading
+// a long run of data it has already, or a slow file), not only when the next
+// pack is; and Flush indexes only what the timer has not.
+func TestPartialIndexOnTimer(t *testing.T) {
+	ctx := context.Background()
+	be := mem.New()
+	opts := testOpts
+	opts.PackSize = 4 << 10
+	r, err := Create(ctx, be, []byte("pw"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.SetIndexInterval(200 * time.Millisecond)
+	data := make([]byte, 8<<10) // incompressible, fills a pack: stored at once
+	rand.New(rand.NewSource(7)).Read(data)
+	if _, _, _, err := r.SaveBlob(ctx, repo.DataBlob, data, repo.ID{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for countFiles(t, be, backend.IndexFile) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the stored pack was not indexed while nothing else was stored")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, _, _, err := r.SaveBlob(ctx, repo.DataBlob, []byte("small"), repo.ID{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := countFiles(t, be, backend.IndexFile); n != 2 {
+		t.Errorf("%d index files, want 2 (the timer's and Flush's)", n)
+	}
+	r2 := mustOpen(t, be, "pw")
+	defer r2.Close()
+	if err := r2.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r2.LoadBlob(ctx, repo.DataBlob, r.BlobID(data)); err != nil {
+		t.Errorf("the first blob: %v", err)
+	}
+}
+
 func TestSaveBlobDedupAndFlush(t *testing.T) {
 	ctx := context.Background()
 	be, r := newTestRepo(t)
