@@ -75,12 +75,12 @@ func newCheckCmd(g *globalOptions) *cobra.Command {
 					fmt.Fprintf(w, "error: %s\n", quote(p.String()))
 				}
 				for _, d := range res.Damaged {
-					fmt.Fprintf(w, "damaged blob %s in pack %s\n", d.Blob[:8], d.Pack[:8])
+					fmt.Fprintf(w, "damaged blob %s in pack %s\n", shortName(d.Blob), shortName(d.Pack))
 					for _, f := range d.Files {
 						fmt.Fprintf(w, "  file %s\n", quote(f))
 					}
 					for _, s := range d.Snapshots {
-						fmt.Fprintf(w, "  in snapshot %s\n", s[:8])
+						fmt.Fprintf(w, "  in snapshot %s\n", shortName(s))
 					}
 				}
 				g.msgf(c, "checked %d snapshots, %d trees, %d packs (%d read in full), %d unreferenced packs\n",

@@ -242,7 +242,7 @@ func runForget(c *cobra.Command, g *globalOptions, o *forgetOptions, args []stri
 				if d.Keep {
 					what = "keep"
 				}
-				rows = append(rows, []string{d.ID[:8], d.Time.Local().Format("2006-01-02 15:04:05"), d.Host,
+				rows = append(rows, []string{shortName(d.ID), d.Time.Local().Format("2006-01-02 15:04:05"), d.Host,
 					strings.Join(d.Tags, ","), what, strings.Join(d.Reasons, ", ")})
 			}
 			ui.Table(w, []string{"ID", "Time", "Host", "Tags", "Decision", "Kept by"}, rows)

@@ -69,7 +69,7 @@ func newInitCmd(g *globalOptions) *cobra.Command {
 			if g.json {
 				return printJSON(c.OutOrStdout(), map[string]any{"message_type": "initialized", "id": r.Config().ID, "repository": loc})
 			}
-			g.msgf(c, "created repository %s at %s\n", r.Config().ID[:8], loc)
+			g.msgf(c, "created repository %s at %s\n", shortName(r.Config().ID), loc)
 			g.msgf(c, "Keep the password safe: without it the data cannot be read back.\n")
 			if opts.ParamsFrom != nil {
 				g.msgf(c, "It shares the keys and chunking of %s: copies between the two move packs as they are.\n", from.repo)

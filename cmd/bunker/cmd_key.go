@@ -41,7 +41,7 @@ func newKeyCmd(g *globalOptions) *cobra.Command {
 			if g.json {
 				return printJSON(c.OutOrStdout(), map[string]string{"id": id})
 			}
-			fmt.Fprintf(c.OutOrStdout(), "added key %s\n", id[:8])
+			fmt.Fprintf(c.OutOrStdout(), "added key %s\n", shortName(id))
 			return nil
 		},
 	}
@@ -114,12 +114,12 @@ func newKeyCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			if err := r.RemoveKeyByID(ctx, old); err != nil {
-				return fmt.Errorf("new key %s added, but removing the old key %s failed: %w", id[:8], old[:8], err)
+				return fmt.Errorf("new key %s added, but removing the old key %s failed: %w", shortName(id), shortName(old), err)
 			}
 			if g.json {
 				return printJSON(c.OutOrStdout(), map[string]string{"added": id, "removed": old})
 			}
-			g.msgf(c, "password changed: key %s replaces %s\n", id[:8], old[:8])
+			g.msgf(c, "password changed: key %s replaces %s\n", shortName(id), shortName(old))
 			return nil
 		},
 	}
@@ -131,7 +131,8 @@ func newKeyCmd(g *globalOptions) *cobra.Command {
 }
 
 // shortName is the first 8 characters of a stored object's name, as IDs are
-// shown; a stray file in keys/ may have a shorter one.
+// shown; a stray file in the repository (keys/, locks/, snapshots/) may
+// have a shorter name, which is shown whole, quoted.
 func shortName(name string) string {
 	if len(name) > 8 {
 		return name[:8]

@@ -83,13 +83,13 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 			for _, s := range res {
 				switch {
 				case s.Unreadable:
-					fmt.Fprintf(w, "snapshot %s: its file is damaged; nothing of it can be read\n", s.ID[:8])
+					fmt.Fprintf(w, "snapshot %s: its file is damaged; nothing of it can be read\n", shortName(s.ID))
 				case s.RootLost:
-					fmt.Fprintf(w, "snapshot %s: its root tree is lost; nothing of it can be restored\n", s.ID[:8])
+					fmt.Fprintf(w, "snapshot %s: its root tree is lost; nothing of it can be restored\n", shortName(s.ID))
 				case s.New != "":
-					fmt.Fprintf(w, "snapshot %s: rewritten as %s without %d lost entries:\n", s.ID[:8], s.New[:8], len(s.Lost))
+					fmt.Fprintf(w, "snapshot %s: rewritten as %s without %d lost entries:\n", shortName(s.ID), shortName(s.New), len(s.Lost))
 				default:
-					fmt.Fprintf(w, "snapshot %s: %d lost entries:\n", s.ID[:8], len(s.Lost))
+					fmt.Fprintf(w, "snapshot %s: %d lost entries:\n", shortName(s.ID), len(s.Lost))
 				}
 				if !s.RootLost {
 					for _, l := range s.Lost {
@@ -97,13 +97,13 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 					}
 				}
 				if s.Removed {
-					fmt.Fprintf(w, "  removed the original snapshot %s\n", s.ID[:8])
+					fmt.Fprintf(w, "  removed the original snapshot %s\n", shortName(s.ID))
 				}
 				if s.KeptByFloor && s.Unreadable {
 					fmt.Fprintf(w, "  kept the damaged snapshot file %s: the storage has held it for less than the repository's min-retention;\n"+
-						"  forget, prune and copy refuse to run until it is gone (see the runbook: docs/operations.md)\n", s.ID[:8])
+						"  forget, prune and copy refuse to run until it is gone (see the runbook: docs/operations.md)\n", shortName(s.ID))
 				} else if s.KeptByFloor {
-					fmt.Fprintf(w, "  kept the original snapshot %s: it is younger than the repository's min-retention\n", s.ID[:8])
+					fmt.Fprintf(w, "  kept the original snapshot %s: it is younger than the repository's min-retention\n", shortName(s.ID))
 				}
 			}
 			if len(res) == 0 {

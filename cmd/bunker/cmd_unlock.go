@@ -62,18 +62,18 @@ func newUnlockCmd(g *globalOptions) *cobra.Command {
 				}
 				if rw.Error != "" {
 					if rw.Removed {
-						g.msgf(c, "removed unreadable lock %s (%s)\n", rw.ID[:8], rw.Error)
+						g.msgf(c, "removed unreadable lock %s (%s)\n", shortName(rw.ID), rw.Error)
 					} else {
 						kept++
-						g.msgf(c, "kept unreadable lock %s: it may belong to a running process; use --remove-all to remove it (%s)\n", rw.ID[:8], rw.Error)
+						g.msgf(c, "kept unreadable lock %s: it may belong to a running process; use --remove-all to remove it (%s)\n", shortName(rw.ID), rw.Error)
 					}
 					continue
 				}
 				if rw.Removed {
-					g.msgf(c, "removed %s lock %s of PID %d on %s (%s)\n", what, rw.ID[:8], rw.PID, rw.Host, rw.Time.Local().Format(time.DateTime))
+					g.msgf(c, "removed %s lock %s of PID %d on %s (%s)\n", what, shortName(rw.ID), rw.PID, rw.Host, rw.Time.Local().Format(time.DateTime))
 				} else {
 					kept++
-					g.msgf(c, "kept live lock %s of PID %d on %s (%s); use --remove-all to remove it\n", rw.ID[:8], rw.PID, rw.Host, rw.Time.Local().Format(time.DateTime))
+					g.msgf(c, "kept live lock %s of PID %d on %s (%s); use --remove-all to remove it\n", shortName(rw.ID), rw.PID, rw.Host, rw.Time.Local().Format(time.DateTime))
 				}
 			}
 			if len(out) == 0 {

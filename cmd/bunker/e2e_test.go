@@ -1532,3 +1532,50 @@ func TestOneFileSystem(t *testing.T) {
 		t.Errorf("without --one-file-system the mounted files are missing:\n%s", lines)
 	}
 }
+
+// TestShortStoredNames: stored objects with names shorter than an ID's
+// short form (a stray or renamed file) are shown whole, not a crash: a key
+// slot of another repository that opens with the same password, under a
+// name sorting first, and the only key slot renamed, through key list and
+// key passwd.
+func TestShortStoredNames(t *testing.T) {
+	t.Parallel()
+	e := newFastRepo(t)
+	other := filepath.Join(e.dir, "other")
+	createFastRepo(t, other, e.pwFile)
+	foreign, err := filepath.Glob(filepath.Join(other, "keys", "*"))
+	if err != nil || len(foreign) != 1 {
+		t.Fatalf("other repository's key slots: %v %v", foreign, err)
+	}
+	data, err := os.ReadFile(foreign[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(e.repo, "keys", "0"), string(data))
+	if r := e.run("snapshots"); r.code != 0 {
+		t.Errorf("with another repository's key slot first: %v", r)
+	} else {
+		noGarbage(t, r)
+	}
+	if err := os.Remove(filepath.Join(e.repo, "keys", "0")); err != nil {
+		t.Fatal(err)
+	}
+
+	own, err := filepath.Glob(filepath.Join(e.repo, "keys", "*"))
+	if err != nil || len(own) != 1 {
+		t.Fatalf("key slots: %v %v", own, err)
+	}
+	if err := os.Rename(own[0], filepath.Join(e.repo, "keys", "k1")); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.ok("key", "list"); !strings.Contains(out, "*k1 ") {
+		t.Errorf("key list does not show the slot k1:\n%s", out)
+	}
+	newPW := filepath.Join(e.dir, "new-password")
+	writeFile(t, newPW, "another password\n")
+	r := e.run("key", "passwd", "--new-password-file", newPW)
+	noGarbage(t, r)
+	if r.code != 0 || !strings.Contains(r.stdout, "replaces k1") {
+		t.Errorf("key passwd: %v", r)
+	}
+}

@@ -309,7 +309,7 @@ func Open(ctx context.Context, be backend.Backend, password []byte, opts Options
 		}
 		p, err := k.Open(nil, cfgData)
 		if err != nil {
-			foreign = fmt.Errorf("config: %w: key %s opens with this password but not the config", ErrCorrupt, name[:8])
+			foreign = fmt.Errorf("config: %w: key %s opens with this password but not the config", ErrCorrupt, name[:min(len(name), 8)])
 			continue
 		}
 		r.master, r.keyName, r.key, plain = m, name, k, p
