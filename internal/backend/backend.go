@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -272,4 +273,38 @@ func ListConfig(ctx context.Context, be Backend, fn func(FileInfo) error) error 
 		return err
 	}
 	return fn(fi)
+}
+
+// RedactURL returns u ("scheme://[user[:password]@]host/...") with any
+// password replaced by "xxxxx", for messages: a URL that is refused for
+// holding a password must not print it either.
+func RedactURL(u string) string {
+	i := strings.Index(u, "://")
+	if i < 0 {
+		return u
+	}
+	rest := u[i+3:]
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	at := strings.LastIndex(rest[:end], "@")
+	if at < 0 {
+		return u
+	}
+	user, _, hasPassword := strings.Cut(rest[:at], ":")
+	if !hasPassword {
+		return u
+	}
+	return u[:i+3] + user + ":xxxxx" + rest[at:]
+}
+
+// URLParseError is the reason url.Parse gave, without the URL it quotes
+// (which may hold a password).
+func URLParseError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }

@@ -45,11 +45,12 @@ type Config struct {
 func ParseURL(s string) (Config, error) {
 	rest, ok := strings.CutPrefix(s, "rest:")
 	if !ok {
-		return Config{}, fmt.Errorf("not a rest: URL: %q", s)
+		return Config{}, fmt.Errorf("not a rest: URL: %q", backend.RedactURL(s))
 	}
+	s = "rest:" + backend.RedactURL(rest) // for messages
 	u, err := url.Parse(rest)
 	if err != nil {
-		return Config{}, fmt.Errorf("rest URL: %w", err)
+		return Config{}, fmt.Errorf("rest URL %q: %w", s, backend.URLParseError(err))
 	}
 	if u.Scheme != "https" && u.Scheme != "http" {
 		return Config{}, fmt.Errorf("rest URL %q: scheme must be https (or http for tests)", s)

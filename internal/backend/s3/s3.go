@@ -70,14 +70,15 @@ type LockConfig struct {
 func ParseURL(s string) (Config, error) {
 	rest, ok := strings.CutPrefix(s, "s3:")
 	if !ok {
-		return Config{}, fmt.Errorf("not an s3: URL: %q", s)
+		return Config{}, fmt.Errorf("not an s3: URL: %q", backend.RedactURL(s))
 	}
 	if !strings.Contains(rest, "://") {
 		rest = "https://" + rest
 	}
+	s = "s3:" + backend.RedactURL(rest) // for messages
 	u, err := url.Parse(rest)
 	if err != nil {
-		return Config{}, fmt.Errorf("s3 URL %q: %w", s, err)
+		return Config{}, fmt.Errorf("s3 URL %q: %w", s, backend.URLParseError(err))
 	}
 	if u.Scheme != "https" && u.Scheme != "http" {
 		return Config{}, fmt.Errorf("s3 URL %q: scheme must be https or http", s)
