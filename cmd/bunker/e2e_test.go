@@ -1579,3 +1579,19 @@ func TestShortStoredNames(t *testing.T) {
 		t.Errorf("key passwd: %v", r)
 	}
 }
+
+// TestUnknownSubcommand: a typo in a subcommand, or a command group run
+// without one, is a usage error (exit 2), as a wrong argument count of a
+// subcommand is; not the help and exit 0, which a cron line would take for
+// success.
+func TestUnknownSubcommand(t *testing.T) {
+	t.Parallel()
+	e := newFastRepo(t)
+	for _, args := range [][]string{{"key", "remve", "abcd"}, {"repair"}, {"key"}, {"key", "remove"}, {"config"}, {"config", "validate"}, {"key", "list", "extra"}} {
+		r := e.fails(2, args...)
+		noGarbage(t, r)
+	}
+	if r := e.run("key", "--help"); r.code != 0 {
+		t.Errorf("key --help: %v", r)
+	}
+}

@@ -251,9 +251,35 @@ func newRootCmd() *cobra.Command {
 		}},
 	)
 	for _, c := range root.Commands() {
-		c.Args = wrapArgs(c.Args)
+		strictArgs(c)
 	}
 	return root
+}
+
+// strictArgs makes argument errors of c and its subcommands usage errors
+// (exit 2), and a command that only groups others (key, repair, config...)
+// refuse an unknown or missing subcommand: cobra would print the help and
+// exit 0, so that a typo in a cron line would do nothing, silently.
+func strictArgs(c *cobra.Command) {
+	c.Args = wrapArgs(c.Args)
+	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		c.Args = cobra.ArbitraryArgs
+		c.RunE = func(c *cobra.Command, args []string) error {
+			var names []string
+			for _, sub := range c.Commands() {
+				if sub.IsAvailableCommand() {
+					names = append(names, sub.Name())
+				}
+			}
+			if len(args) > 0 {
+				return usagef("unknown command %q for %q (one of: %s)", args[0], c.CommandPath(), strings.Join(names, ", "))
+			}
+			return usagef("%q needs a command (one of: %s)", c.CommandPath(), strings.Join(names, ", "))
+		}
+	}
+	for _, sub := range c.Commands() {
+		strictArgs(sub)
+	}
 }
 
 // wrapArgs turns cobra's argument errors into usage errors.
