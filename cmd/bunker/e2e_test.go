@@ -1595,3 +1595,49 @@ func TestUnknownSubcommand(t *testing.T) {
 		t.Errorf("key --help: %v", r)
 	}
 }
+
+// TestTargetBelowSymlinkedDirectory: a path given to back up that lies
+// below a symbolic link to a directory (/home -> /data/home) is stored
+// where its path says, with the link recorded as the directory it leads
+// to, and restores there; before, the link was stored as a link and the
+// target under it could never be listed or restored.
+func TestTargetBelowSymlinkedDirectory(t *testing.T) {
+	t.Parallel()
+	e := newFastRepo(t)
+	base := filepath.Join(e.dir, "sl")
+	writeFile(t, filepath.Join(base, "real", "user", "f"), "data\n")
+	if err := os.Symlink("real", filepath.Join(base, "link")); err != nil {
+		t.Fatal(err)
+	}
+	e.ok("backup", filepath.Join(base, "link", "user"))
+	if ls := e.ok("ls", "latest"); !strings.Contains(ls, filepath.Join(base, "link", "user", "f")+"\n") {
+		t.Errorf("ls does not show the file:\n%s", ls)
+	}
+	target := filepath.Join(e.dir, "target")
+	e.ok("restore", "latest", "--target", target)
+	if got, err := os.ReadFile(filepath.Join(inTarget(target, base), "link", "user", "f")); err != nil || string(got) != "data\n" {
+		t.Errorf("restored file: %q, %v", got, err)
+	}
+}
+
+// TestBackupTagsAndStreamName: --tag takes tags as forget --tag reads them
+// ("a,b" is two, none empty), and a stream name that cannot be a file name
+// is refused before the command runs (it would run on with no reader).
+func TestBackupTagsAndStreamName(t *testing.T) {
+	t.Parallel()
+	e := newFastRepo(t)
+	src := filepath.Join(e.dir, "src")
+	writeFile(t, filepath.Join(src, "f"), "f\n")
+	e.ok("backup", "--tag", "a,b", "--tag", "c", "--tag", "a", src)
+	if sn := e.snapshots(); len(sn) != 1 || !slices.Equal(sn[0].Tags, []string{"a", "b", "c"}) {
+		t.Errorf("tags: %+v", sn)
+	}
+	for _, tag := range []string{"a,,b", "", ",a"} {
+		noGarbage(t, e.fails(2, "backup", "--tag", tag, src))
+	}
+	marker := filepath.Join(e.dir, "ran")
+	noGarbage(t, e.fails(2, "backup", "--stdin-from-command", "--stdin-filename", "a/b", "--", "touch", marker))
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("the command ran although its stream name was refused")
+	}
+}

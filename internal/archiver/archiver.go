@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -289,13 +290,14 @@ func cleanTargets(paths []string) ([]string, error) {
 		out = append(out, abs)
 	}
 	sort.Strings(out)
-	// Drop targets inside other targets.
+	// Drop targets inside other targets: any kept one, not only the last
+	// ("a", "a-x", "a/b" sort in that order).
 	var kept []string
+outer:
 	for _, p := range out {
-		if len(kept) > 0 {
-			last := kept[len(kept)-1]
-			if p == last || strings.HasPrefix(p, strings.TrimSuffix(last, "/")+"/") {
-				continue
+		for _, k := range kept {
+			if p == k || strings.HasPrefix(p, strings.TrimSuffix(k, "/")+"/") {
+				continue outer
 			}
 		}
 		kept = append(kept, p)
@@ -357,9 +359,19 @@ func (a *Archiver) saveVirtual(ctx context.Context, path string, t *trie, parent
 			continue
 		}
 		node, err := a.meta.NodeAt(unix.AT_FDCWD, cpath, cpath, nil)
+		if err == nil && node.Type == snapshot.TypeSymlink {
+			// A target below a symbolic link to a directory (/home ->
+			// /data/home, backing up /home/alice): the link is recorded as
+			// the directory it leads to, as the target's path reads. A
+			// symlink node holds no subtree: the target would be stored
+			// and never be found again.
+			node, err = a.followedDirNode(cpath)
+		}
 		if err != nil {
 			a.report(cpath, err)
-			continue
+			if !onlyXattrsUnread(node, err) {
+				continue
+			}
 		}
 		var ptree *snapshot.Tree
 		if pnode != nil && pnode.Type == snapshot.TypeDir {
@@ -370,6 +382,32 @@ func (a *Archiver) saveVirtual(ctx context.Context, path string, t *trie, parent
 	}
 	dirNode := &snapshot.Node{Name: "/", Type: snapshot.TypeDir}
 	return a.finishTree(ctx, path, dirNode, futs, parent)
+}
+
+// followedDirNode is the node of the directory path leads to, following
+// symbolic links, named as path's last component.
+func (a *Archiver) followedDirNode(path string) (*snapshot.Node, error) {
+	flags := unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
+	var fd int
+	var err error
+	for {
+		fd, err = unix.Open(path, flags|unix.O_NOATIME, 0)
+		if err == unix.EPERM { // O_NOATIME needs ownership (or root)
+			fd, err = unix.Open(path, flags, 0)
+		}
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, &os.PathError{Op: "fstat", Path: path, Err: err}
+	}
+	return a.meta.NodeOfFile(fd, path, &st)
 }
 
 // finishDir wraps the future of a virtual directory's tree into its node.
@@ -619,6 +657,12 @@ func (a *Archiver) finishTree(ctx context.Context, path string, node *snapshot.N
 		}
 		tree.Sort()
 		id, added, _, err := a.repo.SaveBlob(ctx, repo.TreeBlob, tree.Encode(), repo.ID{})
+		if errors.Is(err, repo.ErrBlobTooLarge) && path != "/" {
+			// A directory of several hundred thousand entries: it is left
+			// out and named, the rest of the backup goes on (exit 3).
+			a.report(path, fmt.Errorf("directory left out: its %d entries make %w", len(tree.Nodes), err))
+			return
+		}
 		if err != nil {
 			a.fatal(fmt.Errorf("save tree of %s: %w", path, err))
 			return
@@ -794,25 +838,31 @@ func (a *Archiver) saveFile(job *fileJob) (*snapshot.Node, error) {
 		}
 		a.Stats.BytesProcessed.Add(node.Size)
 	}
+	var rd io.Reader = f
 	if st.Size < int64(a.repo.MinChunk()) {
 		// One chunk: read it whole.
 		bp := <-a.smallBufs
 		defer func() { a.smallBufs <- bp }()
-		buf, err := readAll(f, (*bp)[:0], st.Size)
+		buf, end, err := readSmall(f, (*bp)[:0], st.Size, a.repo.MinChunk())
 		*bp = buf
 		if err != nil {
 			return nil, err
 		}
-		a.Stats.BytesRead.Add(uint64(len(buf)))
-		node.Size = uint64(len(buf))
-		if len(buf) > 0 {
-			id, err := a.saveData(buf)
-			if err != nil {
-				return nil, err
+		if end {
+			a.Stats.BytesRead.Add(uint64(len(buf)))
+			node.Size = uint64(len(buf))
+			if len(buf) > 0 {
+				id, err := a.saveData(buf)
+				if err != nil {
+					return nil, err
+				}
+				node.Content = []repo.ID{id}
 			}
-			node.Content = []repo.ID{id}
+			return node, nil
 		}
-		return node, nil
+		// More than its size said (a file that grew, a /proc file that
+		// says 0): chunked, from what was read, never held whole.
+		rd = io.MultiReader(bytes.NewReader(buf), f)
 	}
 	var ch repo.Chunker
 	select {
@@ -822,9 +872,9 @@ func (a *Archiver) saveFile(job *fileJob) (*snapshot.Node, error) {
 	}
 	defer func() { a.chunkers <- ch }()
 	if ch == nil {
-		ch = a.repo.NewChunker(f)
+		ch = a.repo.NewChunker(rd)
 	} else {
-		ch.Reset(f)
+		ch.Reset(rd)
 	}
 	var ids []*repo.ID
 	var errp atomic.Pointer[error]
@@ -893,20 +943,27 @@ func (a *Archiver) notRegular(job *fileJob) (*snapshot.Node, error) {
 	return node, nil
 }
 
-// readAll reads a small file whole into buf's storage; size is its size
-// from fstat.
-func readAll(f rawFile, buf []byte, size int64) ([]byte, error) {
-	if int64(cap(buf)) < size+1 {
-		buf = make([]byte, 0, size+1)
+// readSmall reads a file that fstat says is smaller than limit into buf's
+// storage, up to limit bytes; end reports that it met the end of the file
+// (else limit bytes were read and the file goes on).
+func readSmall(f rawFile, buf []byte, size int64, limit int) (_ []byte, end bool, _ error) {
+	if want := int(min(size+1, int64(limit))); cap(buf) < want {
+		buf = make([]byte, 0, want)
 	}
 	for {
-		n, err := f.Read(buf[len(buf):cap(buf)])
+		if len(buf) >= limit {
+			return buf, false, nil
+		}
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(2*cap(buf), limit)-len(buf))
+		}
+		n, err := f.Read(buf[len(buf):min(cap(buf), limit)])
 		buf = buf[:len(buf)+n]
 		if err == io.EOF {
-			return buf, nil
+			return buf, true, nil
 		}
 		if err != nil {
-			return buf, err
+			return buf, false, err
 		}
 		// A first read that asked for more than the file's size and got
 		// exactly its size met the end of the file: the read that would
@@ -914,10 +971,7 @@ func readAll(f rawFile, buf []byte, size int64) ([]byte, error) {
 		// (A file that grew just after is the same as one that grew just
 		// after that read.)
 		if n == len(buf) && int64(n) == size && n < cap(buf) {
-			return buf, nil
-		}
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+			return buf, true, nil
 		}
 	}
 }

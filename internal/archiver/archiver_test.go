@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"bunker/internal/backend/mem"
+	"bunker/internal/repo"
 	"bunker/internal/repo/repository"
 	"bunker/internal/repo/repotest"
 	"bunker/internal/snapshot"
@@ -345,5 +346,144 @@ func TestSaveFileWaitsForLeaseBreak(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the read did not end after the lease was given up")
+	}
+}
+
+// TestCleanTargets: targets are made absolute and sorted, and one inside
+// another is dropped even when a sibling sorts between them.
+func TestCleanTargets(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{"a/b", "a-x", "c"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := func(s string) string { return filepath.Join(dir, s) }
+	for _, tc := range []struct{ in, want []string }{
+		{[]string{p("a"), p("a-x"), p("a/b/")}, []string{p("a"), p("a-x")}},
+		{[]string{p("a/b"), p("a")}, []string{p("a")}},
+		{[]string{p("c"), p("a-x"), p("c")}, []string{p("a-x"), p("c")}},
+		{[]string{"/", p("a")}, []string{"/"}},
+	} {
+		got, err := cleanTargets(tc.in)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("cleanTargets(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// smallTrees refuses tree blobs over max bytes, as a repository refuses
+// those over 64 MiB (a directory of several hundred thousand entries).
+type smallTrees struct {
+	*repository.Repository
+	max int
+}
+
+func (s smallTrees) SaveBlob(ctx context.Context, t repo.BlobType, data []byte, id repo.ID) (repo.ID, bool, int, error) {
+	if t == repo.TreeBlob && len(data) > s.max {
+		return id, false, 0, fmt.Errorf("tree blob of %d bytes: %w", len(data), repo.ErrBlobTooLarge)
+	}
+	return s.Repository.SaveBlob(ctx, t, data, id)
+}
+
+// TestTooLargeDirectoryLeftOut: a directory whose tree is too large to
+// store is reported and left out; the rest of the backup is saved.
+func TestTooLargeDirectoryLeftOut(t *testing.T) {
+	_, r := newTestArchiver(t)
+	root := t.TempDir()
+	for _, d := range []string{"big", "small"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 200 {
+		if err := os.WriteFile(filepath.Join(root, "big", fmt.Sprintf("entry-%03d", i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "small", "f"), []byte("kept"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var reported []string
+	a := New(smallTrees{r, 8 << 10}, Options{Error: func(p string, err error) { reported = append(reported, p+": "+err.Error()) }})
+	tree, _, err := a.Run(context.Background(), []string{root})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(reported) != 1 || !strings.HasPrefix(reported[0], filepath.Join(root, "big")+": directory left out") {
+		t.Errorf("reported %q", reported)
+	}
+	if err := r.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n := findNode(t, r, tree, filepath.Join(root, "small", "f"))
+	if n == nil || n.Size != 4 {
+		t.Errorf("small/f: %+v", n)
+	}
+	if findNode(t, r, tree, filepath.Join(root, "big")) != nil {
+		t.Error("the directory too large is in the snapshot")
+	}
+}
+
+// findNode walks the snapshot tree from root to path, nil if it is not there.
+func findNode(t *testing.T, r *repository.Repository, root repo.ID, path string) *snapshot.Node {
+	t.Helper()
+	id := root
+	var node *snapshot.Node
+	for _, name := range strings.Split(strings.TrimPrefix(path, "/"), "/") {
+		data, err := r.LoadBlob(context.Background(), repo.TreeBlob, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tree, err := snapshot.DecodeTree(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if node = tree.Find(name); node == nil {
+			return nil
+		}
+		id = node.Subtree
+	}
+	return node
+}
+
+// TestFileLargerThanItsSize: a file whose size says it is small but which
+// holds more (a /proc file says 0; a file that grew after the stat) is
+// chunked as it is read, not read whole into one blob (a /proc/PID/pagemap
+// made the process run out of memory).
+func TestFileLargerThanItsSize(t *testing.T) {
+	const path = "/proc/kallsyms"
+	want, err := os.ReadFile(path)
+	if err != nil || len(want) < 3<<20 {
+		t.Skipf("%s: %d bytes, %v", path, len(want), err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() != 0 {
+		t.Skipf("%s: size %v, %v", path, st, err)
+	}
+	_, r := newTestArchiver(t)
+	tree, _, err := New(r, Options{}).Run(context.Background(), []string{path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n := findNode(t, r, tree, path)
+	if n == nil || n.Size < uint64(len(want))/2 || len(n.Content) < 2 {
+		t.Fatalf("node %+v: want the file's %d bytes in several chunks", n, len(want))
+	}
+	var size int
+	for _, id := range n.Content {
+		data, err := r.LoadBlob(context.Background(), repo.DataBlob, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(data) > 2<<20 {
+			t.Errorf("a chunk of %d bytes", len(data))
+		}
+		size += len(data)
+	}
+	if uint64(size) != n.Size {
+		t.Errorf("content %d bytes, node size %d", size, n.Size)
 	}
 }

@@ -28,6 +28,11 @@ func (id ID) IsNull() bool { return id == ID{} }
 // ErrInvalidID is returned for a string that is not a 64-digit hex ID.
 var ErrInvalidID = errors.New("invalid ID")
 
+// ErrBlobTooLarge is returned by a repository for a blob it cannot store:
+// over 64 MiB, the most a pack header or index may name. A tree this large
+// is a directory of several hundred thousand entries or a file of some 2 TB.
+var ErrBlobTooLarge = errors.New("larger than a blob may be (64 MiB; a tree this large is a directory of several hundred thousand entries or a file of some 2 TB)")
+
 // ParseID parses a full 64-digit hex ID.
 func ParseID(s string) (ID, error) {
 	var id ID

@@ -99,7 +99,7 @@ const MaxBlobData = pack.MaxBlobSize - crypto.Overhead
 
 // ErrBlobTooLarge is returned for a blob over MaxBlobData bytes: storing it
 // would make the index that names it unreadable.
-var ErrBlobTooLarge = errors.New("larger than a blob may be (64 MiB; a tree this large is a directory of several hundred thousand entries or a file of some 2 TB)")
+var ErrBlobTooLarge = repo.ErrBlobTooLarge
 
 // claim reports whether the caller is to store the blob h: false when the
 // index has it or another caller is storing it (or an upload has failed,
