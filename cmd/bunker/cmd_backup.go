@@ -21,6 +21,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"bunker/internal/archiver"
+	"bunker/internal/fs"
+	"bunker/internal/policy"
 	"bunker/internal/repo"
 	"bunker/internal/repo/repository"
 	"bunker/internal/snapshot"
@@ -59,6 +61,28 @@ func newBackupCmd(g *globalOptions) *cobra.Command {
 			case !o.stdin && !o.stdinCommand && len(args) == 0:
 				return usagef("nothing to back up: give at least one path")
 			}
+			if o.stdin || o.stdinCommand {
+				// Before the command starts: a name refused after would
+				// leave it running with no reader.
+				if err := fs.ValidName(o.stdinFilename); err != nil {
+					return usagef("--stdin-filename %q: %v", o.stdinFilename, err)
+				}
+			}
+			// Tags as forget and --keep-tag read them: "a,b" is two tags,
+			// none empty.
+			var tags []string
+			for _, t := range o.tags {
+				ts, err := policy.ParseTagSet(t)
+				if err != nil {
+					return usagef("--tag: %v", err)
+				}
+				for _, tag := range ts {
+					if !slices.Contains(tags, tag) {
+						tags = append(tags, tag)
+					}
+				}
+			}
+			o.tags = tags
 			return runBackup(c, g, o, args)
 		},
 	}
@@ -66,7 +90,7 @@ func newBackupCmd(g *globalOptions) *cobra.Command {
 	f.StringArrayVarP(&o.excludes, "exclude", "e", nil, "leave out entries matching `pattern` (repeatable)")
 	f.StringArrayVar(&o.excludeFiles, "exclude-file", nil, "read exclude patterns from `file`, one per line")
 	f.BoolVarP(&o.oneFileSystem, "one-file-system", "x", false, "do not cross file system boundaries")
-	f.StringArrayVar(&o.tags, "tag", nil, "add `tag` to the snapshot (repeatable)")
+	f.StringArrayVar(&o.tags, "tag", nil, "add `tags` to the snapshot (repeatable; a,b adds two)")
 	f.StringVar(&o.host, "host", "", "record `name` as the host (default: this machine's hostname)")
 	f.BoolVar(&o.stdin, "stdin", false, "back up the standard input as a file")
 	f.StringVar(&o.stdinFilename, "stdin-filename", "stdin", "file `name` for --stdin and --stdin-from-command")
@@ -279,9 +303,14 @@ func backupStream(ctx context.Context, arch *archiver.Archiver, o backupOptions,
 	}
 	id, _, saveErr := arch.SaveStream(ctx, o.stdinFilename, out, 0o644)
 	if saveErr != nil {
-		_, _ = io.Copy(io.Discard, out)
+		// Stop the command rather than read the rest of its output (a
+		// dump of hundreds of GB) for nothing.
+		_ = cmd.Process.Kill()
 	}
 	waitErr := cmd.Wait()
+	if saveErr != nil {
+		return repo.ID{}, saveErr // the cause; the command was killed for it
+	}
 	if waitErr != nil {
 		var ee *exec.ExitError
 		if errors.As(waitErr, &ee) {
@@ -289,5 +318,5 @@ func backupStream(ctx context.Context, arch *archiver.Archiver, o backupOptions,
 		}
 		return repo.ID{}, fmt.Errorf("command %s: %w", args[0], waitErr)
 	}
-	return id, saveErr
+	return id, nil
 }
