@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
@@ -12,16 +13,17 @@ import (
 	"bunker/internal/ui"
 )
 
-// parseSubset parses "n/m" or "p%".
+// parseSubset parses "n/m" or "p%". A percentage is one of round(100/p)
+// shares of the packs, a random one each run: the same share every run
+// would leave the others never read.
 func parseSubset(s string) (n, m uint32, err error) {
 	if p, ok := strings.CutSuffix(s, "%"); ok {
 		v, err := strconv.ParseFloat(p, 64)
 		if err != nil || v <= 0 || v > 100 {
 			return 0, 0, usagef("--read-data-subset %q: want a percentage in (0, 100]", s)
 		}
-		// p% of the packs is 1 of every round(100/p) buckets.
-		m := uint32(100/v + 0.5)
-		return 1, max(m, 1), nil
+		m := max(uint32(100/v+0.5), 1)
+		return 1 + rand.Uint32N(m), m, nil
 	}
 	a, b, ok := strings.Cut(s, "/")
 	x, err1 := strconv.ParseUint(a, 10, 32)
@@ -95,6 +97,6 @@ func newCheckCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&readData, "read-data", false, "read and verify every pack")
-	c.Flags().StringVar(&subset, "read-data-subset", "", "read and verify a subset of the packs: `n/m` or a percentage")
+	c.Flags().StringVar(&subset, "read-data-subset", "", "read and verify a subset of the packs: `n/m` (share n of m; 1/m .. m/m cover all), or p% (a random one of round(100/p) shares)")
 	return c
 }

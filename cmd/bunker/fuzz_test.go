@@ -142,3 +142,20 @@ func FuzzQuote(f *testing.F) {
 		}
 	})
 }
+
+// TestParseSubsetPercentage: a percentage picks one of round(100/p) shares,
+// a different one from run to run, so that repeated runs read every pack
+// (before, 10% was always share 1 of 10: the other 90% never read).
+func TestParseSubsetPercentage(t *testing.T) {
+	seen := map[uint32]bool{}
+	for range 500 {
+		n, m, err := parseSubset("10%")
+		if err != nil || m != 10 || n < 1 || n > m {
+			t.Fatalf("parseSubset(10%%) = %d/%d, %v", n, m, err)
+		}
+		seen[n] = true
+	}
+	if len(seen) != 10 {
+		t.Errorf("500 runs of 10%% picked %d of the 10 shares", len(seen))
+	}
+}
