@@ -1641,3 +1641,32 @@ func TestBackupTagsAndStreamName(t *testing.T) {
 		t.Error("the command ran although its stream name was refused")
 	}
 }
+
+// TestMissingOrShortPack: a pack the index names that is gone, or shorter
+// than its blobs, is damage (exit 4) for commands that read trees, not a
+// general failure (exit 1).
+func TestMissingOrShortPack(t *testing.T) {
+	t.Parallel()
+	for _, damage := range []string{"missing", "truncated"} {
+		t.Run(damage, func(t *testing.T) {
+			e, _ := newFastRepoWithSnapshot(t)
+			packs, err := filepath.Glob(filepath.Join(e.repo, "data", "*", "*"))
+			if err != nil || len(packs) == 0 {
+				t.Fatalf("packs: %v %v", packs, err)
+			}
+			for _, p := range packs {
+				if damage == "missing" {
+					err = os.Remove(p)
+				} else {
+					err = os.Truncate(p, 10)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, args := range [][]string{{"ls", "latest"}, {"stats"}} {
+				noGarbage(t, e.fails(4, args...))
+			}
+		})
+	}
+}

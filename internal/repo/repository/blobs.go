@@ -578,6 +578,11 @@ func (r *Repository) LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID) 
 		_, err := io.ReadFull(rd, sealed)
 		return err
 	})
+	if errors.Is(err, backend.ErrNotExist) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		// The index names the pack and where the blob lies in it: a pack
+		// missing or shorter than that is damage, not a failure to retry.
+		return nil, fmt.Errorf("%v blob %s in pack %s: %w: %w", t, id.Short(), loc.Pack.Short(), ErrCorrupt, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%v blob %s in pack %s: %w", t, id.Short(), loc.Pack.Short(), err)
 	}
