@@ -217,7 +217,7 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 		}
 		if parent != nil {
 			sn.Parent = &parent.ID
-			arch.SetParent(parent.Tree)
+			arch.SetParent(parent.Tree, parent.Time)
 		}
 		var targets []string
 		tree, targets, err = arch.Run(ctx, args)

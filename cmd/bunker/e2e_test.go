@@ -482,8 +482,15 @@ func TestIncremental(t *testing.T) {
 	e := newFastRepo(t)
 	src := filepath.Join(t.TempDir(), "src")
 	files := map[string]string{"a.txt": "alpha\n", "b.txt": "bravo\n", "sub/c.txt": "charlie\n", "sub/deep/d.bin": string(randomData(1, 300<<10))}
+	// Written an hour ago: a file written within a second of a backup's
+	// start is read again by the next one (its times may hide a write made
+	// in the same tick after the backup read it).
+	hourAgo := time.Now().Add(-time.Hour)
 	for name, data := range files {
 		writeFile(t, filepath.Join(src, name), data)
+		if err := os.Chtimes(filepath.Join(src, name), hourAgo, hourAgo); err != nil {
+			t.Fatal(err)
+		}
 	}
 	n := len(files)
 

@@ -42,6 +42,12 @@ type Options struct {
 	OneFileSystem bool
 	// ParentTree is the root tree of the snapshot to compare against; zero for none.
 	ParentTree repo.ID
+	// ParentTime is when that snapshot's backup started. A file it recorded
+	// with an mtime less than racyWindow before then (or after) is read
+	// again even if nothing seems to have changed: a write in the same
+	// timestamp tick as the one recorded, after that backup read the file,
+	// leaves its times as they were (git's "racily clean" files).
+	ParentTime time.Time
 	// CPUs is the number of cores the file and blob workers are sized by;
 	// zero means GOMAXPROCS.
 	CPUs int
@@ -479,7 +485,7 @@ func (a *Archiver) saveEntry(ctx context.Context, dir *dirRef, name, path string
 	case snapshot.TypeFile:
 		a.Stats.FilesProcessed.Add(1)
 		a.Stats.BytesProcessed.Add(node.Size)
-		if pnode != nil && unchanged(pnode, node) && a.haveContent(pnode.Content) {
+		if pnode != nil && unchanged(pnode, node, a.opts.ParentTime) && a.haveContent(pnode.Content) {
 			node.Content = pnode.Content
 			a.Stats.FilesUnchanged.Add(1)
 			return resolved(node)
@@ -490,7 +496,17 @@ func (a *Archiver) saveEntry(ctx context.Context, dir *dirRef, name, path string
 	}
 }
 
-func unchanged(old, n *snapshot.Node) bool {
+// racyWindow covers the coarsest file timestamps met (whole seconds: ext4
+// with 128-byte inodes, FAT and some network file systems; others tick at
+// the kernel's coarse clock, a few milliseconds).
+const racyWindow = time.Second
+
+// unchanged reports whether a file can keep the content the parent
+// snapshot recorded for it (old), whose backup started at parentStart.
+func unchanged(old, n *snapshot.Node, parentStart time.Time) bool {
+	if !parentStart.IsZero() && !old.ModTime.Before(parentStart.Add(-racyWindow)) {
+		return false
+	}
 	return old.Type == snapshot.TypeFile && old.Size == n.Size && old.Inode == n.Inode &&
 		old.ModTime.Equal(n.ModTime) && old.ChangeTime.Equal(n.ChangeTime)
 }
@@ -1037,8 +1053,11 @@ func (a *Archiver) SaveStream(ctx context.Context, name string, rd io.Reader, mo
 	return id, node.Size, err
 }
 
-// SetParent sets the root tree of the previous snapshot to compare against.
-func (a *Archiver) SetParent(tree repo.ID) { a.opts.ParentTree = tree }
+// SetParent sets the root tree of the previous snapshot to compare against,
+// and when its backup started.
+func (a *Archiver) SetParent(tree repo.ID, started time.Time) {
+	a.opts.ParentTree, a.opts.ParentTime = tree, started
+}
 
 // CleanTargets makes paths absolute, checks that they exist, sorts them and
 // drops those inside others; these are the snapshot's paths.

@@ -8,8 +8,9 @@
 //     open directory. The caller's goroutine walks, and up to one more walker
 //     per P takes whole subdirectories while a slot is free. Each entry
 //     becomes a future: a file whose size, mtime, ctime and inode match the
-//     parent snapshot's node is resolved at once with the old content list
-//     and never opened; any entry with the parent's inode and ctime keeps its
+//     parent snapshot's node, and whose mtime is more than a second older
+//     than the parent backup's start (see Options.ParentTime), is resolved
+//     at once with the old content list and never opened; any entry with the parent's inode and ctime keeps its
 //     xattrs and symlink target. A regular file (by the directory's own
 //     entry type) with no node in the parent snapshot is not lstat'ed: it
 //     goes to the file workers by name, with its directory.
