@@ -38,6 +38,13 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 			for _, p := range res.Damaged {
 				fmt.Fprintf(w, "pack %s: header unreadable, left out of the index\n", p)
 			}
+			if len(res.Salvaged) > 0 {
+				if dryRun {
+					fmt.Fprintf(w, "would copy the intact blobs the old index placed in %d of them to new packs\n", len(res.Salvaged))
+				} else {
+					fmt.Fprintf(w, "copied %d intact blobs the old index placed in %d of them to new packs\n", res.SalvagedBlobs, len(res.Salvaged))
+				}
+			}
 			verb := "indexed"
 			if dryRun {
 				verb = "would index"

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"path"
 	"slices"
 	"sort"
@@ -28,18 +29,24 @@ type IndexResult struct {
 	Packs   int      `json:"packs"`
 	Blobs   int      `json:"blobs"`
 	Damaged []string `json:"damaged_packs,omitempty"` // packs whose header does not decode
-	// FromOldIndex: damaged packs indexed from the entries the old index
-	// files had for them (their blobs are checked when read).
-	FromOldIndex []string `json:"indexed_from_old_index,omitempty"`
-	LostBlobs    int      `json:"lost_blobs"` // blobs the old index named that no readable pack holds
-	Superseded   int      `json:"superseded_index_files"`
-	NewIndex     string   `json:"new_index,omitempty"`
+	// Salvaged: damaged packs the old index files had entries for. Each of
+	// those blobs that still reads back whole and verifies was copied to a
+	// new pack (SalvagedBlobs of them; with dryRun, none: they are only
+	// counted as indexed); the damaged pack is no longer indexed, and is
+	// left for inspection until prune removes it as unindexed.
+	Salvaged      []string `json:"salvaged_packs,omitempty"`
+	SalvagedBlobs int      `json:"salvaged_blobs"`
+	LostBlobs     int      `json:"lost_blobs"` // blobs the old index named that no readable pack holds
+	Superseded    int      `json:"superseded_index_files"`
+	NewIndex      string   `json:"new_index,omitempty"`
 }
 
 // RebuildIndex reads the header of every pack and writes one index file that
 // names them all and supersedes every existing index file, which it then
-// removes. A pack whose header cannot be read is reported and left out. Run
-// it under the exclusive lock; with dryRun it writes and removes nothing.
+// removes. A pack whose header cannot be read (damaged, truncated) is
+// reported and left out; the blobs the old index placed in it that still
+// verify are copied to new packs first (see IndexResult.Salvaged). Run it
+// under the exclusive lock; with dryRun it writes and removes nothing.
 func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, opts ...Option) (*IndexResult, error) {
 	o := options(opts)
 	var infos []backend.FileInfo
@@ -106,23 +113,44 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 		}
 	}
 	// A pack whose own header is damaged may still hold intact blobs that
-	// the old index places: keep those entries (check --read-data verifies
-	// each blob) rather than drop the pack and let prune delete it.
+	// the old index places: those are salvaged below (or, in a dry run,
+	// counted as if they were).
+	var salvage []salvageJob
 	for i, fi := range infos {
 		id, _ := repo.ParseID(fi.Name)
 		if e, ok := oldEntries[id]; ok && entries[i] == nil && slices.Contains(res.Damaged, id.String()) {
-			entries[i] = &e
-			res.FromOldIndex = append(res.FromOldIndex, id.String())
+			res.Salvaged = append(res.Salvaged, id.String())
+			if dryRun {
+				entries[i] = &e
+			} else {
+				salvage = append(salvage, salvageJob{e, fi.Size})
+			}
 		}
 	}
 	f := &index.File{}
 	now := index.New()
+	add := func(e index.PackEntry) {
+		f.Packs = append(f.Packs, e)
+		now.AddPack(e.ID, e.Blobs)
+		res.Packs++
+		res.Blobs += len(e.Blobs)
+	}
 	for _, e := range entries {
 		if e != nil {
-			f.Packs = append(f.Packs, *e)
-			now.AddPack(e.ID, e.Blobs)
-			res.Packs++
-			res.Blobs += len(e.Blobs)
+			add(*e)
+		}
+	}
+	if len(salvage) > 0 {
+		if err := o.check(ctx); err != nil {
+			return nil, err
+		}
+		packs, n, err := salvageBlobs(ctx, r, now, salvage)
+		if err != nil {
+			return nil, err
+		}
+		res.SalvagedBlobs = n
+		for _, e := range packs {
+			add(e)
 		}
 	}
 	lost := map[repo.BlobHandle]bool{}
@@ -154,6 +182,46 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 		}
 	}
 	return res, nil
+}
+
+// salvageJob is a damaged pack of size bytes, with its old index entry.
+type salvageJob struct {
+	entry index.PackEntry
+	size  int64
+}
+
+// salvageBlobs copies to new packs the blobs of the damaged packs that no
+// pack of now holds and that still read back whole and verify, and returns
+// the new packs and how many blobs they hold. Blobs past a pack's end (it
+// was truncated) or that fail to verify are left: lost.
+func salvageBlobs(ctx context.Context, r *repository.Repository, now *index.Index, jobs []salvageJob) ([]index.PackEntry, int, error) {
+	// Against an index of the readable packs only, so that every blob the
+	// damaged packs alone hold is copied (and each once).
+	prev := r.SetIndex(now)
+	defer r.SetIndex(prev)
+	for _, j := range jobs {
+		var blobs []pack.Blob
+		for _, b := range j.entry.Blobs {
+			if int64(b.Offset)+int64(b.Length) <= j.size {
+				blobs = append(blobs, b)
+			}
+		}
+		sort.Slice(blobs, func(a, b int) bool { return blobs[a].Offset < blobs[b].Offset })
+		err := r.CopySealed(ctx, r, j.entry.ID, blobs, func(pack.Blob, error) {})
+		if err != nil && !isLost(err) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			r.Abort()
+			return nil, 0, fmt.Errorf("salvage pack %s: %w (nothing changed)", j.entry.ID.Short(), err)
+		}
+	}
+	packs, err := r.FlushPacks(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("salvage: %w (nothing changed)", err)
+	}
+	n := 0
+	for _, p := range packs {
+		n += len(p.Blobs)
+	}
+	return packs, n, nil
 }
 
 // SnapshotResult describes the repair of one snapshot.

@@ -14,6 +14,7 @@ import (
 	"bunker/internal/backend"
 	"bunker/internal/backend/fault"
 	"bunker/internal/backend/mem"
+	"bunker/internal/checker"
 	"bunker/internal/repair"
 	"bunker/internal/repo"
 	"bunker/internal/repo/pack"
@@ -231,9 +232,10 @@ func TestRebuildIndex(t *testing.T) {
 }
 
 // TestRebuildIndexDamagedHeader: a pack whose own header is damaged is
-// reported, and indexed from the entries the old index files had for it, so
-// that its intact blobs stay reachable (and prune does not delete it). With
-// no old entries for it, it is left out and its blobs count as lost.
+// reported and left out of the index, after the intact blobs the old index
+// files placed in it are copied to a new pack, so that they stay reachable
+// and check passes (a dry run counts them as indexed). With no old entries
+// for it, its blobs count as lost.
 func TestRebuildIndexDamagedHeader(t *testing.T) {
 	for _, oldIndexReadable := range []bool{true, false} {
 		t.Run(fmt.Sprintf("old index readable %v", oldIndexReadable), func(t *testing.T) {
@@ -257,13 +259,18 @@ func TestRebuildIndexDamagedHeader(t *testing.T) {
 				if !slices.Equal(res.Damaged, []string{f.packs["P2d"].String()}) {
 					t.Errorf("dry run %v: Damaged = %v, want [P2d %s]", dryRun, res.Damaged, f.packs["P2d"].Short())
 				}
-				wantLost, wantPacks, wantBlobs, wantFrom := 0, 4, 8, []string{f.packs["P2d"].String()}
+				// The three other packs, and P2d's two blobs: in P2d in a
+				// dry run, in a new pack after the salvage.
+				wantLost, wantPacks, wantBlobs, wantFrom, wantSalvaged := 0, 4, 8, []string{f.packs["P2d"].String()}, 2
+				if dryRun {
+					wantSalvaged = 0
+				}
 				if !oldIndexReadable {
 					// lost and x were only in P2d.
-					wantLost, wantPacks, wantBlobs, wantFrom = 0, 3, 6, nil
+					wantLost, wantPacks, wantBlobs, wantFrom, wantSalvaged = 0, 3, 6, nil, 0
 				}
-				if res.LostBlobs != wantLost || res.Packs != wantPacks || res.Blobs != wantBlobs || !slices.Equal(res.FromOldIndex, wantFrom) {
-					t.Errorf("dry run %v: result %+v; want %d lost blobs, %d packs, %d blobs, from old index %v", dryRun, res, wantLost, wantPacks, wantBlobs, wantFrom)
+				if res.LostBlobs != wantLost || res.Packs != wantPacks || res.Blobs != wantBlobs || !slices.Equal(res.Salvaged, wantFrom) || res.SalvagedBlobs != wantSalvaged {
+					t.Errorf("dry run %v: result %+v; want %d lost blobs, %d packs, %d blobs, salvaged %v (%d blobs)", dryRun, res, wantLost, wantPacks, wantBlobs, wantFrom, wantSalvaged)
 				}
 				if dryRun {
 					repotest.DiffListings(t, "dry run", before, repotest.Listing(t, f.be))
@@ -278,8 +285,8 @@ func TestRebuildIndexDamagedHeader(t *testing.T) {
 				}
 			}
 			r := repotest.Open(t, f.be, true)
-			if r.Index().HasPack(f.packs["P2d"]) != oldIndexReadable {
-				t.Errorf("the damaged pack indexed: %v, want %v", r.Index().HasPack(f.packs["P2d"]), oldIndexReadable)
+			if r.Index().HasPack(f.packs["P2d"]) {
+				t.Error("the damaged pack is still indexed")
 			}
 			for name, want := range map[string]bool{"keep": true, "lost": oldIndexReadable, "x": oldIndexReadable} {
 				if got := r.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs[name]}); got != want {
@@ -287,7 +294,8 @@ func TestRebuildIndexDamagedHeader(t *testing.T) {
 				}
 			}
 			if oldIndexReadable {
-				// The blobs of the damaged pack still load and verify.
+				// The blobs of the damaged pack load and verify, from
+				// their new pack.
 				for _, name := range []string{"lost", "x"} {
 					if data, err := r.LoadBlob(ctx, repo.DataBlob, f.blobs[name]); err != nil || string(data) != string(f.data[name]) {
 						t.Errorf("blob %s of the pack with a damaged header: %v", name, err)
@@ -508,4 +516,50 @@ func TestSnapshotsStorageError(t *testing.T) {
 		t.Errorf("Snapshots with an unreadable (not lost) tree pack succeeded: %+v", out)
 	}
 	repotest.DiffListings(t, "repair during a storage failure", before, repotest.Listing(t, f.be))
+}
+
+// TestRebuildIndexTruncatedPack: a pack cut short (RELIABILITY B2) loses
+// its header; the blobs the old index placed before the cut are salvaged
+// to a new pack, those after it are lost, and after repair index and
+// repair snapshots --forget the repository checks clean, data included.
+func TestRebuildIndexTruncatedPack(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	old := repotest.Open(t, f.be, true)
+	first, second := f.blobs["lost"], f.blobs["x"]
+	l1, ok1 := old.LookupBlob(repo.BlobHandle{Type: repo.DataBlob, ID: first})
+	l2, ok2 := old.LookupBlob(repo.BlobHandle{Type: repo.DataBlob, ID: second})
+	if !ok1 || !ok2 || l1.Pack != f.packs["P2d"] || l2.Pack != l1.Pack {
+		t.Fatalf("fixture: blobs lost and x are not both in P2d: %+v %+v", l1, l2)
+	}
+	if l2.Offset < l1.Offset {
+		first, second, l1, l2 = second, first, l2, l1
+	}
+	cut := int(l2.Offset) + 1 // the first blob whole, the second cut
+	repotest.Replace(t, f.be, backend.PackFile, f.packs["P2d"], func(b []byte) []byte { return b[:cut] })
+
+	res, err := repair.RebuildIndex(ctx, repotest.Open(t, f.be, false), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.SalvagedBlobs != 1 || res.LostBlobs != 1 || !slices.Equal(res.Damaged, []string{f.packs["P2d"].String()}) {
+		t.Errorf("result %+v: want P2d damaged, 1 blob salvaged and 1 lost", res)
+	}
+	r := repotest.Open(t, f.be, true)
+	if _, err := r.LoadBlob(ctx, repo.DataBlob, first); err != nil {
+		t.Errorf("the blob before the cut: %v", err)
+	}
+	if r.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: second}) {
+		t.Error("the blob past the cut is still indexed")
+	}
+	if _, err := repair.Snapshots(ctx, r, false, true); err != nil {
+		t.Fatal(err)
+	}
+	cres, err := checker.Check(ctx, repotest.Open(t, f.be, false), checker.Options{ReadData: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range cres.Problems {
+		t.Errorf("check --read-data after the repair: %v", p)
+	}
 }
