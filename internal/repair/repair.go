@@ -224,6 +224,12 @@ func salvageBlobs(ctx context.Context, r *repository.Repository, now *index.Inde
 	return packs, n, nil
 }
 
+// repairedKey identifies the repaired copy of sn with root tree tree: the
+// same tree, time, host and paths.
+func repairedKey(sn *snapshot.Snapshot, tree repo.ID) string {
+	return fmt.Sprintf("%s %d %q %q", tree, sn.Time.UnixNano(), sn.Hostname, sn.Paths)
+}
+
 // SnapshotResult describes the repair of one snapshot.
 type SnapshotResult struct {
 	ID       string   `json:"id"`
@@ -309,6 +315,15 @@ func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget boo
 		return nil
 	}
 	rw := &rewriter{r: r, dryRun: dryRun, done: map[repo.ID]treeResult{}}
+	// The repaired copies a run before wrote: running again (say with
+	// --forget after a first run without it) reuses them rather than
+	// write the same copy twice.
+	repaired := map[string]repo.ID{}
+	for _, sn := range snaps {
+		if slices.Contains(sn.Tags, RepairedTag) {
+			repaired[repairedKey(sn, sn.Tree)] = sn.ID
+		}
+	}
 	var out []SnapshotResult
 	for _, sn := range snaps {
 		res := SnapshotResult{ID: sn.ID.String()}
@@ -325,7 +340,9 @@ func Snapshots(ctx context.Context, r *repository.Repository, dryRun, forget boo
 		default:
 			res.Lost = lost
 		}
-		if !dryRun && !res.RootLost {
+		if id, ok := repaired[repairedKey(sn, newTree)]; ok && !dryRun && !res.RootLost {
+			res.New = id.String()
+		} else if !dryRun && !res.RootLost {
 			if err := o.check(ctx); err != nil {
 				return out, err
 			}

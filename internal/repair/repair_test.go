@@ -563,3 +563,36 @@ func TestRebuildIndexTruncatedPack(t *testing.T) {
 		t.Errorf("check --read-data after the repair: %v", p)
 	}
 }
+
+// TestSnapshotsTwice: repair snapshots, then repair snapshots --forget (the
+// runbook's order) leaves one repaired copy of each snapshot, not two.
+func TestSnapshotsTwice(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	r := breakFixture(t, f)
+	first, err := repair.Snapshots(ctx, r, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := repair.Snapshots(ctx, repotest.Open(t, f.be, true), false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1, s2 := resultsByID(first)[f.snaps["S"].String()], resultsByID(second)[f.snaps["S"].String()]
+	if s1.New == "" || s2.New != s1.New || !s2.Removed {
+		t.Errorf("first %+v, then %+v: want the same repaired copy, and the original removed", s1, s2)
+	}
+	snaps, _, err := repotest.Open(t, f.be, true).ReadableSnapshots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, sn := range snaps {
+		if slices.Contains(sn.Tags, repair.RepairedTag) {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d repaired snapshots, want 1", n)
+	}
+}
