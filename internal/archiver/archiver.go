@@ -436,7 +436,7 @@ func (a *Archiver) saveDirAt(ctx context.Context, path string, parent *snapshot.
 		a.report(path, err)
 		return resolved(nil)
 	}
-	return a.walkDir(ctx, path, node, parent, node.DeviceID)
+	return a.walkDir(ctx, nil, path, path, node, parent, node.DeviceID)
 }
 
 // saveEntry saves the entry name, of any kind, of the directory dir, whose
@@ -472,15 +472,17 @@ func (a *Archiver) saveEntry(ctx context.Context, dir *dirRef, name, path string
 		select {
 		case a.walkSem <- struct{}{}:
 			f := &future{done: make(chan struct{})}
+			dir.hold() // until the subdirectory is open
 			go func() {
-				inner := a.walkDir(ctx, path, node, ptree, dev)
+				inner := a.walkDir(ctx, dir, name, path, node, ptree, dev)
+				dir.release()
 				<-a.walkSem
 				f.node = inner.wait()
 				close(f.done)
 			}()
 			return f
 		default:
-			return a.walkDir(ctx, path, node, ptree, dev)
+			return a.walkDir(ctx, dir, name, path, node, ptree, dev)
 		}
 	case snapshot.TypeFile:
 		a.Stats.FilesProcessed.Add(1)
@@ -520,15 +522,30 @@ func (a *Archiver) haveContent(ids []repo.ID) bool {
 	return true
 }
 
-func (a *Archiver) walkDir(ctx context.Context, path string, node *snapshot.Node, parent *snapshot.Tree, dev uint64) *future {
-	dirfd, ents, err := readDir(path)
+// walkDir saves the directory name of dir (dir nil: name is a path), whose
+// full path is path and whose lstat gave node. It is opened relative to
+// dir, never following a symbolic link, and must still be the inode node
+// names: a directory of the path renamed and replaced by a symbolic link
+// since the lstat (a user racing a backup run as root, with a link to
+// /etc) cannot make the walk list another directory under its name.
+func (a *Archiver) walkDir(ctx context.Context, dir *dirRef, name, path string, node *snapshot.Node, parent *snapshot.Tree, dev uint64) *future {
+	dirfd, ents, err := readDir(dir.dirfd(), name, path)
+	if err == nil && node.Inode != 0 {
+		var st unix.Stat_t
+		if err = unix.Fstat(dirfd, &st); err == nil && (st.Ino != node.Inode || st.Dev != node.DeviceID) {
+			err = fmt.Errorf("%s: directory was replaced while being read", path)
+		}
+		if err != nil {
+			unix.Close(dirfd)
+		}
+	}
 	if err != nil {
 		a.report(path, err)
 		// Keep the directory itself, empty: its metadata was readable.
 		return a.finishTree(ctx, path, node, nil, parent)
 	}
-	dir := newDirRef(dirfd)
-	defer dir.release()
+	self := newDirRef(dirfd)
+	defer self.release()
 	futs := make([]*future, 0, len(ents))
 	for _, ent := range ents {
 		if ctx.Err() != nil || a.failed() != nil {
@@ -540,10 +557,10 @@ func (a *Archiver) walkDir(ctx context.Context, path string, node *snapshot.Node
 		}
 		epath := filepath.Join(path, ent.name)
 		if ent.typ == unix.DT_REG && pnode == nil {
-			futs = append(futs, a.saveNewFile(ctx, dir, ent.name, epath))
+			futs = append(futs, a.saveNewFile(ctx, self, ent.name, epath))
 			continue
 		}
-		futs = append(futs, a.saveEntry(ctx, dir, ent.name, epath, pnode, dev))
+		futs = append(futs, a.saveEntry(ctx, self, ent.name, epath, pnode, dev))
 	}
 	return a.finishTree(ctx, path, node, futs, parent)
 }
@@ -595,11 +612,12 @@ type dirEntry struct {
 	typ  uint8
 }
 
-// readDir opens the directory at path and returns it with its entries,
-// sorted by name. The entries are then read relative to it.
-func readDir(path string) (int, []dirEntry, error) {
+// readDir opens the directory name of dirfd (whose full path is path),
+// not following a symbolic link, and returns it with its entries, sorted by
+// name. The entries are then read relative to it.
+func readDir(dirfd int, name, path string) (int, []dirEntry, error) {
 	// Like files, directories are read without changing their atime.
-	f, err := openNoatime(unix.AT_FDCWD, path, path, unix.O_DIRECTORY)
+	f, err := openNoatime(dirfd, name, path, unix.O_DIRECTORY)
 	if err != nil {
 		return -1, nil, err
 	}

@@ -138,7 +138,7 @@ func TestReadDir(t *testing.T) {
 	if err := unix.Mkfifo(filepath.Join(dir, "d-fifo"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	fd, ents, err := readDir(dir)
+	fd, ents, err := readDir(unix.AT_FDCWD, dir, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func TestNewFileOpenedInItsDirectory(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(other, "f"), []byte("another file"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	fd, _, err := readDir(d)
+	fd, _, err := readDir(unix.AT_FDCWD, d, d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestNewFileNotRegular(t *testing.T) {
 	}
 	a, _ := newTestArchiver(t)
 	for name, want := range map[string]snapshot.NodeType{"link": snapshot.TypeSymlink, "fifo": snapshot.TypeFifo} {
-		fd, _, err := readDir(root)
+		fd, _, err := readDir(unix.AT_FDCWD, root, root)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -514,5 +514,74 @@ func TestUnchangedRacy(t *testing.T) {
 	}
 	if !unchanged(node(start), node(start), time.Time{}) {
 		t.Error("without a parent start time, matching nodes are unchanged")
+	}
+}
+
+// TestWalkOpensDirectoryInItsParent: the walk opens a directory relative to
+// its parent's descriptor and checks it is the inode it lstat'ed. A parent
+// renamed and replaced by a symbolic link since the lstat (a user racing a
+// backup run as root, with a link to a directory they may not read) does
+// not make it list the link's target under the directory's name; a
+// directory replaced by another is reported, not walked.
+func TestWalkOpensDirectoryInItsParent(t *testing.T) {
+	root := t.TempDir()
+	for _, p := range []string{"p/d", "other/d"} {
+		if err := os.MkdirAll(filepath.Join(root, p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Symbolic links only: the walk resolves them without file workers.
+	if err := os.Symlink("x", filepath.Join(root, "p", "d", "mine")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("x", filepath.Join(root, "other", "d", "secret")); err != nil {
+		t.Fatal(err)
+	}
+	a, r := newTestArchiver(t)
+	var reported []string
+	a.opts.Error = func(p string, err error) { reported = append(reported, err.Error()) }
+	pfd, _, err := readDir(unix.AT_FDCWD, filepath.Join(root, "p"), filepath.Join(root, "p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := newDirRef(pfd)
+	defer parent.release()
+	dpath := filepath.Join(root, "p", "d")
+	node, err := a.meta.NodeAt(pfd, "d", dpath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The race: p renamed away and replaced by a link to other.
+	if err := os.Rename(filepath.Join(root, "p"), filepath.Join(root, "p2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(root, "other"), filepath.Join(root, "p")); err != nil {
+		t.Fatal(err)
+	}
+	n := a.walkDir(a.ctx, parent, "d", dpath, node, nil, node.DeviceID).wait()
+	if err := r.Flush(a.ctx); err != nil {
+		t.Fatal(err)
+	}
+	data, err := r.LoadBlob(a.ctx, repo.TreeBlob, n.Subtree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := snapshot.DecodeTree(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tree.Find("secret") != nil || tree.Find("mine") == nil {
+		t.Errorf("p/d recorded with %d entries, want mine and not secret", len(tree.Nodes))
+	}
+
+	// d itself replaced by another directory since its lstat.
+	if err := os.Rename(filepath.Join(root, "p2", "d"), filepath.Join(root, "p2", "d-old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(root, "p2", "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.walkDir(a.ctx, parent, "d", dpath, node, nil, node.DeviceID).wait(); n == nil || len(reported) != 1 || !strings.Contains(reported[0], "replaced") {
+		t.Errorf("replaced directory: node %v, reported %q", n, reported)
 	}
 }
