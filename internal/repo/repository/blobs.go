@@ -578,7 +578,7 @@ func (r *Repository) LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID) 
 		_, err := io.ReadFull(rd, sealed)
 		return err
 	})
-	if errors.Is(err, backend.ErrNotExist) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+	if errors.Is(err, backend.ErrNotExist) || r.packShort(ctx, h, loc, err) {
 		// The index names the pack and where the blob lies in it: a pack
 		// missing or shorter than that is damage, not a failure to retry.
 		return nil, fmt.Errorf("%v blob %s in pack %s: %w: %w", t, id.Short(), loc.Pack.Short(), ErrCorrupt, err)
@@ -592,6 +592,17 @@ func (r *Repository) LoadBlob(ctx context.Context, t repo.BlobType, id repo.ID) 
 		return nil, fmt.Errorf("%v blob %s in pack %s: %w", t, id.Short(), loc.Pack.Short(), err)
 	}
 	return plain, nil
+}
+
+// packShort reports whether a load that ended early (err, an EOF) did so
+// because the pack is shorter than the blob's end: a connection dropped
+// in the middle of a response ends the same way, and is no damage.
+func (r *Repository) packShort(ctx context.Context, h backend.Handle, loc repo.Location, err error) bool {
+	if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return false
+	}
+	fi, serr := r.be.Stat(ctx, h)
+	return serr == nil && fi.Size < int64(loc.Offset)+int64(loc.Length)
 }
 
 // ErrBlobMismatch is wrapped by DecodeBlob when the content is not what its ID says.

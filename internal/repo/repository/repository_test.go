@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"math/rand"
 	"runtime"
 	"strings"
@@ -754,5 +755,62 @@ func TestReadableSnapshots(t *testing.T) {
 	}})
 	if _, _, err := fr.ReadableSnapshots(ctx); err == nil || errors.Is(err, ErrCorrupt) {
 		t.Errorf("ReadableSnapshots with the storage failing: want its error, got %v", err)
+	}
+}
+
+// cutLoads ends every pack read after a few bytes, as a connection dropped
+// in the middle of a response does.
+type cutLoads struct{ backend.Backend }
+
+func (c cutLoads) Load(ctx context.Context, h backend.Handle, length int, offset int64, fn func(io.Reader) error) error {
+	if h.Type != backend.PackFile {
+		return c.Backend.Load(ctx, h, length, offset, fn)
+	}
+	return c.Backend.Load(ctx, h, length, offset, func(rd io.Reader) error { return fn(io.LimitReader(rd, 3)) })
+}
+
+// TestLoadBlobCutShortIsNotDamage: a pack read that ends early is damage
+// (ErrCorrupt, exit 4, and lost to repair) only if the pack is really
+// shorter than the blob's end; a read cut off with the pack whole is a
+// plain failure, so that repair does not cut a tree out of a snapshot for
+// a network hiccup.
+func TestLoadBlobCutShortIsNotDamage(t *testing.T) {
+	ctx := context.Background()
+	be, r := newTestRepo(t)
+	id, _, _, err := r.SaveBlob(ctx, repo.TreeBlob, []byte("a tree, more than three bytes"), repo.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	cut, err := Open(ctx, cutLoads{be}, []byte("pw"), testOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cut.Close()
+	if err := cut.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cut.LoadBlob(ctx, repo.TreeBlob, id); err == nil || errors.Is(err, ErrCorrupt) {
+		t.Errorf("read cut short, pack whole: %v, want an error that is not ErrCorrupt", err)
+	}
+	// The pack really cut: damage.
+	var pack string
+	_ = be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error { pack = fi.Name; return nil })
+	h := backend.Handle{Type: backend.PackFile, Name: pack}
+	var data []byte
+	if err := be.Load(ctx, h, 0, 0, func(rd io.Reader) error { data, err = io.ReadAll(rd); return err }); err != nil {
+		t.Fatal(err)
+	}
+	replaceFile(t, be, h, data[:10])
+	whole := mustOpen(t, be, "pw")
+	defer whole.Close()
+	if err := whole.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := whole.LoadBlob(ctx, repo.TreeBlob, id); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("pack cut short: %v, want ErrCorrupt", err)
 	}
 }
