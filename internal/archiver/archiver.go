@@ -524,21 +524,14 @@ func (a *Archiver) haveContent(ids []repo.ID) bool {
 
 // walkDir saves the directory name of dir (dir nil: name is a path), whose
 // full path is path and whose lstat gave node. It is opened relative to
-// dir, never following a symbolic link, and must still be the inode node
-// names: a directory of the path renamed and replaced by a symbolic link
-// since the lstat (a user racing a backup run as root, with a link to
-// /etc) cannot make the walk list another directory under its name.
+// dir, never following a symbolic link: a directory of the path renamed and
+// replaced by a symbolic link since the lstat (a user racing a backup run
+// as root, with a link to /etc) cannot make the walk list another
+// directory under its name. (Its inode is not compared with the lstat's:
+// an automount point not mounted yet is mounted by the open, and is then
+// another inode on another device.)
 func (a *Archiver) walkDir(ctx context.Context, dir *dirRef, name, path string, node *snapshot.Node, parent *snapshot.Tree, dev uint64) *future {
 	dirfd, ents, err := readDir(dir.dirfd(), name, path)
-	if err == nil && node.Inode != 0 {
-		var st unix.Stat_t
-		if err = unix.Fstat(dirfd, &st); err == nil && (st.Ino != node.Inode || st.Dev != node.DeviceID) {
-			err = fmt.Errorf("%s: directory was replaced while being read", path)
-		}
-		if err != nil {
-			unix.Close(dirfd)
-		}
-	}
 	if err != nil {
 		a.report(path, err)
 		// Keep the directory itself, empty: its metadata was readable.

@@ -6,8 +6,7 @@
 //
 //   - Walkers read directories and lstat their entries, relative to the
 //     open directory; a subdirectory is opened relative to its parent's
-//     descriptor (held until then), never through a symbolic link, and must
-//     be the inode its lstat found. The caller's goroutine walks, and up to one more walker
+//     descriptor (held until then), never through a symbolic link. The caller's goroutine walks, and up to one more walker
 //     per P takes whole subdirectories while a slot is free. Each entry
 //     becomes a future: a file whose size, mtime, ctime and inode match the
 //     parent snapshot's node, and whose mtime is more than a second older
