@@ -136,6 +136,9 @@ func (r *Restorer) Run(ctx context.Context, tree repo.ID, dir string) error {
 	}
 	defer root.Close()
 	r.root = root
+	// Directories opened up to write in get their modes back however the
+	// restore ends (see below for a restore that ends normally).
+	defer r.root.RestoreOpenedModes()
 	if err := r.walk(ctx, tree, ""); err != nil {
 		return err
 	}
