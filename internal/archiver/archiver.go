@@ -391,29 +391,20 @@ func (a *Archiver) saveVirtual(ctx context.Context, path string, t *trie, parent
 }
 
 // followedDirNode is the node of the directory path leads to, following
-// symbolic links, named as path's last component.
+// symbolic links, named as path's last component. It is opened as path/.:
+// openNoatime does not follow a link in the last component, and "." never
+// is one.
 func (a *Archiver) followedDirNode(path string) (*snapshot.Node, error) {
-	flags := unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
-	var fd int
-	var err error
-	for {
-		fd, err = unix.Open(path, flags|unix.O_NOATIME, 0)
-		if err == unix.EPERM { // O_NOATIME needs ownership (or root)
-			fd, err = unix.Open(path, flags, 0)
-		}
-		if err != unix.EINTR {
-			break
-		}
-	}
+	fd, err := openNoatime(unix.AT_FDCWD, path+"/.", path, unix.O_DIRECTORY)
 	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+		return nil, err
 	}
-	defer unix.Close(fd)
+	defer fd.Close()
 	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
+	if err := unix.Fstat(int(fd), &st); err != nil {
 		return nil, &os.PathError{Op: "fstat", Path: path, Err: err}
 	}
-	return a.meta.NodeOfFile(fd, path, &st)
+	return a.meta.NodeOfFile(int(fd), path, &st)
 }
 
 // finishDir wraps the future of a virtual directory's tree into its node.
