@@ -149,9 +149,10 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 			return nil, err
 		}
 		res.SalvagedBlobs = n
-		for _, e := range packs {
-			add(e)
-		}
+		// Their blobs are in now already: the packs were stored against it.
+		f.Packs = append(f.Packs, packs...)
+		res.Packs += len(packs)
+		res.Blobs += n
 	}
 	lost := map[repo.BlobHandle]bool{}
 	for _, of := range oldFiles {
