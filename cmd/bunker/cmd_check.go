@@ -89,7 +89,13 @@ func newCheckCmd(g *globalOptions) *cobra.Command {
 					res.Snapshots, res.Trees, res.Packs, res.PacksRead, res.UnreferencedPacks)
 			}
 			if !res.OK() {
-				fmt.Fprintf(c.ErrOrStderr(), "bunker: check found %d problems\n", len(res.Problems))
+				// One line: what was found, and the runbook's first steps.
+				fix := "`bunker repair index`"
+				if res.PacksRead > 0 {
+					fix = "`bunker repair index --read-data`"
+				}
+				fmt.Fprintf(c.ErrOrStderr(), "bunker: check found %d problems: repair with %s, then `bunker repair snapshots --forget` (docs/operations.md, \"Data was lost\")\n",
+					len(res.Problems), fix)
 				return errDamaged
 			}
 			g.msgf(c, "no problems found\n")

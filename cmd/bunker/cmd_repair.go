@@ -15,11 +15,18 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 		Use:   "repair",
 		Short: "Rebuild the index from the packs, or rewrite snapshots around lost data",
 	}
-	var dryRun, forget bool
+	var dryRun, forget, readData bool
 	idx := &cobra.Command{
 		Use:   "index",
 		Short: "Rebuild the index from the packs' own headers (takes the exclusive lock)",
-		Args:  cobra.NoArgs,
+		Long: `Rebuild the index from the packs' own headers (takes the exclusive lock).
+
+With --read-data every pack is also read whole and each of its blobs
+verified: a pack with a damaged blob (a flipped bit that check --read-data
+reported) has its other blobs copied to new packs and is left out of the
+index, so that the next backup stores the damaged data again rather than
+deduplicating against it. Then run repair snapshots.`,
+		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ctx := c.Context()
 			r, lock, release, err := g.openRepoLocked(ctx, false, true)
@@ -27,7 +34,11 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			defer release()
-			res, err := repair.RebuildIndex(ctx, r, dryRun, repair.WithLock(lock))
+			ropts := []repair.Option{repair.WithLock(lock)}
+			if readData {
+				ropts = append(ropts, repair.ReadData())
+			}
+			res, err := repair.RebuildIndex(ctx, r, dryRun, ropts...)
 			if err != nil {
 				return err
 			}
@@ -38,12 +49,17 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 			for _, p := range res.Damaged {
 				fmt.Fprintf(w, "pack %s: header unreadable, left out of the index\n", p)
 			}
-			if len(res.Salvaged) > 0 {
-				if dryRun {
-					fmt.Fprintf(w, "would copy the intact blobs the old index placed in %d of them to new packs\n", len(res.Salvaged))
-				} else {
-					fmt.Fprintf(w, "copied %d intact blobs the old index placed in %d of them to new packs\n", res.SalvagedBlobs, len(res.Salvaged))
-				}
+			if readData {
+				fmt.Fprintf(w, "read %d packs: %d blobs failed to verify\n", res.PacksRead, res.BadBlobs)
+			}
+			for _, p := range res.DamagedData {
+				fmt.Fprintf(w, "pack %s: content damaged, left out of the index\n", p)
+			}
+			switch {
+			case dryRun && len(res.Salvaged)+len(res.DamagedData) > 0:
+				fmt.Fprintf(w, "would copy the intact blobs of %d damaged packs to new packs\n", len(res.Salvaged)+len(res.DamagedData))
+			case len(res.Salvaged)+len(res.DamagedData) > 0:
+				fmt.Fprintf(w, "copied %d intact blobs of %d damaged packs to new packs\n", res.SalvagedBlobs, len(res.Salvaged)+len(res.DamagedData))
 			}
 			verb := "indexed"
 			if dryRun {
@@ -57,6 +73,7 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	idx.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "report only; write nothing")
+	idx.Flags().BoolVar(&readData, "read-data", false, "also read every pack whole and verify each blob")
 	snaps := &cobra.Command{
 		Use:   "snapshots",
 		Short: "Rewrite snapshots that refer to lost data, leaving out what is lost (takes the exclusive lock)",

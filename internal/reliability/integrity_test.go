@@ -131,6 +131,24 @@ func TestB1FlippedBitInDataPack(t *testing.T) {
 	compareManifests(t, "restore of the rest", without(m1, "dup1", "a/dup2"), without(got, "dup1", "a/dup2"))
 	// A snapshot that does not use the blob is unaffected.
 	verifyRestore(t, tr, src, s3, m3)
+
+	// The runbook (docs/operations.md, "Data was lost"): repair index
+	// --read-data leaves the damaged blob out of the index, repair
+	// snapshots --forget cuts the files that used it; check --read-data is
+	// then clean, and a backup of the same data stores it again rather
+	// than deduplicating against the damaged copy.
+	res2 := tr.run(t, nil, "repair", "index", "--read-data")
+	if res2.code != 0 || !strings.Contains(res2.stdout, loc.Pack.String()+": content damaged") {
+		t.Fatalf("repair index --read-data: %v", res2)
+	}
+	if res2 = tr.run(t, nil, "repair", "snapshots", "--forget"); res2.code != 0 {
+		t.Fatalf("repair snapshots --forget: %v", res2)
+	}
+	tr.mustCheckClean(t, true)
+	writeFile(t, filepath.Join(src, "dup1"), dup)
+	s4 := tr.backup(t, src)
+	verifyRestore(t, tr, src, s4, manifest(t, src))
+	tr.mustCheckClean(t, true)
 }
 
 // TestB1FlippedBitInTreePack: a flipped bit in a tree blob, the root's or a

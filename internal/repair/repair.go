@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"runtime"
 	"slices"
 	"sort"
 	"sync"
@@ -29,16 +30,25 @@ type IndexResult struct {
 	Packs   int      `json:"packs"`
 	Blobs   int      `json:"blobs"`
 	Damaged []string `json:"damaged_packs,omitempty"` // packs whose header does not decode
+	// DamagedData: with ReadData, packs whose header decodes but whose
+	// content does not: BadBlobs blobs in them fail to verify, or the
+	// bytes do not hash to the pack's name. Their blobs that verify were
+	// copied to new packs (with dryRun, none: the packs are only named);
+	// each such pack is no longer indexed, and stays until prune removes it.
+	DamagedData []string `json:"damaged_data_packs,omitempty"`
+	BadBlobs    int      `json:"bad_blobs"`
+	PacksRead   int      `json:"packs_read"`
 	// Salvaged: damaged packs the old index files had entries for. Each of
 	// those blobs that still reads back whole and verifies was copied to a
-	// new pack (SalvagedBlobs of them; with dryRun, none: they are only
-	// counted as indexed); the damaged pack is no longer indexed, and is
-	// left for inspection until prune removes it as unindexed.
-	Salvaged      []string `json:"salvaged_packs,omitempty"`
-	SalvagedBlobs int      `json:"salvaged_blobs"`
-	LostBlobs     int      `json:"lost_blobs"` // blobs the old index named that no readable pack holds
-	Superseded    int      `json:"superseded_index_files"`
-	NewIndex      string   `json:"new_index,omitempty"`
+	// new pack (with dryRun, none: they are only counted as indexed); the
+	// damaged pack is no longer indexed, and is left for inspection until
+	// prune removes it as unindexed.
+	Salvaged []string `json:"salvaged_packs,omitempty"`
+	// SalvagedBlobs counts the blobs copied from Salvaged and DamagedData.
+	SalvagedBlobs int    `json:"salvaged_blobs"`
+	LostBlobs     int    `json:"lost_blobs"` // blobs the old index named that no readable pack holds
+	Superseded    int    `json:"superseded_index_files"`
+	NewIndex      string `json:"new_index,omitempty"`
 }
 
 // RebuildIndex reads the header of every pack and writes one index file that
@@ -62,6 +72,7 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 	sort.Slice(infos, func(i, j int) bool { return infos[i].Name < infos[j].Name })
 	entries := make([]*index.PackEntry, len(infos))
 	res := &IndexResult{}
+	var salvage []salvageJob
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
@@ -89,6 +100,25 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 		return nil, err
 	}
 	slices.Sort(res.Damaged)
+	// With ReadData, every pack whose header decodes is read whole too: a
+	// bit flip inside a blob leaves the header intact, and the index would
+	// otherwise keep naming the damaged blob, so that every later backup
+	// of the same data deduplicated against it instead of storing it again.
+	if o.readData {
+		bad, err := readPacks(ctx, r, infos, entries, res)
+		if err != nil {
+			return nil, err
+		}
+		for i, e := range entries {
+			if e != nil && bad[e.ID] {
+				res.DamagedData = append(res.DamagedData, e.ID.String())
+				if !dryRun {
+					salvage = append(salvage, salvageJob{*e, infos[i].Size})
+					entries[i] = nil
+				}
+			}
+		}
+	}
 
 	old, err := r.List(ctx, backend.IndexFile)
 	if err != nil {
@@ -115,7 +145,6 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 	// A pack whose own header is damaged may still hold intact blobs that
 	// the old index places: those are salvaged below (or, in a dry run,
 	// counted as if they were).
-	var salvage []salvageJob
 	for i, fi := range infos {
 		id, _ := repo.ParseID(fi.Name)
 		if e, ok := oldEntries[id]; ok && entries[i] == nil && slices.Contains(res.Damaged, id.String()) {
@@ -185,6 +214,47 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 	return res, nil
 }
 
+// readPacks reads every pack that has an entry (its header decoded) whole,
+// verifying each blob its header lists and the hash of all its bytes, and
+// returns the packs that failed; res counts the packs read and bad blobs.
+func readPacks(ctx context.Context, r *repository.Repository, infos []backend.FileInfo, entries []*index.PackEntry, res *IndexResult) (map[repo.ID]bool, error) {
+	bad := map[repo.ID]bool{}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0) + 1)
+	for i, e := range entries {
+		if e == nil {
+			continue
+		}
+		g.Go(func() error {
+			blobs := slices.Clone(e.Blobs)
+			sort.Slice(blobs, func(a, b int) bool { return blobs[a].Offset < blobs[b].Offset })
+			n := 0
+			ps, err := r.ReadPack(gctx, e.ID, infos[i].Size, blobs, func(_ pack.Blob, _ []byte, err error) error {
+				if err != nil {
+					n++
+				}
+				return nil
+			})
+			if gctx.Err() != nil {
+				return gctx.Err()
+			}
+			if err != nil && !isLost(err) {
+				return fmt.Errorf("read pack %s: %w (nothing changed)", e.ID.Short(), err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			res.PacksRead++
+			res.BadBlobs += n
+			if err != nil || n > 0 || ps.Hash != e.ID || ps.HeaderErr != nil {
+				bad[e.ID] = true
+			}
+			return nil
+		})
+	}
+	return bad, g.Wait()
+}
+
 // salvageJob is a damaged pack of size bytes, with its old index entry.
 type salvageJob struct {
 	entry index.PackEntry
@@ -250,8 +320,9 @@ type SnapshotResult struct {
 type Option func(*opts)
 
 type opts struct {
-	lock *repository.Lock
-	keep func(*snapshot.Snapshot) bool
+	lock     *repository.Lock
+	keep     func(*snapshot.Snapshot) bool
+	readData bool
 }
 
 func options(list []Option) opts {
@@ -269,6 +340,10 @@ func (o opts) check(ctx context.Context) error {
 	}
 	return o.lock.Check(ctx)
 }
+
+// ReadData makes RebuildIndex read every pack whole and verify each blob,
+// not only the packs' headers (see IndexResult.DamagedData).
+func ReadData() Option { return func(o *opts) { o.readData = true } }
 
 // WithLock makes a repair check its lock before every commit.
 func WithLock(l *repository.Lock) Option { return func(o *opts) { o.lock = l } }

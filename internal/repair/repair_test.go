@@ -596,3 +596,90 @@ func TestSnapshotsTwice(t *testing.T) {
 		t.Errorf("%d repaired snapshots, want 1", n)
 	}
 }
+
+// TestRebuildIndexReadData: a flipped bit inside a blob of a pack whose
+// header is intact. repair index alone keeps the damaged blob indexed
+// (it reads headers only), so a later backup of the same data would
+// deduplicate against it; with ReadData the pack is found, its other blob
+// copied to a new pack, the damaged one left out, and after repair
+// snapshots check --read-data is clean and the data can be stored again.
+func TestRebuildIndexReadData(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	old := repotest.Open(t, f.be, true)
+	loc, ok := old.LookupBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs["lost"]})
+	if !ok || loc.Pack != f.packs["P2d"] {
+		t.Fatalf("fixture: blob lost not in P2d: %+v", loc)
+	}
+	repotest.Replace(t, f.be, backend.PackFile, f.packs["P2d"], func(b []byte) []byte {
+		b[int(loc.Offset)+int(loc.Length)/2] ^= 0x08
+		return b
+	})
+
+	res, err := repair.RebuildIndex(ctx, repotest.Open(t, f.be, false), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.DamagedData) != 0 || res.PacksRead != 0 || res.LostBlobs != 0 {
+		t.Errorf("without ReadData: %+v; want no pack read", res)
+	}
+	if !repotest.Open(t, f.be, true).HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs["lost"]}) {
+		t.Fatal("without ReadData the damaged blob should still be indexed (headers only)")
+	}
+
+	for _, dryRun := range []bool{true, false} {
+		before := repotest.Listing(t, f.be)
+		res, err = repair.RebuildIndex(ctx, repotest.Open(t, f.be, false), dryRun, repair.ReadData())
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantSalvaged, wantLost := 1, 1
+		if dryRun {
+			wantSalvaged, wantLost = 0, 0
+		}
+		if !slices.Equal(res.DamagedData, []string{f.packs["P2d"].String()}) || res.BadBlobs != 1 || res.PacksRead != 4 ||
+			res.SalvagedBlobs != wantSalvaged || res.LostBlobs != wantLost || len(res.Damaged) != 0 {
+			t.Errorf("dry run %v: %+v; want P2d damaged (1 bad blob of 4 packs read), %d salvaged, %d lost", dryRun, res, wantSalvaged, wantLost)
+		}
+		if dryRun {
+			repotest.DiffListings(t, "dry run", before, repotest.Listing(t, f.be))
+		}
+	}
+	r := repotest.Open(t, f.be, true)
+	if r.Index().HasPack(f.packs["P2d"]) {
+		t.Error("the damaged pack is still indexed")
+	}
+	if r.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs["lost"]}) {
+		t.Error("the damaged blob is still indexed")
+	}
+	if data, err := r.LoadBlob(ctx, repo.DataBlob, f.blobs["x"]); err != nil || string(data) != string(f.data["x"]) {
+		t.Errorf("the intact blob of the damaged pack: %v", err)
+	}
+	if !repotest.Exists(t, f.be, backend.PackFile, f.packs["P2d"]) {
+		t.Error("the damaged pack was removed; it must be left for inspection")
+	}
+
+	out, err := repair.Snapshots(ctx, r, false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := resultsByID(out)[f.snaps["S"].String()]; !slices.Equal(s.Lost, []string{"/a/lost"}) {
+		t.Errorf("repair snapshots: S lost %q, want [/a/lost]", s.Lost)
+	}
+	cres, err := checker.Check(ctx, repotest.Open(t, f.be, false), checker.Options{ReadData: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range cres.Problems {
+		t.Errorf("check --read-data after the repair: %v", p)
+	}
+	// The data is stored again, not deduplicated against the damaged copy.
+	w := repotest.Open(t, f.be, true)
+	if id := repotest.SaveData(t, w, f.data["lost"]); id != f.blobs["lost"] {
+		t.Fatalf("saved under %s, want %s", id.Short(), f.blobs["lost"].Short())
+	}
+	repotest.Flush(t, w)
+	if data, err := repotest.Open(t, f.be, true).LoadBlob(ctx, repo.DataBlob, f.blobs["lost"]); err != nil || string(data) != string(f.data["lost"]) {
+		t.Errorf("the blob stored again: %v", err)
+	}
+}
