@@ -175,7 +175,7 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 	}
 
 	var errMu sync.Mutex
-	var readErrors []string
+	var readErrors, changed []string
 	arch := archiver.New(r, archiver.Options{
 		CPUs:          cpus,
 		Excludes:      excludes,
@@ -188,6 +188,16 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 				_ = printJSON(c.ErrOrStderr(), map[string]any{"message_type": "error", "item": path, "error": err.Error()})
 			} else {
 				fmt.Fprintf(c.ErrOrStderr(), "error: %s\n", oneLine(err))
+			}
+		},
+		Warn: func(path string, err error) {
+			errMu.Lock()
+			changed = append(changed, path)
+			errMu.Unlock()
+			if g.json {
+				_ = printJSON(c.ErrOrStderr(), map[string]any{"message_type": "warning", "item": path, "warning": err.Error()})
+			} else {
+				fmt.Fprintf(c.ErrOrStderr(), "warning: %s: %s\n", quote(path), oneLine(err))
 			}
 		},
 	})
@@ -243,7 +253,7 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 	repository.Failpoint(repository.FailpointSnapshotStored)
 	if g.json {
 		if err := printJSON(c.OutOrStdout(), map[string]any{"message_type": "summary", "snapshot_id": id.String(), "summary": sum,
-			"duration_seconds": sum.End.Sub(sum.Start).Seconds(), "errors": readErrors}); err != nil {
+			"duration_seconds": sum.End.Sub(sum.Start).Seconds(), "errors": readErrors, "changed_while_read": changed}); err != nil {
 			return err
 		}
 	} else if !g.quiet {
@@ -255,6 +265,11 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 		fmt.Fprintf(w, "snapshot %s saved\n", id.Short())
 	} else {
 		fmt.Fprintf(c.OutOrStdout(), "snapshot %s saved\n", id.Short())
+	}
+	if len(changed) > 0 && !g.json {
+		// A warning, not a failure (exit 0): an appended log is the usual
+		// case, and the next backup reads these files again.
+		fmt.Fprintf(c.ErrOrStderr(), "bunker: warning: %d files changed while they were read (named above); snapshot %s holds what was read\n", len(changed), id.Short())
 	}
 	if len(readErrors) > 0 {
 		fmt.Fprintf(c.ErrOrStderr(), "bunker: snapshot %s is incomplete: %d entries could not be read\n", id.Short(), len(readErrors))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -571,5 +572,95 @@ func TestWalkOpensDirectoryInItsParent(t *testing.T) {
 	}
 	if tree.Find("secret") != nil || tree.Find("mine") == nil || len(reported) != 0 {
 		t.Errorf("p/d recorded with %d entries (reported %q), want mine and not secret", len(tree.Nodes), reported)
+	}
+}
+
+// TestChangedWhileRead: a file chunked while a writer appends to it or
+// rewrites part of it is kept, with the times from before the read (so
+// the next backup reads it again), and reported through Warn; a file left
+// alone is not.
+func TestChangedWhileRead(t *testing.T) {
+	past := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	tests := []struct {
+		name   string
+		change func(t *testing.T, path string)
+	}{
+		{"unchanged", nil},
+		{"appended", func(t *testing.T, path string) {
+			f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if _, err := f.Write([]byte("one more line\n")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"rewritten in place", func(t *testing.T, path string) {
+			f, err := os.OpenFile(path, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if _, err := f.WriteAt([]byte("torn"), 1<<20); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "db")
+			data := make([]byte, 3<<20)
+			for i := range data {
+				data[i] = byte(i * 7 / 5)
+			}
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			// Times well before the change, whatever the clock's tick.
+			if err := os.Chtimes(path, past, past); err != nil {
+				t.Fatal(err)
+			}
+			a, _ := newTestArchiver(t)
+			if a.repo.MinChunk() >= len(data) {
+				t.Fatalf("the file (%d bytes) is not chunked (minimum chunk %d)", len(data), a.repo.MinChunk())
+			}
+			var warned []string
+			a.opts.Warn = func(p string, err error) {
+				if !errors.Is(err, ErrChangedWhileRead) {
+					t.Errorf("warning %v, want ErrChangedWhileRead", err)
+				}
+				warned = append(warned, p)
+			}
+			done := false
+			a.testChunkRead = func(string) {
+				if tc.change != nil && !done {
+					done = true
+					tc.change(t, path)
+				}
+			}
+			a.chunkers = make(chan repo.Chunker, 1)
+			a.chunkers <- nil
+			a.blobs = make(chan *blobJob, 1)
+			go a.blobWorker()
+			defer close(a.blobs)
+			node, err := a.saveFile(&fileJob{path: path})
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantWarned := []string(nil)
+			if tc.change != nil {
+				wantWarned = []string{path}
+			}
+			if !slices.Equal(warned, wantWarned) {
+				t.Errorf("warned about %q, want %q", warned, wantWarned)
+			}
+			if got := a.Stats.Summary().ChangedWhileRead; got != uint64(len(wantWarned)) {
+				t.Errorf("summary counts %d files changed while read, want %d", got, len(wantWarned))
+			}
+			if !node.ModTime.Equal(past) || len(node.Content) == 0 {
+				t.Errorf("node %+v: want it kept, with the mtime from before the read (%v)", node, past)
+			}
+		})
 	}
 }

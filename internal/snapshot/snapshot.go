@@ -52,6 +52,9 @@ type Summary struct {
 	FilesProcessed uint64    `json:"files_processed"`      // files in the snapshot
 	Errors         uint64    `json:"errors"`               // entries that could not be read
 	Incomplete     bool      `json:"incomplete,omitempty"` // some entries were skipped
+	// ChangedWhileRead counts files kept whose size or times changed while
+	// they were read: their content may mix old and new.
+	ChangedWhileRead uint64 `json:"changed_while_read,omitempty"`
 }
 
 // RepairedTag marks a snapshot that `bunker repair snapshots` rewrote
