@@ -47,7 +47,12 @@ func newBackupCmd(g *globalOptions) *cobra.Command {
 		Use:   "backup [flags] PATH... | --stdin | --stdin-from-command -- CMD [ARG...]",
 		Short: "Create a snapshot of files, or of a stream",
 		Long: "Back up files and directories, or the standard input, or the output of a command.\n" +
-			"Files whose size, times and inode match the previous snapshot of the same paths are not read again.",
+			"Files whose size, times and inode match the previous snapshot of the same paths are not read again.\n\n" +
+			"Exclude patterns (--exclude, --exclude-file; * ? [...] as in shell globs, never across a slash):\n" +
+			"  *.tmp, .cache            no slash: any entry of that name\n" +
+			"  /home/*/Downloads        leading slash: that absolute path (and what is below it)\n" +
+			"  node_modules/.cache      other slashes: those consecutive path components, anywhere\n" +
+			"A trailing slash is ignored.",
 		RunE: func(c *cobra.Command, args []string) error {
 			switch {
 			case o.stdin && o.stdinCommand:

@@ -725,25 +725,46 @@ func (a *Archiver) excluded(path string) bool {
 }
 
 // Excluded reports whether path matches one of the patterns. A pattern without
-// a slash matches any path component's name ("*.tmp", ".cache"); a pattern with
-// a slash matches the whole absolute path or one of its leading directories
-// ("/home/*/Downloads").
+// a slash matches any path component's name ("*.tmp", ".cache"); a pattern
+// starting with a slash matches the whole absolute path or one of its leading
+// directories ("/home/*/Downloads"); any other pattern with a slash matches
+// that many consecutive components anywhere in the path ("node_modules/.cache",
+// "*/tmp"), as restic's do. A trailing slash is ignored.
 func Excluded(patterns []string, path string) bool {
 	base := filepath.Base(path)
 	for _, p := range patterns {
-		if !strings.Contains(p, "/") {
+		switch {
+		case !strings.Contains(p, "/"):
 			if ok, _ := filepath.Match(p, base); ok {
 				return true
 			}
-			continue
-		}
-		for cur := path; ; cur = filepath.Dir(cur) {
-			if ok, _ := filepath.Match(strings.TrimSuffix(p, "/"), cur); ok {
+		case strings.HasPrefix(p, "/"):
+			for cur := path; ; cur = filepath.Dir(cur) {
+				if ok, _ := filepath.Match(strings.TrimSuffix(p, "/"), cur); ok {
+					return true
+				}
+				if cur == "/" || cur == "." {
+					break
+				}
+			}
+		default:
+			if matchComponents(strings.TrimSuffix(p, "/"), path) {
 				return true
 			}
-			if cur == "/" || cur == "." {
-				break
-			}
+		}
+	}
+	return false
+}
+
+// matchComponents reports whether the relative pattern p, of n components,
+// matches n consecutive components of path (filepath.Match's wildcards never
+// match a slash, so no other run of components can).
+func matchComponents(p, path string) bool {
+	n := strings.Count(p, "/") + 1
+	comps := strings.Split(strings.Trim(path, "/"), "/")
+	for i := 0; i+n <= len(comps); i++ {
+		if ok, _ := filepath.Match(p, strings.Join(comps[i:i+n], "/")); ok {
+			return true
 		}
 	}
 	return false

@@ -664,3 +664,35 @@ func TestChangedWhileRead(t *testing.T) {
 		})
 	}
 }
+
+func TestExcluded(t *testing.T) {
+	tests := []struct {
+		pattern, path string
+		want          bool
+	}{
+		{"*.tmp", "/home/u/a.tmp", true},
+		{"*.tmp", "/home/u/a.tmp.keep", false},
+		{".cache", "/home/u/.cache", true},
+		{".cache", "/home/u/.cache2", false},
+		{"/home/*/Downloads", "/home/u/Downloads", true},
+		{"/home/*/Downloads", "/home/u/Downloads/big.iso", true},
+		{"/home/*/Downloads/", "/home/u/Downloads", true},
+		{"/home/*/Downloads", "/srv/home/u/Downloads", false},
+		// Relative with a slash: that many components anywhere.
+		{"node_modules/.cache", "/srv/app/node_modules/.cache", true},
+		{"node_modules/.cache", "/srv/app/node_modules/.cache/x/y", true},
+		{"node_modules/.cache", "/srv/app/node_modules/.cached", false},
+		{"node_modules/.cache", "/srv/app/node_modules", false},
+		{"node_modules/.cache/", "/node_modules/.cache", true},
+		{"*/tmp", "/var/tmp", true},
+		{"*/tmp", "/tmp", false},
+		{"u/*.log", "/home/u/app.log", true},
+		{"u/*.log", "/home/u/sub/app.log", false},
+		{"a//b", "/a/b", false},
+	}
+	for _, tc := range tests {
+		if got := Excluded([]string{tc.pattern}, tc.path); got != tc.want {
+			t.Errorf("Excluded(%q, %q) = %v, want %v", tc.pattern, tc.path, got, tc.want)
+		}
+	}
+}
