@@ -79,6 +79,11 @@ func newRestoreCmd(g *globalOptions) *cobra.Command {
 			})
 			err = res.Run(ctx, sn.Tree, target)
 			stop()
+			if err != nil && !errors.Is(err, restorer.ErrIncomplete) {
+				// Stopped (interrupted, storage failure): no summary that
+				// reads as "restored"; the error is the one line.
+				return err
+			}
 			s := &res.Stats
 			if g.json {
 				_ = printJSON(c.OutOrStdout(), map[string]any{"message_type": "summary", "snapshot_id": sn.ID.String(),

@@ -1677,3 +1677,81 @@ func TestMissingOrShortPack(t *testing.T) {
 		})
 	}
 }
+
+// TestInterrupted: Ctrl-C (SIGINT) in the middle of a backup or a restore
+// ends it with exit 130 and one line: not an "error:" line for every file
+// that was being read, nor a summary that reads as done. The repository then
+// checks clean and the next backup succeeds.
+func TestInterrupted(t *testing.T) {
+	t.Parallel()
+	e := newFastRepo(t)
+	src := filepath.Join(t.TempDir(), "src")
+	for i := range 6 {
+		writeFile(t, filepath.Join(src, fmt.Sprintf("big%d", i)), string(randomData(uint64(100+i), 24<<20)))
+	}
+	for i := range 300 {
+		writeFile(t, filepath.Join(src, "small", fmt.Sprintf("f%03d", i)), string(randomData(uint64(1000+i), 3000)))
+	}
+	r := e.interrupt(filepath.Join(src, "big"), "backup", src)
+	if r.stdout != "" {
+		t.Errorf("interrupted backup printed %q", r.stdout)
+	}
+	e.ok("check")
+	e.ok("backup", src)
+	e.ok("check", "--read-data")
+
+	target := filepath.Join(t.TempDir(), "target")
+	r = e.interrupt(filepath.Join(target, src, "big"), "restore", "latest", "--target", target)
+	if r.stdout != "" {
+		t.Errorf("interrupted restore printed %q", r.stdout)
+	}
+	e.ok("restore", "latest", "--target", filepath.Join(t.TempDir(), "again"))
+}
+
+// interrupt runs bunker with args, sends it SIGINT once it has a file whose
+// path starts with open open, and wants exit 130 with one error line.
+func (e *repoEnv) interrupt(open string, args ...string) result {
+	t := e.t
+	t.Helper()
+	cmd := exec.Command(bunkerBin, args...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "BUNKER_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "BUNKER_REPOSITORY="+e.repo, "BUNKER_PASSWORD_FILE="+e.pwFile)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for found := false; !found; {
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			t.Fatalf("bunker %s never opened %s*", strings.Join(args, " "), open)
+		}
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", cmd.Process.Pid))
+		for _, fd := range fds {
+			if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", cmd.Process.Pid, fd.Name())); err == nil && strings.HasPrefix(l, open) {
+				found = true
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	r := result{args: args, stdout: stdout.String(), stderr: stderr.String()}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		r.code = ee.ExitCode()
+	}
+	if r.code != 130 || !strings.Contains(r.stderr, "interrupted") {
+		t.Fatalf("interrupted: %v, want exit 130 and \"interrupted\"", r)
+	}
+	checkOneLineError(t, r)
+	return r
+}

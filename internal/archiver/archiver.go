@@ -228,6 +228,11 @@ func (a *Archiver) failed() error {
 }
 
 func (a *Archiver) report(path string, err error) {
+	if a.ctx != nil && a.ctx.Err() != nil && errors.Is(err, a.ctx.Err()) {
+		// The run was cancelled (Ctrl-C): that is its one error, not
+		// every file's in flight.
+		return
+	}
 	a.Stats.Errors.Add(1)
 	if a.opts.Error != nil {
 		a.opts.Error(path, err)
