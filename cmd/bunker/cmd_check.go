@@ -94,7 +94,7 @@ func newCheckCmd(g *globalOptions) *cobra.Command {
 				if res.PacksRead > 0 {
 					fix = "`bunker repair index --read-data`"
 				}
-				fmt.Fprintf(c.ErrOrStderr(), "bunker: check found %d problems: repair with %s, then `bunker repair snapshots --forget` (docs/operations.md, \"Data was lost\")\n",
+				fmt.Fprintf(c.ErrOrStderr(), "bunker: check found %d problems: repair with %s, then `bunker repair snapshots --dry-run` (docs/operations.md, \"Data was lost\")\n",
 					len(res.Problems), fix)
 				return errDamaged
 			}

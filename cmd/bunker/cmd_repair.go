@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,9 +24,9 @@ func newRepairCmd(g *globalOptions) *cobra.Command {
 
 With --read-data every pack is also read whole and each of its blobs
 verified: a pack with a damaged blob (a flipped bit that check --read-data
-reported) has its other blobs copied to new packs and is left out of the
-index, so that the next backup stores the damaged data again rather than
-deduplicating against it. Then run repair snapshots.`,
+reported) has its other blobs copied to new packs and is removed, so that
+the next backup stores the damaged data again rather than deduplicating
+against it. Then run repair snapshots.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ctx := c.Context()
@@ -53,7 +54,14 @@ deduplicating against it. Then run repair snapshots.`,
 				fmt.Fprintf(w, "read %d packs: %d blobs failed to verify\n", res.PacksRead, res.BadBlobs)
 			}
 			for _, p := range res.DamagedData {
-				fmt.Fprintf(w, "pack %s: content damaged, left out of the index\n", p)
+				switch {
+				case dryRun:
+					fmt.Fprintf(w, "pack %s: content damaged, would be left out of the index and removed\n", p)
+				case slices.Contains(res.RemovedPacks, p):
+					fmt.Fprintf(w, "pack %s: content damaged, left out of the index and removed\n", p)
+				default:
+					fmt.Fprintf(w, "pack %s: content damaged (gone since it was listed), left out of the index\n", p)
+				}
 			}
 			switch {
 			case dryRun && len(res.Salvaged)+len(res.DamagedData) > 0:

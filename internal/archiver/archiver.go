@@ -763,16 +763,36 @@ func Excluded(patterns []string, path string) bool {
 
 // matchComponents reports whether the relative pattern p, of n components,
 // matches n consecutive components of path (filepath.Match's wildcards never
-// match a slash, so no other run of components can).
+// match a slash, so no other run of components can). It allocates nothing:
+// it runs for every entry of the walk.
 func matchComponents(p, path string) bool {
 	n := strings.Count(p, "/") + 1
-	comps := strings.Split(strings.Trim(path, "/"), "/")
-	for i := 0; i+n <= len(comps); i++ {
-		if ok, _ := filepath.Match(p, strings.Join(comps[i:i+n], "/")); ok {
+	path = strings.Trim(path, "/")
+	for start := 0; ; {
+		// end: after n components from start, if there are that many.
+		end := start
+		for k := 0; k < n; k++ {
+			i := strings.IndexByte(path[end:], '/')
+			switch {
+			case k == n-1 && i < 0:
+				end = len(path)
+			case k == n-1:
+				end += i
+			case i < 0:
+				return false
+			default:
+				end += i + 1
+			}
+		}
+		if ok, _ := filepath.Match(p, path[start:end]); ok {
 			return true
 		}
+		i := strings.IndexByte(path[start:], '/')
+		if i < 0 {
+			return false
+		}
+		start += i + 1
 	}
-	return false
 }
 
 func (a *Archiver) fileWorker() {

@@ -689,10 +689,20 @@ func TestExcluded(t *testing.T) {
 		{"u/*.log", "/home/u/app.log", true},
 		{"u/*.log", "/home/u/sub/app.log", false},
 		{"a//b", "/a/b", false},
+		{"a/b", "/", false},
+		{"a/b", "/a", false},
+		{"a/b", "/x/a/b", true},
+		{"x/a/b", "/x/a/b", true},
+		{"x/a/b", "/y/x/a/b/c", true},
+		{"x/a/b", "/x/a", false},
+		{"node_modules/", "/srv/node_modules/x", true},
 	}
 	for _, tc := range tests {
 		if got := Excluded([]string{tc.pattern}, tc.path); got != tc.want {
 			t.Errorf("Excluded(%q, %q) = %v, want %v", tc.pattern, tc.path, got, tc.want)
 		}
+	}
+	if n := testing.AllocsPerRun(100, func() { Excluded([]string{"node_modules/.cache"}, "/srv/app/node_modules/x/y") }); n != 0 {
+		t.Errorf("a relative pattern with a slash allocates %v times per entry, want 0", n)
 	}
 }

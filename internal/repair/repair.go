@@ -33,11 +33,14 @@ type IndexResult struct {
 	// DamagedData: with ReadData, packs whose header decodes but whose
 	// content does not: BadBlobs blobs in them fail to verify, or the
 	// bytes do not hash to the pack's name. Their blobs that verify were
-	// copied to new packs (with dryRun, none: the packs are only named);
-	// each such pack is no longer indexed, and stays until prune removes it.
+	// copied to new packs and each such pack removed (with dryRun, nothing:
+	// the packs are named, and their intact blobs counted as indexed).
 	DamagedData []string `json:"damaged_data_packs,omitempty"`
-	BadBlobs    int      `json:"bad_blobs"`
-	PacksRead   int      `json:"packs_read"`
+	// RemovedPacks: the DamagedData packs removed once the new index was
+	// stored (a plain repair index would otherwise index them again).
+	RemovedPacks []string `json:"removed_packs,omitempty"`
+	BadBlobs     int      `json:"bad_blobs"`
+	PacksRead    int      `json:"packs_read"`
 	// Salvaged: damaged packs the old index files had entries for. Each of
 	// those blobs that still reads back whole and verifies was copied to a
 	// new pack (with dryRun, none: they are only counted as indexed); the
@@ -104,18 +107,36 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 	// bit flip inside a blob leaves the header intact, and the index would
 	// otherwise keep naming the damaged blob, so that every later backup
 	// of the same data deduplicated against it instead of storing it again.
+	var readBad map[repo.ID]*packDamage
 	if o.readData {
-		bad, err := readPacks(ctx, r, infos, entries, res)
-		if err != nil {
+		var err error
+		if readBad, err = readPacks(ctx, r, infos, entries, res); err != nil {
 			return nil, err
 		}
 		for i, e := range entries {
-			if e != nil && bad[e.ID] {
-				res.DamagedData = append(res.DamagedData, e.ID.String())
-				if !dryRun {
-					salvage = append(salvage, salvageJob{*e, infos[i].Size})
-					entries[i] = nil
+			if e == nil || readBad[e.ID] == nil {
+				continue
+			}
+			d := readBad[e.ID]
+			res.DamagedData = append(res.DamagedData, e.ID.String())
+			switch {
+			case dryRun && d.blobs == nil:
+				entries[i] = nil // unreadable: counted as lost
+			case dryRun:
+				// Counted as the real run will leave it: the blobs that
+				// verified indexed (from new packs), the others lost.
+				keep := index.PackEntry{ID: e.ID}
+				for _, b := range e.Blobs {
+					if !d.blobs[b.Handle()] {
+						keep.Blobs = append(keep.Blobs, b)
+					}
 				}
+				entries[i] = &keep
+			default:
+				// The pack was just read whole: any failure to read it again
+				// is the storage's, not damage (strict).
+				salvage = append(salvage, salvageJob{entry: *e, size: infos[i].Size, strict: d.blobs != nil})
+				entries[i] = nil
 			}
 		}
 	}
@@ -152,7 +173,7 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 			if dryRun {
 				entries[i] = &e
 			} else {
-				salvage = append(salvage, salvageJob{e, fi.Size})
+				salvage = append(salvage, salvageJob{entry: e, size: fi.Size})
 			}
 		}
 	}
@@ -176,6 +197,19 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 		packs, n, err := salvageBlobs(ctx, r, now, salvage)
 		if err != nil {
 			return nil, err
+		}
+		// A pack read whole just before is removed below (a plain repair
+		// index would otherwise index its damaged blobs again), so every
+		// blob of it that verified then must be held by a pack now.
+		for _, j := range salvage {
+			if !j.strict {
+				continue
+			}
+			for _, b := range j.entry.Blobs {
+				if !now.Has(b.Handle()) && !readBad[j.entry.ID].blobs[b.Handle()] {
+					return nil, fmt.Errorf("salvage pack %s: blob %s verified when read but was not copied (nothing changed)", j.entry.ID.Short(), b.ID.Short())
+				}
+			}
 		}
 		res.SalvagedBlobs = n
 		// Their blobs are in now already: the packs were stored against it.
@@ -211,14 +245,35 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 			return res, fmt.Errorf("remove superseded index %s: %w", o.Short(), err)
 		}
 	}
+	// A pack with damaged content still has a readable header: left in
+	// place, the next plain repair index would index it, damaged blobs and
+	// all, and backups would deduplicate against them again. No index names
+	// it now, and what of it verified (twice) is in new packs.
+	for _, j := range salvage {
+		if !j.strict {
+			continue
+		}
+		h := backend.Handle{Type: backend.PackFile, Name: j.entry.ID.String()}
+		if err := r.Backend().Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			return res, fmt.Errorf("remove damaged pack %s: %w (its intact blobs are in new packs; until it is removed, a plain `repair index` indexes its damaged blobs again)", j.entry.ID.Short(), err)
+		}
+		res.RemovedPacks = append(res.RemovedPacks, j.entry.ID.String())
+	}
 	return res, nil
+}
+
+// packDamage is what reading a pack whole found wrong with it: the blobs
+// that failed to verify (nil if the pack could not be read at all; empty if
+// only the hash of its bytes is wrong).
+type packDamage struct {
+	blobs map[repo.BlobHandle]bool
 }
 
 // readPacks reads every pack that has an entry (its header decoded) whole,
 // verifying each blob its header lists and the hash of all its bytes, and
 // returns the packs that failed; res counts the packs read and bad blobs.
-func readPacks(ctx context.Context, r *repository.Repository, infos []backend.FileInfo, entries []*index.PackEntry, res *IndexResult) (map[repo.ID]bool, error) {
-	bad := map[repo.ID]bool{}
+func readPacks(ctx context.Context, r *repository.Repository, infos []backend.FileInfo, entries []*index.PackEntry, res *IndexResult) (map[repo.ID]*packDamage, error) {
+	bad := map[repo.ID]*packDamage{}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(runtime.GOMAXPROCS(0) + 1)
@@ -229,10 +284,10 @@ func readPacks(ctx context.Context, r *repository.Repository, infos []backend.Fi
 		g.Go(func() error {
 			blobs := slices.Clone(e.Blobs)
 			sort.Slice(blobs, func(a, b int) bool { return blobs[a].Offset < blobs[b].Offset })
-			n := 0
-			ps, err := r.ReadPack(gctx, e.ID, infos[i].Size, blobs, func(_ pack.Blob, _ []byte, err error) error {
+			failed := map[repo.BlobHandle]bool{}
+			ps, err := r.ReadPack(gctx, e.ID, infos[i].Size, blobs, func(b pack.Blob, _ []byte, err error) error {
 				if err != nil {
-					n++
+					failed[b.Handle()] = true
 				}
 				return nil
 			})
@@ -245,9 +300,12 @@ func readPacks(ctx context.Context, r *repository.Repository, infos []backend.Fi
 			mu.Lock()
 			defer mu.Unlock()
 			res.PacksRead++
-			res.BadBlobs += n
-			if err != nil || n > 0 || ps.Hash != e.ID || ps.HeaderErr != nil {
-				bad[e.ID] = true
+			res.BadBlobs += len(failed)
+			switch {
+			case err != nil: // gone since it was listed
+				bad[e.ID] = &packDamage{}
+			case len(failed) > 0 || ps.Hash != e.ID || ps.HeaderErr != nil:
+				bad[e.ID] = &packDamage{blobs: failed}
 			}
 			return nil
 		})
@@ -255,10 +313,13 @@ func readPacks(ctx context.Context, r *repository.Repository, infos []backend.Fi
 	return bad, g.Wait()
 }
 
-// salvageJob is a damaged pack of size bytes, with its old index entry.
+// salvageJob is a damaged pack of size bytes, with its old index entry (or
+// its own header's). strict: the pack was just read whole, so a read that
+// ends early now is the storage failing, not the pack's damage.
 type salvageJob struct {
-	entry index.PackEntry
-	size  int64
+	entry  index.PackEntry
+	size   int64
+	strict bool
 }
 
 // salvageBlobs copies to new packs the blobs of the damaged packs that no
@@ -279,7 +340,7 @@ func salvageBlobs(ctx context.Context, r *repository.Repository, now *index.Inde
 		}
 		sort.Slice(blobs, func(a, b int) bool { return blobs[a].Offset < blobs[b].Offset })
 		err := r.CopySealed(ctx, r, j.entry.ID, blobs, func(pack.Blob, error) {})
-		if err != nil && !isLost(err) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		if err != nil && (j.strict || !isLost(err) && !errors.Is(err, io.ErrUnexpectedEOF)) {
 			r.Abort()
 			return nil, 0, fmt.Errorf("salvage pack %s: %w (nothing changed)", j.entry.ID.Short(), err)
 		}

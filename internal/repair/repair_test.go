@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"path"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -633,13 +635,17 @@ func TestRebuildIndexReadData(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		wantSalvaged, wantLost := 1, 1
+		// The dry run counts what the real run will do: 7 of the 8 blobs
+		// indexed, the damaged one lost.
+		wantSalvaged, wantRemoved := 1, []string{f.packs["P2d"].String()}
 		if dryRun {
-			wantSalvaged, wantLost = 0, 0
+			wantSalvaged, wantRemoved = 0, nil
 		}
 		if !slices.Equal(res.DamagedData, []string{f.packs["P2d"].String()}) || res.BadBlobs != 1 || res.PacksRead != 4 ||
-			res.SalvagedBlobs != wantSalvaged || res.LostBlobs != wantLost || len(res.Damaged) != 0 {
-			t.Errorf("dry run %v: %+v; want P2d damaged (1 bad blob of 4 packs read), %d salvaged, %d lost", dryRun, res, wantSalvaged, wantLost)
+			res.SalvagedBlobs != wantSalvaged || res.LostBlobs != 1 || res.Blobs != 7 || len(res.Damaged) != 0 ||
+			!slices.Equal(res.RemovedPacks, wantRemoved) {
+			t.Errorf("dry run %v: %+v; want P2d damaged (1 bad blob of 4 packs read), 7 blobs indexed, %d salvaged, 1 lost, removed %v",
+				dryRun, res, wantSalvaged, wantRemoved)
 		}
 		if dryRun {
 			repotest.DiffListings(t, "dry run", before, repotest.Listing(t, f.be))
@@ -655,8 +661,17 @@ func TestRebuildIndexReadData(t *testing.T) {
 	if data, err := r.LoadBlob(ctx, repo.DataBlob, f.blobs["x"]); err != nil || string(data) != string(f.data["x"]) {
 		t.Errorf("the intact blob of the damaged pack: %v", err)
 	}
-	if !repotest.Exists(t, f.be, backend.PackFile, f.packs["P2d"]) {
-		t.Error("the damaged pack was removed; it must be left for inspection")
+	// Removed: left in place, a plain repair index (the runbook's first
+	// step) would index its damaged blob again.
+	if repotest.Exists(t, f.be, backend.PackFile, f.packs["P2d"]) {
+		t.Error("the pack with the damaged blob is still stored")
+	}
+	if _, err := repair.RebuildIndex(ctx, repotest.Open(t, f.be, false), false); err != nil {
+		t.Fatal(err)
+	}
+	r = repotest.Open(t, f.be, true)
+	if r.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs["lost"]}) {
+		t.Error("a plain repair index after the repair indexes the damaged blob again")
 	}
 
 	out, err := repair.Snapshots(ctx, r, false, true)
@@ -681,5 +696,51 @@ func TestRebuildIndexReadData(t *testing.T) {
 	repotest.Flush(t, w)
 	if data, err := repotest.Open(t, f.be, true).LoadBlob(ctx, repo.DataBlob, f.blobs["lost"]); err != nil || string(data) != string(f.data["lost"]) {
 		t.Errorf("the blob stored again: %v", err)
+	}
+}
+
+// TestRebuildIndexReadDataStorageFails: the salvage reads a damaged pack a
+// second time; if the storage cuts that read short, its intact blobs must
+// not be taken for lost (and the pack removed): the repair stops, and
+// nothing changes.
+func TestRebuildIndexReadDataStorageFails(t *testing.T) {
+	for _, loadErr := range []error{fmt.Errorf("read: %w", io.ErrUnexpectedEOF), fault.ErrInjected} {
+		t.Run(loadErr.Error(), func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t)
+			loc, _ := repotest.Open(t, f.be, true).LookupBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs["lost"]})
+			repotest.Replace(t, f.be, backend.PackFile, f.packs["P2d"], func(b []byte) []byte {
+				b[int(loc.Offset)+int(loc.Length)/2] ^= 0x08
+				return b
+			})
+			before := repotest.Listing(t, f.be)
+			fb := fault.New(f.be)
+			// Loads of P2d: its header's length and its header (from the
+			// end), the whole pack (0+0), then the salvage's range.
+			p2d := backend.Handle{Type: backend.PackFile, Name: f.packs["P2d"].String()}
+			var loads []string
+			fb.SetRules(fault.Rules{BeforeLoad: func(h backend.Handle, length int, offset int64) error {
+				if h != p2d {
+					return nil
+				}
+				loads = append(loads, fmt.Sprintf("%d+%d", offset, length))
+				if len(loads) == 4 {
+					return loadErr
+				}
+				return nil
+			}})
+			r, err := repository.Open(ctx, fb, []byte(repotest.Password), repotest.Options)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := repair.RebuildIndex(ctx, r, false, repair.ReadData())
+			if len(loads) != 4 || loads[2] != "0+0" || loads[3] == "0+0" {
+				t.Errorf("loads of P2d %q: want the header's two, the whole pack's (0+0), then the salvage's", loads)
+			}
+			if err == nil || !strings.Contains(err.Error(), "nothing changed") {
+				t.Fatalf("repair with the salvage's read failing: %+v, %v; want an error saying nothing changed", res, err)
+			}
+			repotest.DiffListings(t, "failed repair", before, repotest.Listing(t, f.be))
+		})
 	}
 }

@@ -92,6 +92,7 @@ type Restorer struct {
 	opts  Options
 	root  *fs.Root
 	Stats Stats
+	ctx   context.Context // the run's, set by Run
 
 	files     []*fileState
 	packs     map[repo.ID]map[repo.ID]*blobTargets
@@ -120,6 +121,11 @@ func New(r Repository, opts Options) *Restorer {
 // report counts and passes on an error; calls are serialized, so the
 // callback need not be safe for concurrent use.
 func (r *Restorer) report(rel string, err error) {
+	if r.ctx != nil && r.ctx.Err() != nil && errors.Is(err, r.ctx.Err()) {
+		// The run was cancelled (Ctrl-C): that is its one error, not
+		// every entry's it was restoring.
+		return
+	}
 	r.Stats.Errors.Add(1)
 	if r.opts.Error != nil {
 		r.reportMu.Lock()
@@ -136,6 +142,7 @@ func (r *Restorer) Run(ctx context.Context, tree repo.ID, dir string) error {
 	}
 	defer root.Close()
 	r.root = root
+	r.ctx = ctx
 	// Directories opened up to write in get their modes back however the
 	// restore ends (see below for a restore that ends normally).
 	defer r.root.RestoreOpenedModes()
