@@ -40,44 +40,14 @@ against it. Then run repair snapshots.`,
 				ropts = append(ropts, repair.ReadData())
 			}
 			res, err := repair.RebuildIndex(ctx, r, dryRun, ropts...)
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(c.OutOrStdout(), res)
-			}
-			w := c.OutOrStdout()
-			for _, p := range res.Damaged {
-				fmt.Fprintf(w, "pack %s: header unreadable, left out of the index\n", p)
-			}
-			if readData {
-				fmt.Fprintf(w, "read %d packs: %d blobs failed to verify\n", res.PacksRead, res.BadBlobs)
-			}
-			for _, p := range res.DamagedData {
-				switch {
-				case dryRun:
-					fmt.Fprintf(w, "pack %s: content damaged, would be left out of the index and removed\n", p)
-				case slices.Contains(res.RemovedPacks, p):
-					fmt.Fprintf(w, "pack %s: content damaged, left out of the index and removed\n", p)
-				default:
-					fmt.Fprintf(w, "pack %s: content damaged (gone since it was listed), left out of the index\n", p)
+			if res != nil && res.NewIndex != "" || err == nil {
+				// Also when a removal after the new index failed: what
+				// was done, then the error.
+				if perr := printIndexResult(c, g, res, dryRun, readData); perr != nil && err == nil {
+					err = perr
 				}
 			}
-			switch {
-			case dryRun && len(res.Salvaged)+len(res.DamagedData) > 0:
-				fmt.Fprintf(w, "would copy the intact blobs of %d damaged packs to new packs\n", len(res.Salvaged)+len(res.DamagedData))
-			case len(res.Salvaged)+len(res.DamagedData) > 0:
-				fmt.Fprintf(w, "copied %d intact blobs of %d damaged packs to new packs\n", res.SalvagedBlobs, len(res.Salvaged)+len(res.DamagedData))
-			}
-			verb := "indexed"
-			if dryRun {
-				verb = "would index"
-			}
-			fmt.Fprintf(w, "%s %d blobs in %d packs, replacing %d index files\n", verb, res.Blobs, res.Packs, res.Superseded)
-			if res.LostBlobs > 0 {
-				fmt.Fprintf(w, "%d blobs the old index named are in no readable pack: run `bunker repair snapshots` to find what they belonged to\n", res.LostBlobs)
-			}
-			return nil
+			return err
 		},
 	}
 	idx.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "report only; write nothing")
@@ -150,4 +120,45 @@ against it. Then run repair snapshots.`,
 	snaps.Flags().BoolVar(&forget, "forget", false, "remove each damaged original once its repaired copy is stored")
 	c.AddCommand(idx, snaps)
 	return c
+}
+
+// printIndexResult prints what repair index found and did.
+func printIndexResult(c *cobra.Command, g *globalOptions, res *repair.IndexResult, dryRun, readData bool) error {
+	if g.json {
+		return printJSON(c.OutOrStdout(), res)
+	}
+	w := c.OutOrStdout()
+	for _, p := range res.Damaged {
+		fmt.Fprintf(w, "pack %s: header unreadable, left out of the index\n", p)
+	}
+	if readData {
+		fmt.Fprintf(w, "read %d packs: %d blobs failed to verify\n", res.PacksRead, res.BadBlobs)
+	}
+	for _, p := range res.DamagedData {
+		switch {
+		case dryRun:
+			fmt.Fprintf(w, "pack %s: content damaged, would be left out of the index and removed\n", p)
+		case slices.Contains(res.RemovedPacks, p):
+			fmt.Fprintf(w, "pack %s: content damaged, left out of the index and removed\n", p)
+		case slices.Contains(res.StillLocked, p):
+			fmt.Fprintf(w, "pack %s: content damaged, left out of the index; Object Lock still holds it (prune removes it once that runs out; until then use repair index --read-data)\n", p)
+		default:
+			fmt.Fprintf(w, "pack %s: content damaged, left out of the index\n", p)
+		}
+	}
+	switch {
+	case dryRun && len(res.Salvaged)+len(res.DamagedData) > 0:
+		fmt.Fprintf(w, "would copy the intact blobs of %d damaged packs to new packs\n", len(res.Salvaged)+len(res.DamagedData))
+	case len(res.Salvaged)+len(res.DamagedData) > 0:
+		fmt.Fprintf(w, "copied %d intact blobs of %d damaged packs to new packs\n", res.SalvagedBlobs, len(res.Salvaged)+len(res.DamagedData))
+	}
+	verb := "indexed"
+	if dryRun {
+		verb = "would index"
+	}
+	fmt.Fprintf(w, "%s %d blobs in %d packs, replacing %d index files\n", verb, res.Blobs, res.Packs, res.Superseded)
+	if res.LostBlobs > 0 {
+		fmt.Fprintf(w, "%d blobs the old index named are in no readable pack: run `bunker repair snapshots` to find what they belonged to\n", res.LostBlobs)
+	}
+	return nil
 }

@@ -510,29 +510,9 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 		}
 	}
 	progress("deleting %d packs", len(victims))
-	rt, locked := r.Retainer()
 	// remove deletes one file unless Object Lock still holds it (then it
 	// stays, unindexed or superseded, for a later prune).
-	remove := func(ctx context.Context, h backend.Handle) (bool, error) {
-		if locked {
-			_, until, err := rt.Retention(ctx, h)
-			if err != nil && !errors.Is(err, backend.ErrNotExist) {
-				return false, err
-			}
-			if until.After(time.Now()) {
-				return false, nil
-			}
-		}
-		err := r.Backend().Remove(ctx, h)
-		if errors.Is(err, backend.ErrNotExist) {
-			return true, nil
-		}
-		if locked && errors.Is(err, backend.ErrPermission) {
-			// The storage's clock says it is still locked.
-			return false, nil
-		}
-		return err == nil, err
-	}
+	remove := r.RemoveUnlessRetained
 	var mu sync.Mutex
 	const batch = 64
 	for i := 0; i < len(victims); i += batch {
@@ -572,7 +552,7 @@ func Execute(ctx context.Context, r *repository.Repository, p *Plan, opts Option
 			res.DeletedIndexes++
 		}
 	}
-	if locked {
+	if rt, locked := r.Retainer(); locked {
 		n, err := ExtendLocks(ctx, r, rt)
 		res.LocksExtended = n
 		if err != nil {

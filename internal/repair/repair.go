@@ -37,8 +37,11 @@ type IndexResult struct {
 	// the packs are named, and their intact blobs counted as indexed).
 	DamagedData []string `json:"damaged_data_packs,omitempty"`
 	// RemovedPacks: the DamagedData packs removed once the new index was
-	// stored (a plain repair index would otherwise index them again).
+	// stored (a plain repair index would otherwise index them again), and
+	// StillLocked those Object Lock still holds: prune removes them once it
+	// runs out, and until then a plain repair index indexes them again.
 	RemovedPacks []string `json:"removed_packs,omitempty"`
+	StillLocked  []string `json:"still_locked_packs,omitempty"`
 	BadBlobs     int      `json:"bad_blobs"`
 	PacksRead    int      `json:"packs_read"`
 	// Salvaged: damaged packs the old index files had entries for. Each of
@@ -207,7 +210,7 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 			}
 			for _, b := range j.entry.Blobs {
 				if !now.Has(b.Handle()) && !readBad[j.entry.ID].blobs[b.Handle()] {
-					return nil, fmt.Errorf("salvage pack %s: blob %s verified when read but was not copied (nothing changed)", j.entry.ID.Short(), b.ID.Short())
+					return nil, fmt.Errorf("salvage pack %s: blob %s verified on the first read but not on the second (a storage or memory fault): index unchanged, nothing removed (the packs written are left for prune); run the repair again", j.entry.ID.Short(), b.ID.Short())
 				}
 			}
 		}
@@ -240,24 +243,38 @@ func RebuildIndex(ctx context.Context, r *repository.Repository, dryRun bool, op
 		return nil, err
 	}
 	res.NewIndex = id.String()
-	for _, o := range old {
-		if err := r.Backend().Remove(ctx, backend.Handle{Type: backend.IndexFile, Name: o.String()}); err != nil && !errors.Is(err, backend.ErrNotExist) {
-			return res, fmt.Errorf("remove superseded index %s: %w", o.Short(), err)
-		}
-	}
 	// A pack with damaged content still has a readable header: left in
 	// place, the next plain repair index would index it, damaged blobs and
 	// all, and backups would deduplicate against them again. No index names
-	// it now, and what of it verified (twice) is in new packs.
+	// it now (the old index files are superseded), and what of it verified
+	// (twice) is in new packs. Removed before the old index files, as prune
+	// does, so that a failure there does not leave it.
+	if err := o.check(ctx); err != nil {
+		return res, err
+	}
 	for _, j := range salvage {
 		if !j.strict {
 			continue
 		}
 		h := backend.Handle{Type: backend.PackFile, Name: j.entry.ID.String()}
-		if err := r.Backend().Remove(ctx, h); err != nil && !errors.Is(err, backend.ErrNotExist) {
+		removed, err := r.RemoveUnlessRetained(ctx, h)
+		if err != nil {
 			return res, fmt.Errorf("remove damaged pack %s: %w (its intact blobs are in new packs; until it is removed, a plain `repair index` indexes its damaged blobs again)", j.entry.ID.Short(), err)
 		}
-		res.RemovedPacks = append(res.RemovedPacks, j.entry.ID.String())
+		if removed {
+			res.RemovedPacks = append(res.RemovedPacks, j.entry.ID.String())
+		} else {
+			res.StillLocked = append(res.StillLocked, j.entry.ID.String())
+		}
+	}
+	if err := o.check(ctx); err != nil {
+		return res, err
+	}
+	for _, o := range old {
+		// One Object Lock still holds stays: superseded, it is not read.
+		if _, err := r.RemoveUnlessRetained(ctx, backend.Handle{Type: backend.IndexFile, Name: o.String()}); err != nil {
+			return res, fmt.Errorf("remove superseded index %s: %w", o.Short(), err)
+		}
 	}
 	return res, nil
 }
@@ -342,7 +359,7 @@ func salvageBlobs(ctx context.Context, r *repository.Repository, now *index.Inde
 		err := r.CopySealed(ctx, r, j.entry.ID, blobs, func(pack.Blob, error) {})
 		if err != nil && (j.strict || !isLost(err) && !errors.Is(err, io.ErrUnexpectedEOF)) {
 			r.Abort()
-			return nil, 0, fmt.Errorf("salvage pack %s: %w (nothing changed)", j.entry.ID.Short(), err)
+			return nil, 0, fmt.Errorf("salvage pack %s: %w (index unchanged, nothing removed)", j.entry.ID.Short(), err)
 		}
 	}
 	packs, err := r.FlushPacks(ctx)

@@ -737,10 +737,42 @@ func TestRebuildIndexReadDataStorageFails(t *testing.T) {
 			if len(loads) != 4 || loads[2] != "0+0" || loads[3] == "0+0" {
 				t.Errorf("loads of P2d %q: want the header's two, the whole pack's (0+0), then the salvage's", loads)
 			}
-			if err == nil || !strings.Contains(err.Error(), "nothing changed") {
-				t.Fatalf("repair with the salvage's read failing: %+v, %v; want an error saying nothing changed", res, err)
+			if err == nil || !strings.Contains(err.Error(), "index unchanged, nothing removed") {
+				t.Fatalf("repair with the salvage's read failing: %+v, %v; want an error saying the index is unchanged", res, err)
 			}
 			repotest.DiffListings(t, "failed repair", before, repotest.Listing(t, f.be))
 		})
+	}
+}
+
+// TestRebuildIndexReadDataRemoveRefused: the storage refuses to remove the
+// damaged pack. The new index (without it) is stored already: the error
+// says so and what it leaves, and the result is returned with it.
+func TestRebuildIndexReadDataRemoveRefused(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	loc, _ := repotest.Open(t, f.be, true).LookupBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs["lost"]})
+	repotest.Replace(t, f.be, backend.PackFile, f.packs["P2d"], func(b []byte) []byte {
+		b[int(loc.Offset)+int(loc.Length)/2] ^= 0x08
+		return b
+	})
+	fb := fault.New(f.be)
+	p2d := backend.Handle{Type: backend.PackFile, Name: f.packs["P2d"].String()}
+	fb.SetRules(fault.Rules{BeforeRemove: func(h backend.Handle) error {
+		if h == p2d {
+			return fmt.Errorf("remove: %w", backend.ErrPermission)
+		}
+		return nil
+	}})
+	r, err := repository.Open(ctx, fb, []byte(repotest.Password), repotest.Options)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := repair.RebuildIndex(ctx, r, false, repair.ReadData())
+	if err == nil || !strings.Contains(err.Error(), "remove damaged pack") || res == nil || res.NewIndex == "" || len(res.RemovedPacks) != 0 {
+		t.Fatalf("repair with the removal refused: %+v, %v; want the result with the new index, and the removal's error", res, err)
+	}
+	if repotest.Open(t, f.be, true).HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs["lost"]}) {
+		t.Error("the damaged blob is indexed")
 	}
 }

@@ -372,6 +372,32 @@ func (r *Repository) Retainer() (backend.Retainer, bool) {
 	return backend.As[backend.Retainer](r.be)
 }
 
+// RemoveUnlessRetained removes h unless Object Lock still holds it, and
+// reports whether it is gone (it may have been already). A file the storage
+// keeps because its retention has not run out is not an error: it stays,
+// for a later prune.
+func (r *Repository) RemoveUnlessRetained(ctx context.Context, h backend.Handle) (bool, error) {
+	rt, locked := r.Retainer()
+	if locked {
+		_, until, err := rt.Retention(ctx, h)
+		if err != nil && !errors.Is(err, backend.ErrNotExist) {
+			return false, err
+		}
+		if until.After(time.Now()) {
+			return false, nil
+		}
+	}
+	err := r.be.Remove(ctx, h)
+	if errors.Is(err, backend.ErrNotExist) {
+		return true, nil
+	}
+	if locked && errors.Is(err, backend.ErrPermission) {
+		// The storage's clock says it is still locked.
+		return false, nil
+	}
+	return err == nil, err
+}
+
 func (r *Repository) tryKey(ctx context.Context, name string, password []byte) (*crypto.MasterKey, error) {
 	data, err := backend.LoadAll(ctx, r.be, backend.Handle{Type: backend.KeyFile, Name: name})
 	if err != nil {
