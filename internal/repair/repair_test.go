@@ -599,6 +599,20 @@ func TestSnapshotsTwice(t *testing.T) {
 	}
 }
 
+// flipBitInLost flips a bit in the middle of blob "lost" in pack P2d: its
+// header stays intact.
+func flipBitInLost(t *testing.T, f *fixture) {
+	t.Helper()
+	loc, ok := repotest.Open(t, f.be, true).LookupBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs["lost"]})
+	if !ok || loc.Pack != f.packs["P2d"] {
+		t.Fatalf("fixture: blob lost not in P2d: %+v", loc)
+	}
+	repotest.Replace(t, f.be, backend.PackFile, f.packs["P2d"], func(b []byte) []byte {
+		b[int(loc.Offset)+int(loc.Length)/2] ^= 0x08
+		return b
+	})
+}
+
 // TestRebuildIndexReadData: a flipped bit inside a blob of a pack whose
 // header is intact. repair index alone keeps the damaged blob indexed
 // (it reads headers only), so a later backup of the same data would
@@ -608,15 +622,7 @@ func TestSnapshotsTwice(t *testing.T) {
 func TestRebuildIndexReadData(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	old := repotest.Open(t, f.be, true)
-	loc, ok := old.LookupBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs["lost"]})
-	if !ok || loc.Pack != f.packs["P2d"] {
-		t.Fatalf("fixture: blob lost not in P2d: %+v", loc)
-	}
-	repotest.Replace(t, f.be, backend.PackFile, f.packs["P2d"], func(b []byte) []byte {
-		b[int(loc.Offset)+int(loc.Length)/2] ^= 0x08
-		return b
-	})
+	flipBitInLost(t, f)
 
 	res, err := repair.RebuildIndex(ctx, repotest.Open(t, f.be, false), false)
 	if err != nil {
@@ -708,11 +714,7 @@ func TestRebuildIndexReadDataStorageFails(t *testing.T) {
 		t.Run(loadErr.Error(), func(t *testing.T) {
 			ctx := context.Background()
 			f := newFixture(t)
-			loc, _ := repotest.Open(t, f.be, true).LookupBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs["lost"]})
-			repotest.Replace(t, f.be, backend.PackFile, f.packs["P2d"], func(b []byte) []byte {
-				b[int(loc.Offset)+int(loc.Length)/2] ^= 0x08
-				return b
-			})
+			flipBitInLost(t, f)
 			before := repotest.Listing(t, f.be)
 			fb := fault.New(f.be)
 			// Loads of P2d: its header's length and its header (from the
@@ -751,11 +753,7 @@ func TestRebuildIndexReadDataStorageFails(t *testing.T) {
 func TestRebuildIndexReadDataRemoveRefused(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	loc, _ := repotest.Open(t, f.be, true).LookupBlob(repo.BlobHandle{Type: repo.DataBlob, ID: f.blobs["lost"]})
-	repotest.Replace(t, f.be, backend.PackFile, f.packs["P2d"], func(b []byte) []byte {
-		b[int(loc.Offset)+int(loc.Length)/2] ^= 0x08
-		return b
-	})
+	flipBitInLost(t, f)
 	fb := fault.New(f.be)
 	p2d := backend.Handle{Type: backend.PackFile, Name: f.packs["P2d"].String()}
 	fb.SetRules(fault.Rules{BeforeRemove: func(h backend.Handle) error {
