@@ -181,30 +181,26 @@ func runBackup(c *cobra.Command, g *globalOptions, o backupOptions, args []strin
 
 	var errMu sync.Mutex
 	var readErrors, changed []string
+	// entryReport returns an archiver callback that adds the entry's path
+	// to list and prints one line of kind ("error", "warning") about it.
+	entryReport := func(list *[]string, kind string) func(string, error) {
+		return func(path string, err error) {
+			errMu.Lock()
+			*list = append(*list, path)
+			errMu.Unlock()
+			if g.json {
+				_ = printJSON(c.ErrOrStderr(), map[string]any{"message_type": kind, "item": path, kind: err.Error()})
+			} else {
+				fmt.Fprintf(c.ErrOrStderr(), "%s: %s\n", kind, oneLine(err))
+			}
+		}
+	}
 	arch := archiver.New(r, archiver.Options{
 		CPUs:          cpus,
 		Excludes:      excludes,
 		OneFileSystem: o.oneFileSystem,
-		Error: func(path string, err error) {
-			errMu.Lock()
-			readErrors = append(readErrors, path)
-			errMu.Unlock()
-			if g.json {
-				_ = printJSON(c.ErrOrStderr(), map[string]any{"message_type": "error", "item": path, "error": err.Error()})
-			} else {
-				fmt.Fprintf(c.ErrOrStderr(), "error: %s\n", oneLine(err))
-			}
-		},
-		Warn: func(path string, err error) {
-			errMu.Lock()
-			changed = append(changed, path)
-			errMu.Unlock()
-			if g.json {
-				_ = printJSON(c.ErrOrStderr(), map[string]any{"message_type": "warning", "item": path, "warning": err.Error()})
-			} else {
-				fmt.Fprintf(c.ErrOrStderr(), "warning: %s: %s\n", quote(path), oneLine(err))
-			}
-		},
+		Error:         entryReport(&readErrors, "error"),
+		Warn:          entryReport(&changed, "warning"),
 	})
 	sn := &snapshot.Snapshot{Time: start, Hostname: host, Tags: o.tags, Excludes: excludes, ProgramVersion: "bunker " + version,
 		UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}

@@ -58,7 +58,8 @@ type Options struct {
 	// Error is called for every entry that could not be read; the backup goes on.
 	Error func(path string, err error)
 	// Warn is called for every file kept that may not be what it was at
-	// any one moment (ErrChangedWhileRead).
+	// any one moment (an error that wraps ErrChangedWhileRead and names
+	// the path, as Error's do).
 	Warn func(path string, err error)
 }
 
@@ -1004,7 +1005,7 @@ func (a *Archiver) saveFile(job *fileJob) (*snapshot.Node, error) {
 	if err := unix.Fstat(int(f), &after); err == nil && (after.Size != st.Size || after.Mtim != st.Mtim || after.Ctim != st.Ctim) {
 		a.Stats.Warnings.Add(1)
 		if a.opts.Warn != nil {
-			a.opts.Warn(job.path, ErrChangedWhileRead)
+			a.opts.Warn(job.path, &os.PathError{Op: "read", Path: job.path, Err: ErrChangedWhileRead})
 		}
 	}
 	node.Size = size

@@ -627,8 +627,8 @@ func TestChangedWhileRead(t *testing.T) {
 			}
 			var warned []string
 			a.opts.Warn = func(p string, err error) {
-				if !errors.Is(err, ErrChangedWhileRead) {
-					t.Errorf("warning %v, want ErrChangedWhileRead", err)
+				if !errors.Is(err, ErrChangedWhileRead) || !strings.Contains(err.Error(), p) {
+					t.Errorf("warning %v, want ErrChangedWhileRead naming %s", err, p)
 				}
 				warned = append(warned, p)
 			}
